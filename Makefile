@@ -1,0 +1,56 @@
+# Hamlet Serve. Every target works on a fresh clone: `make test` installs what it needs first.
+PYTHON     ?= python3
+VENV       ?= .venv
+# The CPU build of torch that lies on this machine's disk; override for CUDA, e.g.
+#   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu124"
+TORCH_SPEC ?= torch==2.13.0
+PY         := $(VENV)/bin/python
+PIP        := $(PY) -m pip --disable-pip-version-check
+STAMP      := $(VENV)/.hamlet-installed
+PROTO_SRC  := $(wildcard proto/hamlet/v1/*.proto)
+GEN_DIR    := client/hamlet_client/_generated
+GEN_STAMP  := $(GEN_DIR)/.stamp
+
+.PHONY: help install proto test test-fast lint format bench serve clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv with torch (TORCH_SPEC) and the project in editable mode
+
+$(STAMP): pyproject.toml client/pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q "grpcio-tools>=1.60"
+	$(MAKE) --no-print-directory proto
+	$(PIP) install -q -e ./client -e ".[dev]"
+	@touch $@
+
+proto: $(GEN_STAMP)  ## generate the Python gRPC stubs from proto/ into the client package
+
+$(GEN_STAMP): $(PROTO_SRC) scripts/gen_proto.py
+	@test -x $(PY) || { echo "run 'make install' first"; exit 2; }
+	$(PY) scripts/gen_proto.py
+	@touch $@
+
+test: install proto  ## run the whole test suite
+	$(PY) -m pytest -q
+
+test-fast: install proto  ## skip tests marked slow
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install proto  ## ruff, mypy and buf lint
+	$(VENV)/bin/ruff check server client tests examples scripts bench
+	$(VENV)/bin/ruff format --check server client tests examples scripts bench
+	$(VENV)/bin/mypy server/townlet/inference client/hamlet_client
+	npx --yes @bufbuild/buf@1 lint proto
+
+format: install  ## apply ruff's formatting and autofixes
+	$(VENV)/bin/ruff format server client tests examples scripts bench
+	$(VENV)/bin/ruff check --fix server client tests examples scripts bench
+
+bench: install proto  ## print the benchmarks (figures side by side with their baselines)
+	$(PY) bench/bench_model.py
+
+clean:  ## remove the virtual environment and generated code
+	rm -rf $(VENV) $(GEN_DIR) .pytest_cache .mypy_cache .ruff_cache

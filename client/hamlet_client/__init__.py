@@ -1,0 +1,1 @@
+"""Thin Python client for the Hamlet Serve gRPC service."""

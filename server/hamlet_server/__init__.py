@@ -1,0 +1,1 @@
+"""Hamlet Serve: the gRPC service that hosts Hamlet models."""
