@@ -1,0 +1,140 @@
+"""Hamlet's two Q-networks, rebuilt with exactly Hamlet's module names and tensor shapes.
+
+A real Hamlet ``state_dict`` loads into these with ``strict=True`` (reference sections 2.1 and 2.2).
+Unlike upstream, recurrent state is functional: it is passed in and returned, never stored on the module.
+
+Both networks share one call signature so that callers need not branch::
+
+    q, hidden = network(obs, hidden)     # obs [B, obs_dim]; q [B, A]; hidden (h, c) each [1, B, H] or None
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["NUM_EXTRAS", "Hidden", "RecurrentSpatialQNetwork", "SimpleQNetwork"]
+
+NUM_EXTRAS = 4
+"""Trailing observation features every Townlet level carries (time sin/cos, progress, lifetime); unread."""
+
+Hidden = tuple[Tensor, Tensor]
+"""LSTM state ``(h, c)``, each ``[1, B, H]`` (num_layers = 1, batch on axis 1)."""
+
+
+class SimpleQNetwork(nn.Module):
+    """MLP Q-network for full observability: ``obs [B, obs_dim] -> Q [B, action_dim]``.
+
+    ``net`` = Linear(obs, 128) · LayerNorm · ReLU · Linear(128, 128) · LayerNorm · ReLU · Linear(128, A),
+    so the state_dict keys are ``net.{0,1,3,4,6}.{weight,bias}``.
+    """
+
+    is_recurrent = False
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 128) -> None:
+        super().__init__()
+        self.obs_dim = obs_dim
+        self.action_dim = action_dim
+        self.hidden_dim = hidden_dim
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden_dim),
+            nn.LayerNorm(hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.LayerNorm(hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, action_dim),
+        )
+
+    def forward(self, obs: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, None]:
+        """Return ``(q [B, A], None)``; ``hidden`` is accepted for a uniform signature and ignored."""
+        return self.net(obs), None
+
+
+class RecurrentSpatialQNetwork(nn.Module):
+    """CNN + LSTM Q-network for partial observability (Hamlet L2/L3).
+
+    The flat observation is split by position into
+    ``[window (w*w) | position (2) | meters (num_meters) | affordance one-hot (num_affordance_types + 1) | rest]``;
+    the trailing temporal extras are ignored, as in Hamlet. Defaults are the values Hamlet trains with
+    (6 actions, 5x5 window, 8 meters, 14 affordance types), not upstream's constructor defaults.
+    """
+
+    is_recurrent = True
+
+    def __init__(
+        self,
+        action_dim: int = 6,
+        window_size: int = 5,
+        num_meters: int = 8,
+        num_affordance_types: int = 14,
+        hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.action_dim = action_dim
+        self.window_size = window_size
+        self.num_meters = num_meters
+        self.num_affordance_types = num_affordance_types
+        self.hidden_dim = hidden_dim
+
+        self.vision_encoder = nn.Sequential(
+            nn.Conv2d(1, 16, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(32 * window_size * window_size, 128),
+            nn.LayerNorm(128),
+            nn.ReLU(),
+        )
+        self.position_encoder = nn.Sequential(nn.Linear(2, 32), nn.ReLU())
+        self.meter_encoder = nn.Sequential(nn.Linear(num_meters, 32), nn.ReLU())
+        self.affordance_encoder = nn.Sequential(nn.Linear(num_affordance_types + 1, 32), nn.ReLU())
+        self.lstm = nn.LSTM(
+            input_size=128 + 32 + 32 + 32, hidden_size=hidden_dim, num_layers=1, batch_first=True
+        )
+        self.lstm_norm = nn.LayerNorm(hidden_dim)
+        self.q_head = nn.Sequential(
+            nn.Linear(hidden_dim, 128),
+            nn.LayerNorm(128),
+            nn.ReLU(),
+            nn.Linear(128, action_dim),
+        )
+
+    @property
+    def obs_dim(self) -> int:
+        """Width of the flat observation this network reads (54 for Hamlet L2/L3)."""
+        return self.window_size**2 + 2 + self.num_meters + self.num_affordance_types + 1 + NUM_EXTRAS
+
+    def initial_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
+        """Zero LSTM state for ``batch_size`` sequences: ``(h, c)`` each ``[1, B, H]``."""
+        if device is None:
+            device = self.q_head[0].weight.device
+        zeros = torch.zeros(1, batch_size, self.hidden_dim, device=device)
+        return zeros, zeros.clone()
+
+    def forward(self, obs: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
+        """One step: ``obs [B, obs_dim]``, ``hidden (h, c) [1, B, H]`` (zeros if None) -> ``(q [B, A], (h', c'))``."""
+        batch = obs.shape[0]
+        w2 = self.window_size * self.window_size
+        cuts = [
+            w2,
+            w2 + 2,
+            w2 + 2 + self.num_meters,
+            w2 + 2 + self.num_meters + self.num_affordance_types + 1,
+        ]
+        window = obs[:, : cuts[0]].reshape(batch, 1, self.window_size, self.window_size)
+        features = torch.cat(
+            [
+                self.vision_encoder(window),
+                self.position_encoder(obs[:, cuts[0] : cuts[1]]),
+                self.meter_encoder(obs[:, cuts[1] : cuts[2]]),
+                self.affordance_encoder(obs[:, cuts[2] : cuts[3]]),
+            ],
+            dim=1,
+        )
+        if hidden is None:
+            hidden = self.initial_hidden(batch, obs.device)
+        out, (h, c) = self.lstm(features.unsqueeze(1), hidden)
+        q = self.q_head(self.lstm_norm(out.squeeze(1)))
+        return q, (h, c)

@@ -1,0 +1,54 @@
+"""The model layer's errors: one small hierarchy, each class meaning one kind of failure.
+
+At the gRPC boundary these map one-to-one onto status codes: `InvalidInputError` -> INVALID_ARGUMENT,
+`CheckpointError` (and its subclasses) -> FAILED_PRECONDITION / INTERNAL when a hosted file is bad.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from townlet.agent.brain import BrainSpecError
+
+__all__ = [
+    "BrainSpecError",
+    "CheckpointError",
+    "InferenceError",
+    "InvalidInputError",
+    "UnsafeCheckpointError",
+]
+
+
+class InferenceError(Exception):
+    """Base class of every error raised by `townlet.inference`."""
+
+
+class InvalidInputError(InferenceError, ValueError):
+    """An argument to `predict()` (or a similar call) does not fit the model: the message says what was
+    expected and what came."""
+
+
+class CheckpointError(InferenceError):
+    """A checkpoint file cannot be turned into a model: truncated, corrupt, not a checkpoint, an unknown
+    format version, or weights that do not match the network rebuilt from it."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file needs arbitrary unpickling (it references Python globals beyond tensors and plain
+    containers). Nothing in it has run. Load it only if you trust its origin, with ``trust_pickle=True``
+    (CLI: ``--trust``)."""
+
+    def __init__(self, path: str | Path, globals_needed: list[str]) -> None:
+        self.globals_needed = list(globals_needed)
+        listed = ", ".join(self.globals_needed) or "(unknown)"
+        super().__init__(
+            path,
+            f"refusing to unpickle: the file references Python globals that weights_only loading does "
+            f"not allow ({listed}). Nothing in it was run. If you trust this file, pass "
+            f"trust_pickle=True (CLI: --trust).",
+        )

@@ -1,0 +1,331 @@
+"""`HamletModel`: a trained Hamlet Q-network as a standalone, pure inference object.
+
+    model = HamletModel.load("model_ep10000.pt")           # or a training checkpoint_ep*.pt
+    result = model.predict(obs, hidden, epsilon=0.05)        # result.actions, result.q_values, result.hidden
+
+`predict` changes nothing: not the model, not its inputs. The LSTM state of the recurrent network is passed
+in and returned; ``hidden=None`` means "start of an episode" (zeros).
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from townlet.agent.networks import Hidden
+from townlet.inference.checkpoint import (
+    LoadedCheckpoint,
+    load_checkpoint,
+    load_inference_checkpoint,
+    load_training_checkpoint,
+    network_params_of,
+    save_inference_checkpoint,
+)
+from townlet.inference.errors import InvalidInputError
+from townlet.inference.policy import epsilon_greedy
+
+__all__ = ["HamletModel", "PredictResult", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What `HamletModel.predict` returns. Also readable as a dict: ``result["actions"]``."""
+
+    actions: Tensor
+    """``[B]`` int64 chosen actions."""
+    q_values: Tensor
+    """``[B, A]`` float32 Q-values of the network (before any masking)."""
+    hidden: Hidden | None
+    """``(h, c)`` each ``[1, B, H]`` after this step (recurrent net), else None."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in ("actions", "q_values", "hidden"):
+            raise KeyError(f"{key!r}; a PredictResult has 'actions', 'q_values' and 'hidden'")
+        return getattr(self, key)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available else CPU; anything else as torch understands it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(
+            f"device {str(device)!r} requested but CUDA is not available; use 'cpu' or 'auto'"
+        )
+    return resolved
+
+
+class HamletModel:
+    """A Hamlet Q-network (`SimpleQNetwork` or `RecurrentSpatialQNetwork`) plus its metadata.
+
+    Construct it from a checkpoint with `load` (any format), `load_from_checkpoint` (inference_v1) or
+    `load_from_training_checkpoint` (Hamlet v2), or wrap a network you built: ``HamletModel(network)``.
+    The network is put in eval mode; call ``model.network.train()`` yourself to fine-tune it.
+    """
+
+    def __init__(self, network: nn.Module, metadata: dict[str, Any] | None = None) -> None:
+        if not hasattr(network, "is_recurrent") or not hasattr(network, "action_dim"):
+            raise TypeError(
+                f"expected a SimpleQNetwork or RecurrentSpatialQNetwork, got {type(network).__name__}"
+            )
+        self.network = network.eval()
+        params = network_params_of(network)
+        self._hidden_dim: int | None = params["hidden_dim"] if network.is_recurrent else None
+        base = {
+            "format_version": None,
+            "network_type": params["network_type"],
+            "obs_dim": int(network.obs_dim),
+            "action_dim": params["action_dim"],
+            "hidden_dim": self._hidden_dim,
+            "num_parameters": sum(p.numel() for p in network.parameters()),
+            "sha256": None,
+            "episode": None,
+            "epsilon": None,
+            "curriculum_stage": None,
+            "created_at": None,
+            "config_dir": None,
+            "brain_spec_hash": None,
+        }
+        self._metadata = {**base, **(metadata or {})}
+
+    # ------------------------------------------------------------------ loading and saving
+
+    @classmethod
+    def load(
+        cls, path: str | Path, device: str | torch.device = "cpu", *, trust_pickle: bool = False
+    ) -> HamletModel:
+        """Load an inference_v1 or training v2 checkpoint; the format is detected from the contents."""
+        return cls._from_loaded(load_checkpoint(path, resolve_device(device), trust_pickle=trust_pickle))
+
+    @classmethod
+    def load_from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "cpu", *, trust_pickle: bool = False
+    ) -> HamletModel:
+        """Load an inference checkpoint (``model_ep*.pt``, format ``inference_v1``)."""
+        return cls._from_loaded(
+            load_inference_checkpoint(path, resolve_device(device), trust_pickle=trust_pickle)
+        )
+
+    @classmethod
+    def load_from_training_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "cpu", *, trust_pickle: bool = False
+    ) -> HamletModel:
+        """Load the online Q-network of a Hamlet training checkpoint (``checkpoint_ep*.pt``, v2)."""
+        return cls._from_loaded(
+            load_training_checkpoint(path, resolve_device(device), trust_pickle=trust_pickle)
+        )
+
+    @classmethod
+    def _from_loaded(cls, loaded: LoadedCheckpoint) -> HamletModel:
+        model = cls(loaded.network, loaded.metadata)
+        logger.info(
+            "loaded %s %s network (%d params) from %s",
+            model._metadata["format_version"],
+            model._metadata["network_type"],
+            model.num_parameters,
+            loaded.metadata.get("source_path"),
+        )
+        return model
+
+    def save(
+        self,
+        path: str | Path,
+        metadata: dict[str, Any] | None = None,
+        brain_spec: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write an inference_v1 checkpoint (see `save_inference_checkpoint`)."""
+        return save_inference_checkpoint(self, path, metadata, brain_spec)
+
+    def export_to_onnx(self, path: str | Path, *, verify: bool = True, opset: int = 17) -> Path:
+        """Export to ONNX (and, by default, verify it against this model); see `townlet.inference.onnx_export`."""
+        from townlet.inference import onnx_export  # optional dependency: onnx / onnxruntime
+
+        onnx_export.export_to_onnx(self, path, opset=opset)
+        if verify:
+            onnx_export.verify_onnx_export(path, self)
+        return Path(path)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self._metadata["obs_dim"])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self._metadata["action_dim"])
+
+    @property
+    def is_recurrent(self) -> bool:
+        return bool(self.network.is_recurrent)
+
+    @property
+    def hidden_dim(self) -> int | None:
+        """LSTM width H of the recurrent network; None for the MLP."""
+        return self._hidden_dim
+
+    @property
+    def num_parameters(self) -> int:
+        return int(self._metadata["num_parameters"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A copy of the model's metadata (format, network type, dims, episode, epsilon, sha256, ...)."""
+        return dict(self._metadata)
+
+    def to(self, device: str | torch.device) -> HamletModel:
+        """Move the network to ``device`` (``"auto"`` allowed); returns self, like ``nn.Module.to``."""
+        self.network.to(resolve_device(device))
+        return self
+
+    def __repr__(self) -> str:
+        m = self._metadata
+        return (
+            f"HamletModel({m['network_type']}, obs_dim={m['obs_dim']}, action_dim={m['action_dim']}, "
+            f"episode={m['episode']}, device={self.device})"
+        )
+
+    # ------------------------------------------------------------------ inference
+
+    def initial_hidden(self, batch_size: int) -> Hidden:
+        """Zero LSTM state ``(h, c)`` each ``[1, B, H]`` on the model's device (recurrent models only)."""
+        if self._hidden_dim is None:
+            raise InvalidInputError(
+                "initial_hidden: this is a feed-forward (simple) model; it has no hidden state"
+            )
+        zeros = torch.zeros(1, batch_size, self._hidden_dim, device=self.device)
+        return zeros, zeros.clone()
+
+    def forward(self, obs: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden | None]:
+        """Trusted fast path (no validation): ``obs [B, obs_dim]`` float32 on `device` -> ``(q [B, A], hidden')``."""
+        with torch.no_grad():
+            return self.network(obs, hidden)  # type: ignore[no-any-return]
+
+    def predict(
+        self,
+        obs: Tensor | np.ndarray | Any,
+        hidden: Hidden | None = None,
+        epsilon: float = 0.0,
+        action_mask: Tensor | np.ndarray | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PredictResult:
+        """Choose actions for a batch of observations, without changing anything.
+
+        Args:
+            obs: ``[obs_dim]`` or ``[B, obs_dim]`` floats (tensor, numpy array or nested list).
+            hidden: recurrent models: ``(h, c)`` each ``[1, B, H]`` from the previous step; None = zeros.
+            epsilon: exploration rate in [0, 1], drawn per sample (0 = greedy).
+            action_mask: ``[B, A]`` bool, True = allowed; each row needs one allowed action.
+            generator: a ``torch.Generator`` on the model's device for reproducible exploration.
+
+        Returns:
+            `PredictResult` with ``actions [B]`` int64, ``q_values [B, A]`` float32 and ``hidden``.
+            A 1-D observation is treated as a batch of one (B = 1).
+
+        Raises:
+            InvalidInputError: (a ValueError) when an argument does not fit, saying what was expected.
+        """
+        obs_t = self._check_obs(obs)
+        batch = obs_t.shape[0]
+        hidden = self._check_hidden(hidden, batch)
+        epsilon = _check_epsilon(epsilon)
+        mask = self._check_mask(action_mask, batch)
+        q_values, new_hidden = self.forward(obs_t, hidden)
+        actions = epsilon_greedy(q_values, epsilon, mask, generator)
+        return PredictResult(actions=actions, q_values=q_values, hidden=new_hidden)
+
+    # ------------------------------------------------------------------ validation
+
+    def _check_obs(self, obs: Any) -> Tensor:
+        if isinstance(obs, tuple) and len(obs) == 2 and isinstance(obs[1], dict):
+            raise InvalidInputError(
+                "obs looks like an (observation, info) tuple from env.reset(); pass obs[0]"
+            )
+        if not isinstance(obs, Tensor):
+            try:
+                obs = torch.as_tensor(np.asarray(obs))
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(
+                    f"obs: expected an array of floats, got {type(obs).__name__}: {exc}"
+                ) from None
+        if not obs.is_floating_point():
+            raise InvalidInputError(f"obs: expected a float array, got dtype {obs.dtype}")
+        if obs.dim() == 1:
+            obs = obs.unsqueeze(0)
+        if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
+            raise InvalidInputError(
+                f"obs: expected shape [{self.obs_dim}] or [B, {self.obs_dim}], got {list(obs.shape)}"
+            )
+        if obs.shape[0] == 0:
+            raise InvalidInputError("obs: empty batch (B = 0); send at least one observation")
+        obs = obs.to(device=self.device, dtype=torch.float32)
+        if not bool(torch.isfinite(obs).all()):
+            bad = torch.nonzero(~torch.isfinite(obs).all(dim=1)).flatten().tolist()
+            raise InvalidInputError(f"obs: expected finite values, got NaN or Inf in row(s) {bad[:10]}")
+        return obs
+
+    def _check_hidden(self, hidden: Any, batch: int) -> Hidden | None:
+        if self._hidden_dim is None:
+            if hidden is not None:
+                raise InvalidInputError(
+                    "hidden: this feed-forward (simple) model takes no hidden state; pass None"
+                )
+            return None
+        if hidden is None:
+            return self.initial_hidden(batch)
+        expected = [1, batch, self._hidden_dim]
+        if not isinstance(hidden, (tuple, list)) or len(hidden) != 2:
+            raise InvalidInputError(
+                f"hidden: expected a pair (h, c) of tensors shaped {expected}, got {type(hidden).__name__}"
+            )
+        checked = []
+        for name, part in zip("hc", hidden):
+            part = torch.as_tensor(part)
+            if list(part.shape) != expected:
+                raise InvalidInputError(f"hidden {name}: expected shape {expected}, got {list(part.shape)}")
+            if not part.is_floating_point() or not bool(torch.isfinite(part).all()):
+                raise InvalidInputError(
+                    f"hidden {name}: expected finite floats, got dtype {part.dtype} "
+                    "with non-finite or non-float values"
+                )
+            checked.append(part.to(device=self.device, dtype=torch.float32))
+        return checked[0], checked[1]
+
+    def _check_mask(self, mask: Any, batch: int) -> Tensor | None:
+        if mask is None:
+            return None
+        mask_t = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+        if mask_t.dtype != torch.bool:
+            raise InvalidInputError(f"action_mask: expected dtype bool, got {mask_t.dtype}")
+        if mask_t.dim() == 1:
+            mask_t = mask_t.unsqueeze(0)
+        if list(mask_t.shape) != [batch, self.action_dim]:
+            raise InvalidInputError(
+                f"action_mask: expected shape [{batch}, {self.action_dim}], got {list(mask_t.shape)}"
+            )
+        empty = torch.nonzero(~mask_t.any(dim=1)).flatten().tolist()
+        if empty:
+            raise InvalidInputError(
+                f"action_mask: row(s) {empty[:10]} allow no action; each row needs one True"
+            )
+        return mask_t.to(self.device)
+
+
+def _check_epsilon(epsilon: Any) -> float:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not 0.0 <= float(epsilon) <= 1.0:
+        raise InvalidInputError(f"epsilon: expected a number in [0, 1], got {epsilon!r}")
+    return float(epsilon)
