@@ -90,9 +90,7 @@ class RecurrentSpatialQNetwork(nn.Module):
         self.position_encoder = nn.Sequential(nn.Linear(2, 32), nn.ReLU())
         self.meter_encoder = nn.Sequential(nn.Linear(num_meters, 32), nn.ReLU())
         self.affordance_encoder = nn.Sequential(nn.Linear(num_affordance_types + 1, 32), nn.ReLU())
-        self.lstm = nn.LSTM(
-            input_size=128 + 32 + 32 + 32, hidden_size=hidden_dim, num_layers=1, batch_first=True
-        )
+        self.lstm = nn.LSTM(input_size=128 + 32 + 32 + 32, hidden_size=hidden_dim, num_layers=1, batch_first=True)
         self.lstm_norm = nn.LayerNorm(hidden_dim)
         self.q_head = nn.Sequential(
             nn.Linear(hidden_dim, 128),

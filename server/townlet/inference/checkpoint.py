@@ -216,13 +216,7 @@ def infer_network_params(state_dict: Mapping[str, Tensor], network_type: str | N
 
     ``network_type`` ("simple" | "recurrent") is what a training config claims; None detects it from keys.
     """
-    detected = (
-        "recurrent"
-        if "lstm.weight_ih_l0" in state_dict
-        else "simple"
-        if "net.0.weight" in state_dict
-        else None
-    )
+    detected = "recurrent" if "lstm.weight_ih_l0" in state_dict else "simple" if "net.0.weight" in state_dict else None
     if detected is None:
         raise ValueError(
             "state_dict is neither a SimpleQNetwork (no 'net.0.weight') nor a "
@@ -270,9 +264,7 @@ def build_network_from_params(params: Mapping[str, Any]) -> nn.Module:
         return build_network({"network": {"type": "simple", **rest}})
     if kind == "recurrent":
         lstm = {"hidden_dim": rest.pop("hidden_dim")} if "hidden_dim" in rest else {}
-        return build_network(
-            {"network": {"type": "recurrent_spatial", **rest, **({"lstm": lstm} if lstm else {})}}
-        )
+        return build_network({"network": {"type": "recurrent_spatial", **rest, **({"lstm": lstm} if lstm else {})}})
     raise BrainSpecError(f"network_params.network_type: expected 'simple' or 'recurrent', got {kind!r}")
 
 
@@ -297,9 +289,7 @@ def save_inference_checkpoint(
         metadata = getattr(model, "metadata", None) or {}
     params = network_params_of(network)
     file_meta = {
-        _FILE_KEYS.get(k, k): _plain(v, f"metadata[{k!r}]")
-        for k, v in metadata.items()
-        if k not in _DERIVED_KEYS
+        _FILE_KEYS.get(k, k): _plain(v, f"metadata[{k!r}]") for k, v in metadata.items() if k not in _DERIVED_KEYS
     }
     file_meta.update(params, num_parameters=_count_parameters(network))
     checkpoint: dict[str, Any] = {
@@ -354,23 +344,17 @@ def _build_or_fail(path: str | Path, params: Any) -> nn.Module:
         raise CheckpointError(path, f"invalid network_params: {exc}") from None
 
 
-def _load_weights(
-    path: str | Path, network: nn.Module, state_dict: Mapping[str, Tensor], source: str
-) -> None:
+def _load_weights(path: str | Path, network: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
     try:
         network.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:400]
-        raise CheckpointError(
-            path, f"weights do not match the network rebuilt from {source}: {detail}"
-        ) from None
+        raise CheckpointError(path, f"weights do not match the network rebuilt from {source}: {detail}") from None
     device = next(iter(state_dict.values())).device
     network.to(device).eval()
 
 
-def _complete_metadata(
-    meta: dict[str, Any], network: nn.Module, path: str | Path, sha256: str
-) -> dict[str, Any]:
+def _complete_metadata(meta: dict[str, Any], network: nn.Module, path: str | Path, sha256: str) -> dict[str, Any]:
     params = network_params_of(network)
     meta.update(
         network_type=params["network_type"],
@@ -431,8 +415,7 @@ def _plain(value: Any, where: str) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     raise TypeError(
-        f"{where}: metadata values must be str, int, float, bool, None, lists or dicts; "
-        f"got {type(value).__name__}"
+        f"{where}: metadata values must be str, int, float, bool, None, lists or dicts; got {type(value).__name__}"
     )
 
 

@@ -59,9 +59,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(
-            f"device {str(device)!r} requested but CUDA is not available; use 'cpu' or 'auto'"
-        )
+        raise InvalidInputError(f"device {str(device)!r} requested but CUDA is not available; use 'cpu' or 'auto'")
     return resolved
 
 
@@ -75,9 +73,7 @@ class HamletModel:
 
     def __init__(self, network: nn.Module, metadata: dict[str, Any] | None = None) -> None:
         if not hasattr(network, "is_recurrent") or not hasattr(network, "action_dim"):
-            raise TypeError(
-                f"expected a SimpleQNetwork or RecurrentSpatialQNetwork, got {type(network).__name__}"
-            )
+            raise TypeError(f"expected a SimpleQNetwork or RecurrentSpatialQNetwork, got {type(network).__name__}")
         self.network = network.eval()
         params = network_params_of(network)
         self._hidden_dim: int | None = params["hidden_dim"] if network.is_recurrent else None
@@ -101,9 +97,7 @@ class HamletModel:
     # ------------------------------------------------------------------ loading and saving
 
     @classmethod
-    def load(
-        cls, path: str | Path, device: str | torch.device = "cpu", *, trust_pickle: bool = False
-    ) -> HamletModel:
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", *, trust_pickle: bool = False) -> HamletModel:
         """Load an inference_v1 or training v2 checkpoint; the format is detected from the contents."""
         return cls._from_loaded(load_checkpoint(path, resolve_device(device), trust_pickle=trust_pickle))
 
@@ -112,18 +106,14 @@ class HamletModel:
         cls, path: str | Path, device: str | torch.device = "cpu", *, trust_pickle: bool = False
     ) -> HamletModel:
         """Load an inference checkpoint (``model_ep*.pt``, format ``inference_v1``)."""
-        return cls._from_loaded(
-            load_inference_checkpoint(path, resolve_device(device), trust_pickle=trust_pickle)
-        )
+        return cls._from_loaded(load_inference_checkpoint(path, resolve_device(device), trust_pickle=trust_pickle))
 
     @classmethod
     def load_from_training_checkpoint(
         cls, path: str | Path, device: str | torch.device = "cpu", *, trust_pickle: bool = False
     ) -> HamletModel:
         """Load the online Q-network of a Hamlet training checkpoint (``checkpoint_ep*.pt``, v2)."""
-        return cls._from_loaded(
-            load_training_checkpoint(path, resolve_device(device), trust_pickle=trust_pickle)
-        )
+        return cls._from_loaded(load_training_checkpoint(path, resolve_device(device), trust_pickle=trust_pickle))
 
     @classmethod
     def _from_loaded(cls, loaded: LoadedCheckpoint) -> HamletModel:
@@ -204,9 +194,7 @@ class HamletModel:
     def initial_hidden(self, batch_size: int) -> Hidden:
         """Zero LSTM state ``(h, c)`` each ``[1, B, H]`` on the model's device (recurrent models only)."""
         if self._hidden_dim is None:
-            raise InvalidInputError(
-                "initial_hidden: this is a feed-forward (simple) model; it has no hidden state"
-            )
+            raise InvalidInputError("initial_hidden: this is a feed-forward (simple) model; it has no hidden state")
         zeros = torch.zeros(1, batch_size, self._hidden_dim, device=self.device)
         return zeros, zeros.clone()
 
@@ -252,16 +240,12 @@ class HamletModel:
 
     def _check_obs(self, obs: Any) -> Tensor:
         if isinstance(obs, tuple) and len(obs) == 2 and isinstance(obs[1], dict):
-            raise InvalidInputError(
-                "obs looks like an (observation, info) tuple from env.reset(); pass obs[0]"
-            )
+            raise InvalidInputError("obs looks like an (observation, info) tuple from env.reset(); pass obs[0]")
         if not isinstance(obs, Tensor):
             try:
                 obs = torch.as_tensor(np.asarray(obs))
             except (TypeError, ValueError) as exc:
-                raise InvalidInputError(
-                    f"obs: expected an array of floats, got {type(obs).__name__}: {exc}"
-                ) from None
+                raise InvalidInputError(f"obs: expected an array of floats, got {type(obs).__name__}: {exc}") from None
         if not obs.is_floating_point():
             raise InvalidInputError(f"obs: expected a float array, got dtype {obs.dtype}")
         if obs.dim() == 1:
@@ -281,9 +265,7 @@ class HamletModel:
     def _check_hidden(self, hidden: Any, batch: int) -> Hidden | None:
         if self._hidden_dim is None:
             if hidden is not None:
-                raise InvalidInputError(
-                    "hidden: this feed-forward (simple) model takes no hidden state; pass None"
-                )
+                raise InvalidInputError("hidden: this feed-forward (simple) model takes no hidden state; pass None")
             return None
         if hidden is None:
             return self.initial_hidden(batch)
@@ -293,14 +275,13 @@ class HamletModel:
                 f"hidden: expected a pair (h, c) of tensors shaped {expected}, got {type(hidden).__name__}"
             )
         checked = []
-        for name, part in zip("hc", hidden):
+        for name, part in zip("hc", hidden, strict=True):
             part = torch.as_tensor(part)
             if list(part.shape) != expected:
                 raise InvalidInputError(f"hidden {name}: expected shape {expected}, got {list(part.shape)}")
             if not part.is_floating_point() or not bool(torch.isfinite(part).all()):
                 raise InvalidInputError(
-                    f"hidden {name}: expected finite floats, got dtype {part.dtype} "
-                    "with non-finite or non-float values"
+                    f"hidden {name}: expected finite floats, got dtype {part.dtype} with non-finite or non-float values"
                 )
             checked.append(part.to(device=self.device, dtype=torch.float32))
         return checked[0], checked[1]
@@ -319,9 +300,7 @@ class HamletModel:
             )
         empty = torch.nonzero(~mask_t.any(dim=1)).flatten().tolist()
         if empty:
-            raise InvalidInputError(
-                f"action_mask: row(s) {empty[:10]} allow no action; each row needs one True"
-            )
+            raise InvalidInputError(f"action_mask: row(s) {empty[:10]} allow no action; each row needs one True")
         return mask_t.to(self.device)
 
 
