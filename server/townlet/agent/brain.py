@@ -33,6 +33,7 @@ import yaml
 from torch import nn
 
 from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
+from townlet.inference.errors import BrainSpecError
 
 __all__ = [
     "BrainSpecError",
@@ -57,10 +58,6 @@ _INT_FIELDS = {
     "simple": {"obs_dim": None, "action_dim": None, "hidden_dim": 128},
     "recurrent_spatial": {"action_dim": None, "window_size": 5, "num_meters": 8, "num_affordance_types": 14},
 }
-
-
-class BrainSpecError(ValueError):
-    """A brain spec is malformed; the message names the offending field."""
 
 
 def load_brain_spec(path: str | Path) -> dict[str, Any]:

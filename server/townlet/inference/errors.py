@@ -2,13 +2,12 @@
 
 At the gRPC boundary these map one-to-one onto status codes: `InvalidInputError` -> INVALID_ARGUMENT,
 `CheckpointError` (and its subclasses) -> FAILED_PRECONDITION / INTERNAL when a hosted file is bad.
+This module imports nothing heavy (no torch), so torch-free code such as the ONNX Runtime predictor uses it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from townlet.agent.brain import BrainSpecError
 
 __all__ = [
     "BrainSpecError",
@@ -26,6 +25,10 @@ class InferenceError(Exception):
 class InvalidInputError(InferenceError, ValueError):
     """An argument to `predict()` (or a similar call) does not fit the model: the message says what was
     expected and what came."""
+
+
+class BrainSpecError(InferenceError, ValueError):
+    """A brain spec (or a checkpoint's ``network_params``) is malformed; the message names the field."""
 
 
 class CheckpointError(InferenceError):
