@@ -1,0 +1,125 @@
+"""Turn Hamlet training checkpoints (v2) into inference checkpoints (inference_v1).
+
+Two entry points:
+
+- `migrate_checkpoint` converts one existing ``checkpoint_epNNNNN.pt`` into ``model_epNNNNN.pt``
+  (the ``hamlet-model migrate`` command runs it over files and whole run folders);
+- `save_inference_beside` is what a training loop calls right after writing a training checkpoint, with
+  the network still in memory, so the small inference file appears beside the big one at no reload cost.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from townlet.inference.checkpoint import load_training_checkpoint, save_inference_checkpoint
+
+__all__ = [
+    "MigrationResult",
+    "find_training_checkpoints",
+    "inference_path_for",
+    "migrate_checkpoint",
+    "save_inference_beside",
+]
+
+_TRAINING_NAME = re.compile(r"^checkpoint_ep(\d+)\.pt$")
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """One converted file and the sizes before and after, in bytes."""
+
+    source: Path
+    target: Path
+    source_bytes: int
+    target_bytes: int
+    episode: int | None
+
+
+def inference_path_for(training_path: str | Path, out_dir: str | Path | None = None) -> Path:
+    """``.../checkpoint_ep00100.pt`` -> ``<out_dir or same dir>/model_ep00100.pt`` (other names: ``model_<stem>.pt``)."""
+    training_path = Path(training_path)
+    match = _TRAINING_NAME.match(training_path.name)
+    name = f"model_ep{match.group(1)}.pt" if match else f"model_{training_path.stem}.pt"
+    return Path(out_dir if out_dir is not None else training_path.parent) / name
+
+
+def find_training_checkpoints(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand files and run folders (searched recursively for ``checkpoint_ep*.pt``) into a sorted file list.
+
+    Raises FileNotFoundError for a path that does not exist.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(path.rglob("checkpoint_ep*.pt")))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or directory")
+    return list(dict.fromkeys(found))
+
+
+def migrate_checkpoint(
+    source: str | Path,
+    target: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    trust_pickle: bool = False,
+) -> MigrationResult:
+    """Convert one training checkpoint; ``target`` defaults to `inference_path_for(source)`.
+
+    Raises FileExistsError when the target exists and ``overwrite`` is False, and `CheckpointError` when the
+    source is not a loadable training checkpoint. The metadata records the source file's name and sha256.
+    """
+    source = Path(source)
+    target = Path(target) if target is not None else inference_path_for(source)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    loaded = load_training_checkpoint(source, "cpu", trust_pickle=trust_pickle)
+    meta = loaded.metadata
+    metadata = {
+        "episode": meta["episode"],
+        "epsilon": meta["epsilon"],
+        "curriculum_stage": meta["curriculum_stage"],
+        "config_dir": meta["config_dir"],
+        "trained_at": meta["created_at"],
+        "source_checkpoint": source.name,
+        "source_sha256": meta["sha256"],
+    }
+    save_inference_checkpoint(loaded.network, target, metadata)
+    return MigrationResult(source, target, source.stat().st_size, target.stat().st_size, meta["episode"])
+
+
+def save_inference_beside(
+    training_path: str | Path,
+    q_network: nn.Module,
+    *,
+    episode: int,
+    epsilon: float | None = None,
+    curriculum_stage: int | None = None,
+    config_dir: str | None = None,
+    brain_spec: dict[str, Any] | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model_epNNNNN.pt`` beside a just-written ``checkpoint_epNNNNN.pt`` (the seed's Phase 4).
+
+    Call it from a training loop right after saving the training checkpoint; ``q_network`` is the online
+    network (its weights are copied to CPU, the live network is not touched).
+    """
+    metadata = {
+        "episode": episode,
+        "epsilon": epsilon,
+        "curriculum_stage": curriculum_stage,
+        "config_dir": config_dir,
+        "source_checkpoint": Path(training_path).name,
+        **(extra_metadata or {}),
+    }
+    return save_inference_checkpoint(q_network, inference_path_for(training_path), metadata, brain_spec)

@@ -1,0 +1,33 @@
+"""Shared test set-up: one torch thread (2-core machines), and Hamlet training runs written on demand."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # make tests/hamlet_runs.py importable
+
+from hamlet_runs import make_network, write_training_checkpoint  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(params=["simple", "recurrent"])
+def network_type(request: pytest.FixtureRequest) -> str:
+    """Runs a test once for Hamlet's MLP (L1) and once for its CNN+LSTM (L2)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def training_checkpoint(tmp_path: Path, network_type: str) -> Path:
+    """A Hamlet v2 training checkpoint of a seeded network of ``network_type``."""
+    return write_training_checkpoint(tmp_path / "run" / "checkpoints", network_type)
+
+
+@pytest.fixture
+def raw_network(network_type: str) -> torch.nn.Module:
+    """The same seeded network the ``training_checkpoint`` fixture saves, in eval mode."""
+    return make_network(network_type).eval()
