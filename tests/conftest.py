@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))  # make tests/hamlet_runs.py importable
-
-from hamlet_runs import make_network, write_training_checkpoint  # noqa: E402
+from hamlet_runs import make_network, write_training_checkpoint  # tests/ is on sys.path (pytest rootdir conftest)
 
 torch.set_num_threads(1)
 

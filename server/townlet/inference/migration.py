@@ -43,7 +43,7 @@ class MigrationResult:
 
 
 def inference_path_for(training_path: str | Path, out_dir: str | Path | None = None) -> Path:
-    """``.../checkpoint_ep00100.pt`` -> ``<out_dir or same dir>/model_ep00100.pt`` (other names: ``model_<stem>.pt``)."""
+    """``checkpoint_ep00100.pt`` -> ``model_ep00100.pt`` in ``out_dir`` (default: beside); else ``model_<stem>.pt``."""
     training_path = Path(training_path)
     match = _TRAINING_NAME.match(training_path.name)
     name = f"model_ep{match.group(1)}.pt" if match else f"model_{training_path.stem}.pt"
