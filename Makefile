@@ -52,5 +52,11 @@ format: install  ## apply ruff's formatting and autofixes
 bench: install proto  ## print the benchmarks (figures side by side with their baselines)
 	$(PY) bench/bench_model.py
 
+MODELS     ?= models
+SERVE_ARGS ?=
+serve: install proto  ## serve the model repository MODELS (default: models/, untrained demo models) on 127.0.0.1:50051
+	$(PY) scripts/make_demo_models.py --out $(MODELS)
+	$(PY) -m hamlet_server.cli serve --models $(MODELS) $(SERVE_ARGS)
+
 clean:  ## remove the virtual environment and generated code
 	rm -rf $(VENV) $(GEN_DIR) .pytest_cache .mypy_cache .ruff_cache

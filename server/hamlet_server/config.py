@@ -1,0 +1,133 @@
+"""ServerConfig: every setting of the server in one dataclass, each settable by flag or environment variable.
+
+A field's `help` becomes its `--help` line; its environment variable is `HAMLET_<FIELD_NAME_UPPER>`
+(e.g. `HAMLET_MODELS`, `HAMLET_MAX_SESSIONS`). Precedence: command-line flag > environment > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ServerConfig", "add_arguments", "config_from_args"]
+
+ENV_PREFIX = "HAMLET_"
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of one `hamlet-server serve`."""
+
+    models: Path = _opt(  # noqa: RUF009 (Path is immutable)
+        Path("models"),
+        "model repository: one sub-directory per model holding model_ep*.pt "
+        "/ checkpoint_ep*.pt, or single <name>.pt files",
+    )
+    host: str = _opt("127.0.0.1", "address to bind (0.0.0.0 exposes the server to the network)")
+    port: int = _opt(50051, "gRPC port (0 picks a free one)")
+    device: str = _opt("auto", "torch device for the models: auto (cuda when present), cpu, cuda, cuda:N")
+    default_model: str = _opt("", "model used when a request names none (empty: the first name in sorted order)")
+    max_sessions: int = _opt(1024, "most concurrent StreamEpisode streams; more get RESOURCE_EXHAUSTED")
+    max_envs: int = _opt(1024, "most environments (num_envs) one stream may drive")
+    max_predict_batch: int = _opt(4096, "most observations in one Predict call")
+    session_ttl: float = _opt(
+        300.0, "seconds a stream may stay silent before its state is freed and it ends with DEADLINE_EXCEEDED"
+    )
+    max_batch: int = _opt(256, "most observations the batcher puts into one forward")
+    max_delay_us: int = _opt(
+        0, "microseconds the batcher waits for more work after the first item (0: take whatever is queued, never wait)"
+    )
+    poll_interval: float = _opt(2.0, "seconds between scans of the model repository (0 disables hot reload)")
+    metrics_port: int = _opt(9464, "Prometheus /metrics port on the same host (0 disables)")
+    threads: int = _opt(1, "torch.set_num_threads: 1 is fastest for small batches on small CPUs")
+    max_message_mb: int = _opt(16, "largest gRPC message accepted or sent, MiB")
+    grace: float = _opt(10.0, "seconds SIGTERM/SIGINT waits for in-flight work before exiting")
+    log_level: str = _opt("INFO", "logging level: DEBUG, INFO, WARNING, ERROR")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_sessions >= 1, "max_sessions must be >= 1"),
+            (self.max_envs >= 1, "max_envs must be >= 1"),
+            (self.max_predict_batch >= 1, "max_predict_batch must be >= 1"),
+            (self.session_ttl > 0, "session_ttl must be > 0 seconds"),
+            (self.max_batch >= 1, "max_batch must be >= 1"),
+            (self.max_delay_us >= 0, "max_delay_us must be >= 0"),
+            (self.poll_interval >= 0, "poll_interval must be >= 0"),
+            (0 <= self.port <= 65535, "port must be in 0..65535"),
+            (0 <= self.metrics_port <= 65535, "metrics_port must be in 0..65535"),
+            (self.threads >= 1, "threads must be >= 1"),
+            (self.max_message_mb >= 1, "max_message_mb must be >= 1"),
+            (self.grace >= 0, "grace must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid server setting: {message}")
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024
+
+    def replace(self, **changes: Any) -> ServerConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per ServerConfig field; defaults stay None so that the environment can fill them."""
+    for f in dataclasses.fields(ServerConfig):
+        env = ENV_PREFIX + f.name.upper()
+        parser.add_argument(
+            _flag(f.name),
+            dest=f.name,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{f.metadata['help']} (env {env}, default {f.default})",
+        )
+
+
+def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
+    default = f.default
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except ValueError as exc:
+        raise ValueError(f"invalid value {raw!r} for {f.name}: expected {type(default).__name__}") from exc
+    return raw
+
+
+def config_from_args(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Build a ServerConfig from parsed flags, falling back to HAMLET_* environment variables."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(ServerConfig):
+        raw = getattr(args, f.name, None) if args is not None else None
+        if raw is None:
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            values[f.name] = _convert(f, str(raw))
+    return ServerConfig(**values)
+
+
+def parse_flags(argv: Sequence[str]) -> ServerConfig:
+    """Parse `argv` (flags only) into a ServerConfig; handy for tests and embedding."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return config_from_args(parser.parse_args(list(argv)), environ={})

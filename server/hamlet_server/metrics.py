@@ -1,0 +1,71 @@
+"""Prometheus metrics of one server, in their own registry (so several servers can live in one process).
+
+| metric                                  | type      | labels         |
+|-----------------------------------------|-----------|----------------|
+| hamlet_requests_total                   | counter   | method, code   |
+| hamlet_request_errors_total             | counter   | method, code   |
+| hamlet_request_latency_seconds          | histogram | method         |
+| hamlet_batch_size                       | histogram | model          |
+| hamlet_active_sessions                  | gauge     |                |
+| hamlet_loaded_model_versions            | gauge     |                |
+| hamlet_model_load_failures_total        | counter   | model          |
+
+`StreamEpisode` is counted once per stream (its final code) and its latency is per step, under the method
+label `StreamEpisode.step`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["ServerMetrics"]
+
+_LATENCY_BUCKETS = (
+    50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3, 3.2e-3, 6.4e-3, 12.8e-3, 25.6e-3, 51.2e-3, 0.1, 0.2, 0.5, 1, 2, 5,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class ServerMetrics:
+    """The metric objects; `serve(port)` exposes them over HTTP at /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("hamlet_requests", "RPCs finished, by method and status code",
+                                ["method", "code"], registry=r)  # fmt: skip
+        self.errors = Counter("hamlet_request_errors", "RPCs finished with a status other than OK",
+                              ["method", "code"], registry=r)  # fmt: skip
+        self.latency = Histogram("hamlet_request_latency_seconds", "Server-side latency per call or stream step",
+                                 ["method"], buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.batch_size = Histogram("hamlet_batch_size", "Rows per batched forward", ["model"],
+                                    buckets=_BATCH_BUCKETS, registry=r)  # fmt: skip
+        self.active_sessions = Gauge("hamlet_active_sessions", "Open StreamEpisode streams", registry=r)
+        self.loaded_versions = Gauge("hamlet_loaded_model_versions", "Model versions held in memory", registry=r)
+        self.load_failures = Counter("hamlet_model_load_failures", "Checkpoint files that failed to load",
+                                     ["model"], registry=r)  # fmt: skip
+        self._http: object | None = None
+
+    def bind_gauges(self, sessions: Callable[[], float], loaded: Callable[[], float]) -> None:
+        """Read the two gauges from live objects at scrape time."""
+        self.active_sessions.set_function(sessions)
+        self.loaded_versions.set_function(loaded)
+
+    def record(self, method: str, code: str) -> None:
+        self.requests.labels(method, code).inc()
+        if code != "OK":
+            self.errors.labels(method, code).inc()
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Start the /metrics HTTP endpoint; returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        return int(server.server_address[1])
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()  # type: ignore[attr-defined]
+            self._http.server_close()  # type: ignore[attr-defined]
+            self._http = None

@@ -1,0 +1,325 @@
+"""ModelRepository: model name -> loaded versions, kept in step with a directory that training writes into.
+
+Layout: `<root>/<name>/model_epNNNNN.pt` or `checkpoint_epNNNNN.pt` (a version is the training episode in
+the file name; an inference file wins over a training file of the same episode), or a single file
+`<root>/<name>.pt` (version = its `_epN` or 0). The newest version that loads is the default; new work
+gets it, running streams keep the version they started on. A file that fails to load is logged and
+skipped (retried only when it changes) and the previous version keeps serving. A version that is no
+longer the newest and that nothing holds is unloaded at the next poll.
+
+Thread model: `scan_and_load()` does the file system work and the loading (run it on a worker thread);
+`apply()` and everything else run on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hamlet_server.batcher import StepBatcher
+from hamlet_server.sessions import SlotAllocator
+
+__all__ = [
+    "ModelLoadError",
+    "ModelRepository",
+    "ServedModel",
+    "UnknownModelError",
+    "UnknownVersionError",
+    "scan_models",
+]
+
+log = logging.getLogger(__name__)
+_EPISODE = re.compile(r"ep(\d+)")
+
+
+class UnknownModelError(LookupError):
+    """No model of that name (maps to NOT_FOUND)."""
+
+
+class UnknownVersionError(LookupError):
+    """The model has no such version (maps to NOT_FOUND)."""
+
+
+class ModelLoadError(RuntimeError):
+    """The requested version's file exists but does not load (maps to FAILED_PRECONDITION)."""
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str
+    version: int
+    path: Path
+    signature: tuple[int, int]  # (mtime_ns, size): a change means "reload"
+
+
+def _rank(path: Path) -> int:
+    return 0 if path.name.startswith("model_") else 1  # inference files beat training files
+
+
+def scan_models(root: Path) -> dict[str, dict[int, ModelFile]]:
+    """What is on disk now: name -> version -> file. Ignores hidden and temporary files."""
+    found: dict[str, dict[int, ModelFile]] = {}
+    if not root.is_dir():
+        return found
+    candidates: list[tuple[str, Path]] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            candidates += [(entry.name, p) for p in sorted(entry.glob("*.pt")) if not p.name.startswith(".")]
+        elif entry.suffix == ".pt":
+            candidates.append((re.sub(r"_ep\d+$", "", entry.stem), entry))
+    for name, path in candidates:
+        match = _EPISODE.search(path.stem)
+        if match is None and path.parent != root:
+            continue  # inside a model directory only episode-numbered files are versions
+        version = int(match.group(1)) if match else 0
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        mf = ModelFile(name, version, path, (stat.st_mtime_ns, stat.st_size))
+        current = found.setdefault(name, {}).get(version)
+        if current is None or _rank(path) < _rank(current.path):
+            found[name][version] = mf
+    return found
+
+
+class ServedModel:
+    """One loaded version: the model, its batcher, its hidden-state rows and a reference count."""
+
+    def __init__(self, file: ModelFile, model: Any, batcher: StepBatcher) -> None:
+        self.file = file
+        self.model = model
+        self.batcher = batcher
+        self.slots = SlotAllocator()
+        self.refs = 0
+
+    name = property(lambda self: self.file.name)
+    version = property(lambda self: self.file.version)
+    is_recurrent = property(lambda self: bool(self.model.is_recurrent))
+    device = property(lambda self: self.model.device)
+    obs_dim = property(lambda self: int(self.model.obs_dim))
+    action_dim = property(lambda self: int(self.model.action_dim))
+    hidden_dim = property(lambda self: int(self.model.hidden_dim or 0))
+
+    def acquire(self) -> ServedModel:
+        self.refs += 1
+        return self
+
+    def release(self) -> None:
+        self.refs = max(0, self.refs - 1)
+
+    def __repr__(self) -> str:
+        return f"ServedModel({self.name!r}, version={self.version}, refs={self.refs})"
+
+
+@dataclass
+class _Loaded:
+    file: ModelFile
+    model: Any = None
+    error: str | None = None
+
+
+def _default_loader(path: Path, device: str) -> Any:
+    from townlet.inference import HamletModel
+
+    return HamletModel.load(path, device=device)
+
+
+class ModelRepository:
+    """Models under `root`, loaded on `device`; batchers run their forwards on `executor`."""
+
+    def __init__(
+        self,
+        root: Path,
+        device: str,
+        executor: Executor,
+        *,
+        max_batch: int = 256,
+        max_delay_us: int = 0,
+        default_model: str = "",
+        loader: Callable[[Path, str], Any] = _default_loader,
+        on_batch: Callable[[str, int], None] | None = None,
+        on_load_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.device = device
+        self._executor = executor
+        self._max_batch = max_batch
+        self._max_delay_us = max_delay_us
+        self._default_model = default_model
+        self._loader = loader
+        self._on_batch = on_batch
+        self._on_load_failure = on_load_failure
+        self._on_disk: dict[str, dict[int, ModelFile]] = {}
+        self._loaded: dict[tuple[str, int], ServedModel] = {}
+        self._latest: dict[str, int] = {}
+        self._failed: dict[Path, tuple[int, int]] = {}
+        self._retired: list[ServedModel] = []
+        self._lock = asyncio.Lock()
+
+    # ---- queries (event loop) -------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(self._latest)
+
+    @property
+    def default_model(self) -> str:
+        if self._default_model:
+            return self._default_model
+        names = self.names()
+        return names[0] if names else ""
+
+    def versions_on_disk(self, name: str) -> list[int]:
+        return sorted(self._on_disk.get(name, {}))
+
+    def loaded_versions(self, name: str) -> list[int]:
+        held = {m.version for m in self._retired if m.name == name}
+        return sorted({v for (n, v) in self._loaded if n == name} | held)
+
+    def latest(self, name: str) -> ServedModel:
+        name = name or self.default_model
+        if name not in self._latest:
+            raise UnknownModelError(f"unknown model {name!r}; available: {self.names() or 'none'}")
+        return self._loaded[(name, self._latest[name])]
+
+    def loaded_count(self) -> int:
+        return len(self._loaded) + len(self._retired)
+
+    # ---- acquire / release ----------------------------------------------------------------------
+    async def acquire(self, name: str, version: int | None = None) -> ServedModel:
+        """The version to serve (the latest when None), with a reference the caller must release."""
+        name = name or self.default_model
+        if name not in self._on_disk and name not in self._latest:
+            raise UnknownModelError(f"unknown model {name!r}; available: {self.names() or 'none'}")
+        if version is None:
+            served = self.latest(name)
+        elif (name, version) in self._loaded:
+            served = self._loaded[(name, version)]
+        else:
+            served = await self._load_on_demand(name, version)
+        served.batcher.start()
+        return served.acquire()
+
+    async def _load_on_demand(self, name: str, version: int) -> ServedModel:
+        file = self._on_disk.get(name, {}).get(version)
+        if file is None:
+            raise UnknownVersionError(
+                f"model {name!r} has no version {version}; versions: {self.versions_on_disk(name)}"
+            )
+        async with self._lock:
+            if (name, version) in self._loaded:
+                return self._loaded[(name, version)]
+            loaded = await asyncio.get_running_loop().run_in_executor(None, self._load, file)
+            if loaded.model is None:
+                raise ModelLoadError(f"model {name!r} version {version} does not load: {loaded.error}")
+            return self._install(loaded)
+
+    # ---- polling --------------------------------------------------------------------------------
+    def scan_and_load(self) -> tuple[dict[str, dict[int, ModelFile]], list[_Loaded]]:
+        """File system scan plus loading of what changed; safe on a worker thread (reads state only)."""
+        on_disk = scan_models(self.root)
+        loaded: list[_Loaded] = []
+        for name, versions in on_disk.items():
+            have = self._latest.get(name)
+            for version in sorted(versions, reverse=True):
+                file = versions[version]
+                current = self._loaded.get((name, version))
+                if current is not None and current.file.signature == file.signature:
+                    break  # the newest loadable version is already loaded and unchanged
+                if have is not None and version < have:
+                    break
+                if self._failed.get(file.path) == file.signature:
+                    continue  # known bad; retried when it changes
+                result = self._load(file)
+                loaded.append(result)
+                if result.model is not None:
+                    break
+        return on_disk, loaded
+
+    def _load(self, file: ModelFile) -> _Loaded:
+        try:
+            model = self._loader(file.path, self.device)
+        except Exception as exc:  # any failure of a hosted file must not stop the server
+            log.error("model %r version %d: failed to load %s: %s", file.name, file.version, file.path, exc)
+            return _Loaded(file, error=f"{type(exc).__name__}: {exc}")
+        log.info(
+            "model %r version %d: loaded %s (%s, obs_dim=%s, action_dim=%s, device=%s)",
+            file.name, file.version, file.path.name,
+            "recurrent" if model.is_recurrent else "simple", model.obs_dim, model.action_dim, model.device,
+        )  # fmt: skip
+        return _Loaded(file, model=model)
+
+    def apply(self, on_disk: dict[str, dict[int, ModelFile]], loaded: list[_Loaded]) -> None:
+        """Install what `scan_and_load` produced and unload what nobody uses (event loop)."""
+        self._on_disk = on_disk
+        for result in loaded:
+            if result.model is None:
+                self._failed[result.file.path] = result.file.signature
+                if self._on_load_failure is not None:
+                    self._on_load_failure(result.file.name)
+                continue
+            self._failed.pop(result.file.path, None)
+            self._install(result)
+            name, version = result.file.name, result.file.version
+            if version >= self._latest.get(name, -1) or self._latest_gone(name):
+                if name in self._latest and self._latest[name] != version:
+                    log.info("model %r: new episodes now get version %d (was %d)", name, version,
+                             self._latest[name])  # fmt: skip
+                self._latest[name] = version
+        for name in list(self._latest):
+            if name not in on_disk:
+                log.warning("model %r: its files are gone; no new work is routed to it", name)
+                del self._latest[name]
+        self._unload_unused()
+
+    def _latest_gone(self, name: str) -> bool:
+        return name in self._latest and self._latest[name] not in self._on_disk.get(name, {})
+
+    def _install(self, loaded: _Loaded) -> ServedModel:
+        key = (loaded.file.name, loaded.file.version)
+        batcher = StepBatcher(
+            loaded.model, self._executor, max_batch=self._max_batch, max_delay_us=self._max_delay_us,
+            on_batch=(lambda n, name=key[0]: self._on_batch(name, n)) if self._on_batch else None,
+        )  # fmt: skip
+        served = ServedModel(loaded.file, loaded.model, batcher)
+        old = self._loaded.get(key)
+        if old is not None:
+            log.info("model %r version %d: file changed, reloaded; running streams keep the old copy", *key)
+            self._retired.append(old)
+        self._loaded[key] = served
+        return served
+
+    def _unload_unused(self) -> None:
+        for key, served in list(self._loaded.items()):
+            name, version = key
+            if served.refs == 0 and self._latest.get(name) != version:
+                del self._loaded[key]
+                self._retired.append(served)
+        still = []
+        for served in self._retired:
+            if served.refs == 0:
+                log.info("model %r version %d: unloaded (no longer used)", served.name, served.version)
+                asyncio.get_running_loop().create_task(served.batcher.close())
+            else:
+                still.append(served)
+        self._retired = still
+
+    async def refresh(self) -> None:
+        """One poll: scan and load on a worker thread, then install on the loop."""
+        async with self._lock:
+            on_disk, loaded = await asyncio.get_running_loop().run_in_executor(None, self.scan_and_load)
+            self.apply(on_disk, loaded)
+
+    async def close(self) -> None:
+        for served in [*self._loaded.values(), *self._retired]:
+            await served.batcher.close()
+        self._loaded.clear()
+        self._retired.clear()
+        self._latest.clear()

@@ -1,0 +1,175 @@
+"""HamletServer: builds the grpc.aio server with its parts, starts it, drains it.
+
+server = HamletServer(config)
+port = await server.start()          # loads the repository, binds, starts polling
+...
+await server.drain()                 # NOT_SERVING, refuse new work, finish in-flight steps, stop
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
+from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
+from hamlet_server.config import ServerConfig
+from hamlet_server.metrics import ServerMetrics
+from hamlet_server.repository import ModelRepository
+from hamlet_server.servicer import InferenceServicer
+from hamlet_server.sessions import Session, SessionTable
+
+__all__ = ["SERVICE_NAME", "HamletServer", "resolve_device"]
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda` when CUDA is present, else `cpu`; anything else is checked and returned."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    parsed = torch.device(device)
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use cpu or auto")
+    return str(parsed)
+
+
+def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        # Keepalive: ping idle connections every 60 s, drop them if the ping is not answered in 20 s; accept
+        # client pings no more often than every 10 s (also without active calls), so dead peers free their streams.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class HamletServer:
+    """One serving process: repository, sessions, batchers, servicer, health, reflection, metrics."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.metrics = ServerMetrics()
+        self.sessions = SessionTable(config.max_sessions)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hamlet-forward")
+        self.repository = ModelRepository(
+            config.models, self.device, self._executor, max_batch=config.max_batch, max_delay_us=config.max_delay_us,
+            default_model=config.default_model,
+            on_batch=lambda name, n: self.metrics.batch_size.labels(name).observe(n),
+            on_load_failure=lambda name: self.metrics.load_failures.labels(name).inc(),
+        )  # fmt: skip
+        self.metrics.bind_gauges(lambda: len(self.sessions), self.repository.loaded_count)
+        self.servicer = InferenceServicer(self.repository, self.sessions, config, self.metrics)
+        self.health = HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.port = 0
+        self.metrics_port = 0
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        """Load the models, bind, serve. Returns the gRPC port."""
+        torch.set_num_threads(self.config.threads)
+        await self.repository.refresh()
+        names = self.repository.names()
+        if not names:
+            log.warning("no loadable model under %s; serving anyway, new files are picked up as they appear",
+                        self.config.models)  # fmt: skip
+        server = grpc.aio.server(options=_grpc_options(self.config))
+        pb_grpc.add_InferenceServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection([SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
+        address = f"{self.config.host}:{self.config.port}"
+        self.port = server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind {address}")
+        await server.start()
+        self._server = server
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.metrics_port:
+            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
+        loop = asyncio.get_running_loop()
+        if self.config.poll_interval > 0:
+            self._tasks.append(loop.create_task(self._poll(), name="hamlet-poll"))
+        self._tasks.append(loop.create_task(self._sweep(), name="hamlet-sweep"))
+        log.info(
+            "serving %s on %s:%d (device %s, %d torch thread(s), max batch %d, max delay %d us)%s",
+            ", ".join(f"{n} v{self.repository.latest(n).version}" for n in names) or "no models",
+            self.config.host, self.port, self.device, self.config.threads, self.config.max_batch,
+            self.config.max_delay_us, f"; metrics on :{self.metrics_port}/metrics" if self.metrics_port else "",
+        )  # fmt: skip
+        return self.port
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.poll_interval)
+            try:
+                await self.repository.refresh()
+            except Exception:
+                log.exception("polling the model repository failed; retrying at the next interval")
+
+    async def _sweep(self) -> None:
+        """End streams that sent nothing for `session_ttl` seconds (their state is freed at once)."""
+        ttl = self.config.session_ttl
+        while True:
+            await asyncio.sleep(min(1.0, ttl / 4))
+            now = time.monotonic()
+            for session in self.sessions.all():
+                if not session.reading or session.end_reason is not None:
+                    continue
+                if now - session.last_active > ttl:
+                    log.info("stream %s idle for more than %g s: freeing its state", session.session_id, ttl)
+                    self._end(session, "DEADLINE_EXCEEDED", f"stream idle for more than {ttl:g} s; its state was freed")
+                    self.sessions.close(session.session_id)
+
+    @staticmethod
+    def _end(session: Session, code: str, message: str) -> None:
+        session.end_reason = (code, message)
+        task = session.task
+        if task is not None:
+            task.cancel()
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop taking work, let in-flight steps finish (at most `grace` seconds), shut everything down."""
+        if self._server is None or self._stopped.is_set():
+            return
+        grace = self.config.grace if grace is None else grace
+        log.info("draining: NOT_SERVING, refusing new work, finishing in-flight steps (grace %.1f s)", grace)
+        self.servicer.draining = True
+        await self.health.enter_graceful_shutdown()
+        for session in self.sessions.all():
+            if session.reading:  # waiting for the client: nothing in flight
+                self._end(session, "UNAVAILABLE", "server is shutting down; the episode state is gone")
+        await self._server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.sessions.close_all()
+        await self.repository.close()
+        self._executor.shutdown(wait=True)
+        self.metrics.stop()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        """Wait until `drain()` has finished."""
+        await self._stopped.wait()
