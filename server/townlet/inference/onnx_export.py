@@ -1,0 +1,436 @@
+"""ONNX export of a `HamletModel`, and verification of an exported file against PyTorch with onnxruntime.
+
+    export_to_onnx(model, "agent.onnx")                # one self-contained file, dynamic batch axis
+    report = verify_onnx_export("agent.onnx", model)   # raises ExportVerificationError unless all diffs <= 1e-5
+    print(report.summary())
+
+The graph's interface, for both networks (``B`` is dynamic)::
+
+    simple:    obs [B, obs_dim]                                    -> q_values [B, A]
+    recurrent: obs [B, obs_dim], hidden_h [1, B, H], hidden_c [1, B, H]
+                                                                   -> q_values [B, A], new_hidden_h, new_hidden_c
+
+``metadata_props`` carry ``format`` (``hamlet_onnx_v1``), ``network_type``, ``obs_dim``, ``action_dim``,
+``hidden_dim``, ``checkpoint_sha256`` (of the file the model was loaded from, ``none`` for an in-memory
+model), ``weights_sha256`` (of the PyTorch weights), ``graph_weights_sha256`` (of the ONNX initializers, to
+detect later edits), ``torch_version``, ``opset`` and ``exporter``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import Tensor, nn
+
+from townlet.inference.errors import InferenceError, InvalidInputError
+from townlet.inference.model import HamletModel
+from townlet.inference.onnx_runtime import HAMLET_ONNX_FORMAT, INPUT_NAMES, OUTPUT_NAMES, OnnxModel, parse_metadata
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "ExportVerificationError",
+    "OnnxVerificationReport",
+    "export_to_onnx",
+    "graph_weights_sha256",
+    "verify_onnx_export",
+    "weights_sha256",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+_MIN_OPSET = 17
+_TOLERANCE = 1e-5
+
+
+class ExportVerificationError(InferenceError):
+    """An ONNX file does not reproduce the PyTorch model: it is unreadable, fails ``onnx.checker``, belongs to
+    another checkpoint, was edited after export, or its outputs differ by more than the tolerance.
+
+    ``problems`` lists each finding; ``report`` holds the measured numbers when the comparison ran.
+    """
+
+    def __init__(self, path: str | Path, problems: list[str], report: OnnxVerificationReport | None = None) -> None:
+        self.path = str(path)
+        self.problems = list(problems)
+        self.report = report
+        super().__init__(f"{self.path}: ONNX export does not match the model: " + "; ".join(self.problems))
+
+
+@dataclass(frozen=True)
+class OnnxVerificationReport:
+    """What `verify_onnx_export` measured. ``max_abs_diff`` is per output over every check."""
+
+    onnx_path: str
+    network_type: str
+    opset: int | None
+    checker_passed: bool
+    tolerance: float
+    batch_sizes: tuple[int, ...]
+    rollout_steps: int
+    max_abs_diff: dict[str, float]
+    """Output name -> largest |onnxruntime - PyTorch| seen in any check."""
+    diffs_by_check: dict[str, dict[str, float]]
+    """``"batch=1"``, ``"batch=7"``, ``"batch=256"``, ``"rollout=50"`` -> output name -> max abs diff."""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.checker_passed and not self.problems
+
+    def summary(self) -> str:
+        """A few human-readable lines: verdict, then the diff of every output in every check."""
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines = [
+            f"{verdict}: {self.onnx_path} ({self.network_type}, opset {self.opset}); onnx.checker "
+            f"{'ok' if self.checker_passed else 'FAILED'}; tolerance {self.tolerance:g}"
+        ]
+        for check, diffs in self.diffs_by_check.items():
+            lines.append(f"  {check:<11} " + "  ".join(f"{name}={diff:.3e}" for name, diff in diffs.items()))
+        lines.append("  max         " + "  ".join(f"{name}={diff:.3e}" for name, diff in self.max_abs_diff.items()))
+        lines.extend(f"  problem: {problem}" for problem in self.problems)
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- export
+
+
+class _SimpleGraph(nn.Module):
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, obs: Tensor) -> Tensor:
+        q, _ = self.network(obs)
+        return q  # type: ignore[no-any-return]
+
+
+class _RecurrentGraph(nn.Module):
+    """Flat ``(obs, h, c) -> (q, h', c')``: ONNX has no tuple inputs (reference 2.3 item 10)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, obs: Tensor, hidden_h: Tensor, hidden_c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, (h, c) = self.network(obs, (hidden_h, hidden_c))
+        return q, h, c
+
+
+def export_to_onnx(model: HamletModel, path: str | os.PathLike[str], *, opset: int = DEFAULT_OPSET) -> Path:
+    """Write ``model`` as one self-contained ``.onnx`` file (no external data) and return its path.
+
+    The export runs on a CPU copy of the network, so the model (on whatever device) is left untouched. It
+    uses the TorchScript exporter (``dynamo=False``): under a second per network against ~15 s for dynamo,
+    with identical numbers. The file is written atomically (temp file + rename).
+
+    Raises:
+        InvalidInputError: ``opset`` is below 17 or ``model`` is not a `HamletModel`.
+    """
+    if not isinstance(model, HamletModel):
+        raise InvalidInputError(f"model: expected a HamletModel, got {type(model).__name__}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < _MIN_OPSET:
+        raise InvalidInputError(f"opset: expected an int >= {_MIN_OPSET}, got {opset!r}")
+    kind = "recurrent" if model.is_recurrent else "simple"
+    network = _cpu_copy(model.network)
+    graph: nn.Module = _RecurrentGraph(network) if model.is_recurrent else _SimpleGraph(network)
+    example = _example_inputs(model, batch=2)
+    dynamic_axes = {name: {1 if name.startswith(("hidden", "new_hidden")) else 0: "batch"} for name in _names(kind)}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hamlet-onnx-") as scratch, warnings.catch_warnings():
+        # The TorchScript exporter warns that it is legacy, about tracing bools, and about LSTM batch sizes;
+        # verify_onnx_export checks batch 1, 7 and 256, which is what those warnings are about.
+        warnings.simplefilter("ignore")
+        raw_path = Path(scratch) / "raw.onnx"
+        torch.onnx.export(
+            graph,
+            tuple(example.values()),
+            raw_path,
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(INPUT_NAMES[kind]),
+            output_names=list(OUTPUT_NAMES[kind]),
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+        proto = onnx.load(str(raw_path))
+    _set_metadata(proto, model, network, opset)
+    out = _atomic_write(proto.SerializeToString(), Path(path))
+    logger.info("exported %s network to %s in %.2fs (opset %d)", kind, out, time.perf_counter() - started, opset)
+    return out
+
+
+def weights_sha256(network: nn.Module) -> str:
+    """sha256 of a network's state_dict (names, dtypes, shapes and bytes, in name order), device-independent."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(network.state_dict().items()):
+        value = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{value.dtype}|{list(value.shape)}|".encode())
+        digest.update(value.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def graph_weights_sha256(proto: onnx.ModelProto) -> str:
+    """sha256 of an ONNX graph's initializers (names, shapes and values), to notice edits after export."""
+    digest = hashlib.sha256()
+    for init in sorted(proto.graph.initializer, key=lambda t: t.name):
+        value = numpy_helper.to_array(init)
+        digest.update(f"{init.name}|{value.dtype}|{list(value.shape)}|".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+def _names(kind: str) -> tuple[str, ...]:
+    return INPUT_NAMES[kind] + OUTPUT_NAMES[kind]
+
+
+def _cpu_copy(network: nn.Module) -> nn.Module:
+    """A detached CPU copy in eval mode: the caller's network keeps its device, mode and weights."""
+    clone = copy.deepcopy(network).to("cpu").eval()
+    for param in clone.parameters():
+        param.requires_grad_(False)
+    return clone
+
+
+def _example_inputs(model: HamletModel, batch: int, seed: int = 0) -> dict[str, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    inputs = {"obs": torch.rand(batch, model.obs_dim, generator=gen)}
+    if model.hidden_dim is not None:
+        inputs["hidden_h"] = torch.randn(1, batch, model.hidden_dim, generator=gen) * 0.5
+        inputs["hidden_c"] = torch.randn(1, batch, model.hidden_dim, generator=gen) * 0.5
+    return inputs
+
+
+def _set_metadata(proto: onnx.ModelProto, model: HamletModel, network: nn.Module, opset: int) -> None:
+    meta = model.metadata
+    props = {
+        "format": HAMLET_ONNX_FORMAT,
+        "network_type": str(meta["network_type"]),
+        "obs_dim": str(model.obs_dim),
+        "action_dim": str(model.action_dim),
+        "hidden_dim": "none" if model.hidden_dim is None else str(model.hidden_dim),
+        "checkpoint_sha256": str(meta.get("sha256") or "none"),
+        "weights_sha256": weights_sha256(network),
+        "graph_weights_sha256": graph_weights_sha256(proto),
+        "torch_version": torch.__version__,
+        "opset": str(opset),
+        "exporter": "torchscript",
+        "source_format": str(meta.get("format_version") or "none"),
+        "episode": str(meta.get("episode") if meta.get("episode") is not None else "none"),
+    }
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def _atomic_write(data: bytes, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; an exported model is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def verify_onnx_export(
+    onnx_path: str | os.PathLike[str],
+    model: HamletModel,
+    *,
+    tolerance: float = _TOLERANCE,
+    batch_sizes: tuple[int, ...] = (1, 7, 256),
+    rollout_steps: int = 50,
+    rollout_batch: int = 4,
+    seed: int = 0,
+) -> OnnxVerificationReport:
+    """Check an ONNX file against ``model``; return the report, or raise `ExportVerificationError`.
+
+    Checks, in order: the file loads and passes ``onnx.checker`` (full check); its metadata_props name the
+    same network type and dims, and the same weights (``weights_sha256``; a differing ``checkpoint_sha256``
+    with equal weights only logs a warning, as re-saving a checkpoint changes its bytes, not the model); its
+    initializers are those written at export (``graph_weights_sha256``); onnxruntime reproduces a CPU copy of
+    the PyTorch network for every output at each of ``batch_sizes`` and over a ``rollout_steps`` rollout
+    in which each side feeds back its own hidden state. Passing means every max abs diff <= ``tolerance``.
+    """
+    path = Path(onnx_path)
+    proto = _load_proto(path)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise ExportVerificationError(path, [f"onnx.checker rejects the file: {_first_line(exc)}"]) from None
+    props = {entry.key: entry.value for entry in proto.metadata_props}
+    try:
+        meta = parse_metadata(props, path)
+    except InferenceError as exc:
+        raise ExportVerificationError(path, [str(exc)]) from None
+    network = _cpu_copy(model.network)
+    problems = _identity_problems(meta, model, network, proto)
+    if problems:
+        raise ExportVerificationError(path, problems)
+    runtime = OnnxModel(path)
+    diffs: dict[str, dict[str, float]] = {}
+    rng = np.random.default_rng(seed)
+    for batch in batch_sizes:
+        diffs[f"batch={batch}"] = _compare_step(runtime, network, model, batch, rng)
+    if rollout_steps > 0:
+        diffs[f"rollout={rollout_steps}"] = _compare_rollout(runtime, network, model, rollout_batch, rollout_steps, rng)
+    names = OUTPUT_NAMES[meta["network_type"]]
+    worst = {name: max(d[name] for d in diffs.values()) for name in names}
+    numeric = [
+        f"{name}: max abs diff {value:.3e} > tolerance {tolerance:g}"
+        for name, value in worst.items()
+        if not value <= tolerance  # NaN fails too
+    ]
+    report = OnnxVerificationReport(
+        onnx_path=str(path),
+        network_type=meta["network_type"],
+        opset=meta.get("opset"),
+        checker_passed=True,
+        tolerance=tolerance,
+        batch_sizes=tuple(batch_sizes),
+        rollout_steps=rollout_steps,
+        max_abs_diff=worst,
+        diffs_by_check=diffs,
+        problems=numeric,
+    )
+    if numeric:
+        raise ExportVerificationError(path, numeric, report)
+    logger.info("verified %s: max abs diffs %s", path, worst)
+    return report
+
+
+def _load_proto(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ExportVerificationError(path, ["no such file"])
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # truncated / random bytes: protobuf DecodeError and friends
+        raise ExportVerificationError(path, [f"not a readable ONNX file: {_first_line(exc)}"]) from None
+
+
+def _identity_problems(
+    meta: dict[str, Any], model: HamletModel, network: nn.Module, proto: onnx.ModelProto
+) -> list[str]:
+    """Does the file's metadata describe this model, and are its initializers those written at export?"""
+    problems = []
+    expected = {
+        "network_type": "recurrent" if model.is_recurrent else "simple",
+        "obs_dim": model.obs_dim,
+        "action_dim": model.action_dim,
+        "hidden_dim": model.hidden_dim,
+    }
+    for key, want in expected.items():
+        if meta.get(key) != want:
+            problems.append(
+                f"checkpoint and ONNX file do not match: {key} is {want} in the model, {meta.get(key)} in the file"
+            )
+    if problems:
+        return problems
+    weights = weights_sha256(network)
+    if meta.get("weights_sha256") != weights:
+        problems.append(
+            f"checkpoint and ONNX file do not match: the file was exported from other weights "
+            f"(weights_sha256 {_short(meta.get('weights_sha256'))}, model {_short(weights)}); "
+            f"file's checkpoint_sha256 {_short(meta.get('checkpoint_sha256'))}, "
+            f"model's {_short(model.metadata.get('sha256'))}"
+        )
+    elif meta.get("checkpoint_sha256") not in (None, model.metadata.get("sha256")) and model.metadata.get("sha256"):
+        logger.warning(
+            "checkpoint_sha256 differs (file %s, model %s) but the weights are identical; a re-saved checkpoint?",
+            _short(meta.get("checkpoint_sha256")),
+            _short(model.metadata.get("sha256")),
+        )
+    recorded = meta.get("graph_weights_sha256")
+    if recorded is not None and recorded != graph_weights_sha256(proto):
+        problems.append(
+            "the ONNX initializers were modified after export (graph_weights_sha256 does not match); re-export it"
+        )
+    return problems
+
+
+def _compare_step(
+    runtime: OnnxModel, network: nn.Module, model: HamletModel, batch: int, rng: np.random.Generator
+) -> dict[str, float]:
+    obs = rng.random((batch, model.obs_dim), dtype=np.float32)
+    hidden = None
+    if model.hidden_dim is not None:
+        shape = (1, batch, model.hidden_dim)
+        hidden = (
+            rng.standard_normal(shape, dtype=np.float32) * 0.5,
+            rng.standard_normal(shape, dtype=np.float32) * 0.5,
+        )
+    ort_out = _flat(*runtime.forward(obs, hidden))
+    torch_out = _torch_flat(network, obs, hidden)
+    return _diffs(runtime, ort_out, torch_out)
+
+
+def _compare_rollout(
+    runtime: OnnxModel, network: nn.Module, model: HamletModel, batch: int, steps: int, rng: np.random.Generator
+) -> dict[str, float]:
+    ort_hidden = torch_hidden = None
+    worst: dict[str, float] = {}
+    for _ in range(steps):
+        obs = rng.random((batch, model.obs_dim), dtype=np.float32)
+        ort_out = _flat(*runtime.forward(obs, ort_hidden))
+        torch_out = _torch_flat(network, obs, torch_hidden)
+        for name, diff in _diffs(runtime, ort_out, torch_out).items():
+            worst[name] = max(worst.get(name, 0.0), diff)
+        if model.hidden_dim is not None:
+            ort_hidden = (ort_out[1], ort_out[2])
+            torch_hidden = (torch_out[1], torch_out[2])
+    return worst
+
+
+def _flat(q: np.ndarray, hidden: Any) -> list[np.ndarray]:
+    return [q] if hidden is None else [q, hidden[0], hidden[1]]
+
+
+def _torch_flat(network: nn.Module, obs: np.ndarray, hidden: Any) -> list[np.ndarray]:
+    with torch.no_grad():
+        torch_hidden = None if hidden is None else (torch.from_numpy(hidden[0]), torch.from_numpy(hidden[1]))
+        q, new_hidden = network(torch.from_numpy(obs), torch_hidden)
+    return _flat(q.numpy(), None if new_hidden is None else (new_hidden[0].numpy(), new_hidden[1].numpy()))
+
+
+def _diffs(runtime: OnnxModel, ort_out: list[np.ndarray], torch_out: list[np.ndarray]) -> dict[str, float]:
+    names = OUTPUT_NAMES["recurrent" if runtime.is_recurrent else "simple"]
+    result = {}
+    for name, got, want in zip(names, ort_out, torch_out, strict=True):
+        if got.shape != want.shape:
+            raise ExportVerificationError(
+                runtime.path, [f"{name}: onnxruntime shape {list(got.shape)} != PyTorch shape {list(want.shape)}"]
+            )
+        result[name] = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max())
+    return result
+
+
+def _short(value: Any) -> str:
+    return "none" if not value else str(value)[:12]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

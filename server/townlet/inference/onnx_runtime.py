@@ -1,0 +1,345 @@
+"""`OnnxModel`: a Hamlet Q-network exported to ONNX, run by onnxruntime, with `HamletModel.predict`'s contract.
+
+    model = OnnxModel("agent.onnx")                          # reads the file's Hamlet metadata_props
+    result = model.predict(obs, hidden, epsilon=0.05, generator=np.random.default_rng(0))
+    result.actions, result.q_values, result.hidden            # numpy arrays: [B] int64, [B, A] float32, (h, c)
+
+This module imports numpy and onnxruntime only (never torch), so a serving process or a plain Python script
+can load an exported agent without installing PyTorch. Files come from `townlet.inference.onnx_export`.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from townlet.inference.errors import CheckpointError, InvalidInputError
+
+__all__ = [
+    "HAMLET_ONNX_FORMAT",
+    "INPUT_NAMES",
+    "OUTPUT_NAMES",
+    "NumpyHidden",
+    "OnnxModel",
+    "OnnxPredictResult",
+    "epsilon_greedy_numpy",
+    "make_session_options",
+    "parse_metadata",
+]
+
+logger = logging.getLogger(__name__)
+
+HAMLET_ONNX_FORMAT = "hamlet_onnx_v1"
+"""Value of the ``format`` metadata_prop of every file `onnx_export.export_to_onnx` writes."""
+
+INPUT_NAMES = {"simple": ("obs",), "recurrent": ("obs", "hidden_h", "hidden_c")}
+OUTPUT_NAMES = {"simple": ("q_values",), "recurrent": ("q_values", "new_hidden_h", "new_hidden_c")}
+
+FloatArray = npt.NDArray[np.float32]
+NumpyHidden = tuple[FloatArray, FloatArray]
+"""LSTM state ``(h, c)``, each ``[1, B, H]`` float32 (batch on axis 1)."""
+
+_INT_KEYS = ("obs_dim", "action_dim", "hidden_dim", "opset")
+
+
+@dataclass(frozen=True)
+class OnnxPredictResult:
+    """What `OnnxModel.predict` returns; the field names of `HamletModel`'s `PredictResult`, as numpy arrays."""
+
+    actions: npt.NDArray[np.int64]
+    """``[B]`` int64 chosen actions."""
+    q_values: FloatArray
+    """``[B, A]`` float32 Q-values of the network (before any masking)."""
+    hidden: NumpyHidden | None
+    """``(h, c)`` each ``[1, B, H]`` after this step (recurrent net), else None."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in ("actions", "q_values", "hidden"):
+            raise KeyError(f"{key!r}; an OnnxPredictResult has 'actions', 'q_values' and 'hidden'")
+        return getattr(self, key)
+
+
+def make_session_options(num_threads: int = 1) -> ort.SessionOptions:
+    """Options for small models: ``num_threads`` intra- and inter-op threads, sequential, all graph optimisations.
+
+    Hamlet's networks are tiny (0.03 M / 0.6 M parameters): thread hand-offs cost more than they save.
+    """
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise InvalidInputError(f"num_threads: expected an int >= 1, got {num_threads!r}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads
+    options.inter_op_num_threads = num_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def parse_metadata(props: Mapping[str, str], path: str | Path) -> dict[str, Any]:
+    """Turn a file's string ``metadata_props`` into typed metadata; `CheckpointError` if it is not a Hamlet export."""
+    if props.get("format") != HAMLET_ONNX_FORMAT:
+        raise CheckpointError(
+            path,
+            f"not a Hamlet ONNX export: metadata_props 'format' is {props.get('format')!r}, expected "
+            f"{HAMLET_ONNX_FORMAT!r}; export it with `hamlet-model export-onnx`",
+        )
+    meta: dict[str, Any] = dict(props)
+    for key in _INT_KEYS:
+        raw = props.get(key, "")
+        if raw in ("", "none"):
+            meta[key] = None
+            continue
+        try:
+            meta[key] = int(raw)
+        except ValueError:
+            raise CheckpointError(path, f"metadata_props {key!r} = {raw!r} is not an integer") from None
+    if meta.get("network_type") not in INPUT_NAMES:
+        raise CheckpointError(
+            path, f"metadata_props 'network_type' is {meta.get('network_type')!r}; expected 'simple' or 'recurrent'"
+        )
+    for key in ("obs_dim", "action_dim"):
+        if meta[key] is None or meta[key] < 1:
+            raise CheckpointError(path, f"metadata_props {key!r} is missing or not positive")
+    if meta["network_type"] == "recurrent" and (meta["hidden_dim"] is None or meta["hidden_dim"] < 1):
+        raise CheckpointError(path, "metadata_props 'hidden_dim' is missing for a recurrent network")
+    for key in ("checkpoint_sha256", "weights_sha256", "graph_weights_sha256"):
+        if meta.get(key) in ("", "none"):
+            meta[key] = None
+    return meta
+
+
+def epsilon_greedy_numpy(
+    q_values: FloatArray,
+    epsilon: float,
+    action_mask: npt.NDArray[np.bool_] | None,
+    rng: np.random.Generator,
+) -> npt.NDArray[np.int64]:
+    """Masked epsilon-greedy over ``q_values [B, A]`` -> ``[B]`` int64; numpy twin of `policy.epsilon_greedy`.
+
+    Greedy = argmax over valid actions; each sample explores with probability ``epsilon`` and then picks
+    uniformly among its valid actions. With ``epsilon == 0`` no random numbers are drawn.
+    """
+    masked = q_values if action_mask is None else np.where(action_mask, q_values, -np.inf)
+    greedy: npt.NDArray[np.int64] = np.asarray(masked.argmax(axis=1), dtype=np.int64)
+    if epsilon <= 0.0:
+        return greedy
+    batch, num_actions = q_values.shape
+    explore = rng.random(batch) < epsilon
+    scores = rng.random((batch, num_actions))
+    if action_mask is not None:
+        scores = np.where(action_mask, scores, -1.0)
+    actions: npt.NDArray[np.int64] = np.where(explore, scores.argmax(axis=1), greedy).astype(np.int64)
+    return actions
+
+
+class OnnxModel:
+    """An exported Hamlet network in an onnxruntime session, with ``predict`` shaped like `HamletModel.predict`.
+
+    Args:
+        path: a ``.onnx`` file written by `townlet.inference.onnx_export.export_to_onnx`.
+        num_threads: intra- and inter-op threads of the session (1 suits these small models).
+        providers: onnxruntime execution providers; default CPU.
+
+    Raises:
+        CheckpointError: the file is missing, not ONNX, or not a Hamlet export (no / bad metadata_props).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, num_threads: int = 1, providers: list[str] | None = None
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(self.path, "no such file")
+        options = make_session_options(num_threads)
+        try:
+            self._session = ort.InferenceSession(
+                str(self.path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own pybind classes for bad protobufs / graphs
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise CheckpointError(self.path, f"onnxruntime cannot load the file: {first}") from None
+        self._metadata = parse_metadata(self._session.get_modelmeta().custom_metadata_map, self.path)
+        kind = self._metadata["network_type"]
+        got_in = tuple(i.name for i in self._session.get_inputs())
+        got_out = tuple(o.name for o in self._session.get_outputs())
+        if got_in != INPUT_NAMES[kind] or got_out != OUTPUT_NAMES[kind]:
+            raise CheckpointError(
+                self.path,
+                f"a {kind} export must have inputs {list(INPUT_NAMES[kind])} and outputs {list(OUTPUT_NAMES[kind])}; "
+                f"got {list(got_in)} -> {list(got_out)}",
+            )
+        logger.info("loaded ONNX %s network from %s", kind, self.path)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A copy of the file's metadata_props, dims as ints (``hidden_dim`` None for the MLP)."""
+        return dict(self._metadata)
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self._metadata["obs_dim"])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self._metadata["action_dim"])
+
+    @property
+    def is_recurrent(self) -> bool:
+        return bool(self._metadata["network_type"] == "recurrent")
+
+    @property
+    def hidden_dim(self) -> int | None:
+        """LSTM width H of the recurrent network; None for the MLP."""
+        return self._metadata["hidden_dim"] if self.is_recurrent else None
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The underlying onnxruntime session (for ``run`` with your own feeds)."""
+        return self._session
+
+    def __repr__(self) -> str:
+        m = self._metadata
+        return f"OnnxModel({m['network_type']}, obs_dim={m['obs_dim']}, action_dim={m['action_dim']}, path={self.path})"
+
+    # ------------------------------------------------------------------ inference
+
+    def initial_hidden(self, batch_size: int) -> NumpyHidden:
+        """Zero LSTM state ``(h, c)`` each ``[1, B, H]`` float32 (recurrent models only)."""
+        if self.hidden_dim is None:
+            raise InvalidInputError("initial_hidden: this is a feed-forward (simple) model; it has no hidden state")
+        zeros = np.zeros((1, batch_size, self.hidden_dim), dtype=np.float32)
+        return zeros, zeros.copy()
+
+    def forward(self, obs: FloatArray, hidden: NumpyHidden | None = None) -> tuple[FloatArray, NumpyHidden | None]:
+        """Trusted fast path (no validation): ``obs [B, obs_dim]`` float32 -> ``(q [B, A], hidden')``."""
+        if not self.is_recurrent:
+            (q,) = self._session.run(None, {"obs": obs})
+            return q, None
+        if hidden is None:
+            hidden = self.initial_hidden(obs.shape[0])
+        q, h, c = self._session.run(None, {"obs": obs, "hidden_h": hidden[0], "hidden_c": hidden[1]})
+        return q, (h, c)
+
+    def predict(
+        self,
+        obs: Any,
+        hidden: Any = None,
+        epsilon: float = 0.0,
+        action_mask: Any = None,
+        generator: np.random.Generator | int | None = None,
+    ) -> OnnxPredictResult:
+        """Choose actions for a batch of observations, without changing anything.
+
+        Args:
+            obs: ``[obs_dim]`` or ``[B, obs_dim]`` floats (numpy array or nested list).
+            hidden: recurrent models: ``(h, c)`` each ``[1, B, H]`` from the previous step; None = zeros.
+            epsilon: exploration rate in [0, 1], drawn per sample (0 = greedy).
+            action_mask: ``[B, A]`` bool, True = allowed; each row needs one allowed action.
+            generator: a ``numpy.random.Generator`` or an int seed for reproducible exploration.
+
+        Returns:
+            `OnnxPredictResult` with ``actions [B]`` int64, ``q_values [B, A]`` float32 and ``hidden``.
+
+        Raises:
+            InvalidInputError: (a ValueError) when an argument does not fit, saying what was expected.
+        """
+        obs_a = self._check_obs(obs)
+        batch = obs_a.shape[0]
+        checked_hidden = self._check_hidden(hidden, batch)
+        eps = _check_epsilon(epsilon)
+        mask = self._check_mask(action_mask, batch)
+        rng = _check_generator(generator)
+        q_values, new_hidden = self.forward(obs_a, checked_hidden)
+        actions = epsilon_greedy_numpy(q_values, eps, mask, rng)
+        return OnnxPredictResult(actions=actions, q_values=q_values, hidden=new_hidden)
+
+    # ------------------------------------------------------------------ validation (HamletModel's messages)
+
+    def _check_obs(self, obs: Any) -> FloatArray:
+        if isinstance(obs, tuple) and len(obs) == 2 and isinstance(obs[1], dict):
+            raise InvalidInputError("obs looks like an (observation, info) tuple from env.reset(); pass obs[0]")
+        try:
+            arr = np.asarray(obs)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"obs: expected an array of floats, got {type(obs).__name__}: {exc}") from None
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise InvalidInputError(f"obs: expected a float array, got dtype {arr.dtype}")
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != self.obs_dim:
+            raise InvalidInputError(
+                f"obs: expected shape [{self.obs_dim}] or [B, {self.obs_dim}], got {list(arr.shape)}"
+            )
+        if arr.shape[0] == 0:
+            raise InvalidInputError("obs: empty batch (B = 0); send at least one observation")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        finite = np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite).tolist()
+            raise InvalidInputError(f"obs: expected finite values, got NaN or Inf in row(s) {bad[:10]}")
+        return arr
+
+    def _check_hidden(self, hidden: Any, batch: int) -> NumpyHidden | None:
+        if self.hidden_dim is None:
+            if hidden is not None:
+                raise InvalidInputError("hidden: this feed-forward (simple) model takes no hidden state; pass None")
+            return None
+        if hidden is None:
+            return self.initial_hidden(batch)
+        expected = [1, batch, self.hidden_dim]
+        if not isinstance(hidden, (tuple, list)) or len(hidden) != 2:
+            raise InvalidInputError(
+                f"hidden: expected a pair (h, c) of arrays shaped {expected}, got {type(hidden).__name__}"
+            )
+        checked = []
+        for name, part in zip("hc", hidden, strict=True):
+            arr = np.asarray(part)
+            if list(arr.shape) != expected:
+                raise InvalidInputError(f"hidden {name}: expected shape {expected}, got {list(arr.shape)}")
+            if not np.issubdtype(arr.dtype, np.floating) or not bool(np.isfinite(arr).all()):
+                raise InvalidInputError(
+                    f"hidden {name}: expected finite floats, got dtype {arr.dtype} with non-finite or non-float values"
+                )
+            checked.append(np.ascontiguousarray(arr, dtype=np.float32))
+        return checked[0], checked[1]
+
+    def _check_mask(self, mask: Any, batch: int) -> npt.NDArray[np.bool_] | None:
+        if mask is None:
+            return None
+        arr = np.asarray(mask)
+        if arr.dtype != np.bool_:
+            raise InvalidInputError(f"action_mask: expected dtype bool, got {arr.dtype}")
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if list(arr.shape) != [batch, self.action_dim]:
+            raise InvalidInputError(f"action_mask: expected shape [{batch}, {self.action_dim}], got {list(arr.shape)}")
+        empty = np.flatnonzero(~arr.any(axis=1)).tolist()
+        if empty:
+            raise InvalidInputError(f"action_mask: row(s) {empty[:10]} allow no action; each row needs one True")
+        return arr
+
+
+def _check_epsilon(epsilon: Any) -> float:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not 0.0 <= float(epsilon) <= 1.0:
+        raise InvalidInputError(f"epsilon: expected a number in [0, 1], got {epsilon!r}")
+    return float(epsilon)
+
+
+def _check_generator(generator: Any) -> np.random.Generator:
+    if isinstance(generator, np.random.Generator):
+        return generator
+    if generator is None or (isinstance(generator, numbers.Integral) and not isinstance(generator, bool)):
+        return np.random.default_rng(None if generator is None else int(generator))
+    raise InvalidInputError(
+        f"generator: expected a numpy.random.Generator, an int seed or None, got {type(generator).__name__}"
+    )
