@@ -24,6 +24,9 @@ def training_checkpoint(tmp_path: Path, network_type: str) -> Path:
 
 
 @pytest.fixture
-def raw_network(network_type: str) -> torch.nn.Module:
-    """The same seeded network the ``training_checkpoint`` fixture saves, in eval mode."""
-    return make_network(network_type).eval()
+def raw_network(training_checkpoint: Path, network_type: str) -> torch.nn.Module:
+    """The network saved in ``training_checkpoint``, loaded the plain way (``load_state_dict(strict=True)``)."""
+    network = make_network(network_type, seed=123)
+    state = torch.load(training_checkpoint, weights_only=True)["population_state"]["q_network"]
+    network.load_state_dict(state, strict=True)
+    return network.eval()

@@ -115,3 +115,21 @@ def write_training_checkpoint(
         timestamp=1_762_000_000.0 + episode,
     )
     return save_training_checkpoint(checkpoint, directory)
+
+
+def retag_as_cuda(path: Path) -> None:
+    """Rewrite a torch zip checkpoint so every storage claims to live on ``cuda:0``, as a file saved on a GPU
+    does. Loading it without ``map_location`` then fails on a CPU-only machine, exactly like a real one."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path) as zin:
+        entries = [(name, zin.read(name)) for name in zin.namelist()]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zout:
+        for name, data in entries:
+            if name.endswith("data.pkl"):
+                assert b"X\x03\x00\x00\x00cpu" in data, "unexpected pickle layout"
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            zout.writestr(name, data)
+    path.write_bytes(buf.getvalue())
