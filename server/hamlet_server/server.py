@@ -67,7 +67,13 @@ class HamletServer:
         self.device = resolve_device(config.device)
         self.metrics = ServerMetrics()
         self.sessions = SessionTable(config.max_sessions)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hamlet-forward")
+        # torch's intra-op thread count is per OS thread (OpenMP): set it in the worker that runs the forwards.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="hamlet-forward",
+            initializer=torch.set_num_threads,
+            initargs=(config.threads,),
+        )
         self.repository = ModelRepository(
             config.models, self.device, self._executor, max_batch=config.max_batch, max_delay_us=config.max_delay_us,
             default_model=config.default_model,
