@@ -199,7 +199,7 @@ def test_training_checkpoint_errors(tmp_path: Path) -> None:
     ckpt["population_state"]["q_network"].pop("q_head.3.weight")
     del ckpt["training_config"]
     torch.save(ckpt, path)
-    with pytest.raises(CheckpointError, match="no 'q_head.3.weight'"):
+    with pytest.raises(CheckpointError, match=r"no 'q_head\.3\.weight'"):
         HamletModel.load_from_training_checkpoint(path)
 
 
