@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 _MIN_OPSET = 17
+_MAX_OPSET = 20
+"""The TorchScript exporter's declared maximum (torch.onnx._constants); past it torch dumps its IR and fails."""
 _TOLERANCE = 1e-5
 
 
@@ -138,12 +140,12 @@ def export_to_onnx(model: HamletModel, path: str | os.PathLike[str], *, opset: i
     with identical numbers. The file is written atomically (temp file + rename).
 
     Raises:
-        InvalidInputError: ``opset`` is below 17 or ``model`` is not a `HamletModel`.
+        InvalidInputError: ``opset`` is outside 17..20 or ``model`` is not a `HamletModel`.
     """
     if not isinstance(model, HamletModel):
         raise InvalidInputError(f"model: expected a HamletModel, got {type(model).__name__}")
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < _MIN_OPSET:
-        raise InvalidInputError(f"opset: expected an int >= {_MIN_OPSET}, got {opset!r}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not _MIN_OPSET <= opset <= _MAX_OPSET:
+        raise InvalidInputError(f"opset: expected an int from {_MIN_OPSET} to {_MAX_OPSET}, got {opset!r}")
     kind = "recurrent" if model.is_recurrent else "simple"
     network = _cpu_copy(model.network)
     graph: nn.Module = _RecurrentGraph(network) if model.is_recurrent else _SimpleGraph(network)
@@ -155,17 +157,25 @@ def export_to_onnx(model: HamletModel, path: str | os.PathLike[str], *, opset: i
         # verify_onnx_export checks batch 1, 7 and 256, which is what those warnings are about.
         warnings.simplefilter("ignore")
         raw_path = Path(scratch) / "raw.onnx"
-        torch.onnx.export(
-            graph,
-            tuple(example.values()),
-            raw_path,
-            dynamo=False,
-            opset_version=opset,
-            input_names=list(INPUT_NAMES[kind]),
-            output_names=list(OUTPUT_NAMES[kind]),
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
+        try:
+            torch.onnx.export(
+                graph,
+                tuple(example.values()),
+                raw_path,
+                dynamo=False,
+                opset_version=opset,
+                input_names=list(INPUT_NAMES[kind]),
+                output_names=list(OUTPUT_NAMES[kind]),
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
+        except RuntimeError as exc:
+            if "opset" not in str(exc):
+                raise
+            raise InvalidInputError(
+                f"opset {opset}: torch {torch.__version__}'s exporter cannot write it ({_first_line(exc)}); "
+                f"use {DEFAULT_OPSET} (the default)"
+            ) from None
         proto = onnx.load(str(raw_path))
     _set_metadata(proto, model, network, opset)
     out = _atomic_write(proto.SerializeToString(), Path(path))
@@ -335,20 +345,20 @@ def _identity_problems(
     meta: dict[str, Any], model: HamletModel, network: nn.Module, proto: onnx.ModelProto
 ) -> list[str]:
     """Does the file's metadata describe this model, and are its initializers those written at export?"""
-    problems = []
+    problems: list[str] = []
     expected = {
         "network_type": "recurrent" if model.is_recurrent else "simple",
         "obs_dim": model.obs_dim,
         "action_dim": model.action_dim,
         "hidden_dim": model.hidden_dim,
     }
-    for key, want in expected.items():
-        if meta.get(key) != want:
-            problems.append(
-                f"checkpoint and ONNX file do not match: {key} is {want} in the model, {meta.get(key)} in the file"
-            )
-    if problems:
-        return problems
+    differing = [
+        f"{key} {want} in the model, {meta.get(key)} in the file"
+        for key, want in expected.items()
+        if meta.get(key) != want
+    ]
+    if differing:
+        return ["checkpoint and ONNX file do not match: " + "; ".join(differing)]
     weights = weights_sha256(network)
     if meta.get("weights_sha256") != weights:
         problems.append(

@@ -1,0 +1,154 @@
+"""The ``hamlet-model export-onnx`` and ``hamlet-model verify-onnx`` subcommands.
+
+`add_onnx_commands` registers them on the CLI's subparsers (``townlet.inference.cli`` does so when the
+``onnx`` extra is installed). Each handler returns an exit code: 0 success, 1 the file was checked and does
+not match the model, 2 a user error (one line ``hamlet-model: error: ...`` on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from townlet.inference.errors import InferenceError
+
+if TYPE_CHECKING:
+    from townlet.inference.onnx_export import ExportVerificationError, OnnxVerificationReport
+
+# `cli.py` registers these commands only if importing this module works; onnx and onnxruntime themselves are
+# imported when a command runs, so `hamlet-model --help` stays fast.
+_MISSING = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+if _MISSING:
+    raise ImportError(f"the ONNX commands need {' and '.join(_MISSING)}: pip install 'hamlet-server[onnx]'")
+
+__all__ = ["add_onnx_commands", "export_onnx_command", "verify_onnx_command"]
+
+PROG = "hamlet-model"
+
+
+def add_onnx_commands(subparsers: Any) -> None:
+    """Add ``export-onnx`` and ``verify-onnx`` to an ``argparse`` subparsers object."""
+    export = subparsers.add_parser(
+        "export-onnx",
+        help="export a checkpoint to one self-contained .onnx file (dynamic batch, Hamlet metadata)",
+        description="Load a checkpoint (inference_v1 or Hamlet training v2) and write it as ONNX: inputs obs "
+        "(+ hidden_h, hidden_c), outputs q_values (+ new_hidden_h, new_hidden_c), batch axis dynamic, "
+        "dims and checkpoint sha256 in metadata_props. Uses the TorchScript exporter (dynamo=False).",
+    )
+    export.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a model_ep*.pt or checkpoint_ep*.pt")
+    export.add_argument("out", type=Path, metavar="OUT.onnx", help="where to write the ONNX file")
+    export.add_argument(
+        "--verify",
+        action="store_true",
+        help="then compare onnxruntime with PyTorch (batch 1/7/256 and a 50-step rollout); exit 1 if any "
+        "output differs by more than 1e-5",
+    )
+    export.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset, 17 to 20 (default 17)")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT.onnx if it exists")
+    _add_trust(export)
+    export.set_defaults(func=export_onnx_command)
+
+    verify = subparsers.add_parser(
+        "verify-onnx",
+        help="check that an .onnx file reproduces a checkpoint (metadata, weights, outputs within 1e-5)",
+        description="Run onnx.checker, compare the file's metadata_props and weight fingerprints with the "
+        "checkpoint, then compare onnxruntime with PyTorch for every output at batch 1, 7 and 256 and over "
+        "a 50-step rollout. Exit 0 if it matches, 1 if it does not, 2 on a user error.",
+    )
+    verify.add_argument("onnx", type=Path, metavar="OUT.onnx", help="an .onnx file written by export-onnx")
+    verify.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="the checkpoint it was exported from")
+    verify.add_argument(
+        "--tolerance", type=float, default=1e-5, metavar="TOL", help="largest allowed abs diff (default 1e-5)"
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    _add_trust(verify)
+    verify.set_defaults(func=verify_onnx_command)
+
+
+def export_onnx_command(args: argparse.Namespace) -> int:
+    """``hamlet-model export-onnx CHECKPOINT OUT.onnx [--verify] [--opset N] [--trust] [--overwrite]``."""
+    from townlet.inference.model import HamletModel
+    from townlet.inference.onnx_export import ExportVerificationError, export_to_onnx, verify_onnx_export
+
+    if args.out.exists() and not args.overwrite:
+        return _user_error(f"{args.out} exists; pass --overwrite to replace it")
+    if args.out.suffix != ".onnx":
+        return _user_error(f"OUT should end in .onnx, got {str(args.out)!r}")
+    try:
+        model = HamletModel.load(args.checkpoint, "cpu", trust_pickle=args.trust)
+        started = time.perf_counter()
+        path = export_to_onnx(model, args.out, opset=args.opset)
+        elapsed = time.perf_counter() - started
+    except InferenceError as exc:
+        return _user_error(str(exc))
+    print(
+        f"wrote {path} ({model.metadata['network_type']}, obs_dim {model.obs_dim}, action_dim {model.action_dim}, "
+        f"{path.stat().st_size / 1024:.0f} KiB, opset {args.opset}) in {elapsed:.2f}s"
+    )
+    if not args.verify:
+        return 0
+    try:
+        report = verify_onnx_export(path, model)
+    except ExportVerificationError as exc:
+        return _failed(exc)
+    print(report.summary())
+    return 0
+
+
+def verify_onnx_command(args: argparse.Namespace) -> int:
+    """``hamlet-model verify-onnx OUT.onnx CHECKPOINT [--tolerance TOL] [--json] [--trust]``."""
+    from townlet.inference.model import HamletModel
+    from townlet.inference.onnx_export import ExportVerificationError, verify_onnx_export
+
+    if not args.onnx.is_file():
+        return _user_error(f"{args.onnx}: no such file")
+    if not args.tolerance > 0:
+        return _user_error(f"--tolerance: expected a positive number, got {args.tolerance}")
+    try:
+        model = HamletModel.load(args.checkpoint, "cpu", trust_pickle=args.trust)
+    except InferenceError as exc:
+        return _user_error(str(exc))
+    try:
+        report = verify_onnx_export(args.onnx, model, tolerance=args.tolerance)
+    except ExportVerificationError as exc:
+        return _failed(exc, as_json=args.json)
+    if args.json:
+        print(json.dumps(_report_dict(report), indent=2))
+    else:
+        print(report.summary())
+    return 0
+
+
+def _add_trust(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow arbitrary unpickling for checkpoints that need it (only for files you trust: it can run code)",
+    )
+
+
+def _user_error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _failed(exc: ExportVerificationError, as_json: bool = False) -> int:
+    if exc.report is not None:
+        if as_json:
+            print(json.dumps(_report_dict(exc.report), indent=2))
+        else:
+            print(exc.report.summary())
+    elif as_json:
+        print(json.dumps({"onnx_path": exc.path, "passed": False, "problems": exc.problems}, indent=2))
+    print(f"{PROG}: error: {exc}", file=sys.stderr)
+    return 1
+
+
+def _report_dict(report: OnnxVerificationReport) -> dict[str, Any]:
+    return {**dataclasses.asdict(report), "passed": report.passed}
