@@ -18,7 +18,7 @@ from townlet.env import (
     compute_reward,
     terminal_mask,
 )
-from townlet.env.meters import ENERGY, FITNESS, HEALTH, HYGIENE, MONEY, MOOD, SATIATION, SOCIAL
+from townlet.env.meters import CASCADES, ENERGY, FITNESS, HEALTH, HYGIENE, MONEY, MOOD, SATIATION, SOCIAL
 
 BED = AFFORDANCE_NAMES.index("Bed")
 JOB = AFFORDANCE_NAMES.index("Job")
@@ -97,6 +97,21 @@ def test_cascades_run_in_category_order() -> None:
     assert out[ENERGY] == pytest.approx(1 - 0.0025 - 0.0005)
     assert out[FITNESS] == pytest.approx(1 - 0.002)
     assert out[MOOD] == pytest.approx(1 - 0.003)
+
+
+def _sequential_cascades(meters: np.ndarray) -> np.ndarray:
+    out = meters.copy()
+    for c in CASCADES:
+        deficit = max(c.threshold - out[c.source], 0.0) / c.threshold
+        out[c.target] = max(out[c.target] - c.strength * deficit, 0.0)
+    return out
+
+
+def test_batched_cascades_equal_one_at_a_time() -> None:
+    rng = np.random.default_rng(0)
+    meters = rng.random((500, 8)) * rng.choice([0.01, 0.4, 1.0], size=(500, 8))
+    expected = np.array([_sequential_cascades(row) for row in meters])
+    np.testing.assert_allclose(apply_cascades(meters), expected, atol=1e-15)
 
 
 def test_bed_instant_needs_money() -> None:

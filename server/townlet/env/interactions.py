@@ -26,8 +26,8 @@ MONEY_TOLERANCE = 1e-9
 
 
 def _pay_and_apply(meters: np.ndarray, success: np.ndarray, effects: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    gained = np.clip(meters + effects * success[:, None], 0.0, 1.0)
-    gained[:, MONEY] = np.clip(gained[:, MONEY] - cost * success, 0.0, 1.0)
+    gained = np.minimum(np.maximum(meters + effects * success[:, None], 0.0), 1.0)
+    gained[:, MONEY] = np.maximum(gained[:, MONEY] - cost * success, 0.0)
     return gained
 
 

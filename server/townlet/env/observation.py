@@ -65,7 +65,7 @@ def encode_extras(
         extras[:, 2] = np.asarray(interaction_progress) / 10.0
     else:
         extras[:, 0], extras[:, 1], extras[:, 2] = 0.0, 1.0, 0.0
-    extras[:, 3] = np.clip(np.asarray(step_counts) / agent_lifespan, 0.0, 1.0)
+    extras[:, 3] = np.minimum(np.maximum(np.asarray(step_counts) / agent_lifespan, 0.0), 1.0)
     return extras
 
 
@@ -96,7 +96,8 @@ def encode_partial_observation(
     n, g, _ = layout.shape
     r = vision_range
     offsets = np.arange(2 * r + 1)
-    padded = np.pad(layout != NO_AFFORDANCE, ((0, 0), (r, r), (r, r)))
+    padded = np.zeros((n, g + 2 * r, g + 2 * r), dtype=bool)
+    padded[:, r : r + g, r : r + g] = layout != NO_AFFORDANCE
     rows = positions[:, 1, None] + offsets  # [N, 2r+1], padded coordinates of y - r .. y + r
     cols = positions[:, 0, None] + offsets
     window = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
