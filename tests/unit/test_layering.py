@@ -1,0 +1,56 @@
+"""Dependencies point one way: client <- server; the model layer imports no training code and no gRPC."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _imports(package_dir: Path) -> set[str]:
+    names: set[str] = set()
+    for path in package_dir.rglob("*.py"):
+        if "_generated" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+    return names
+
+
+def _top(names: set[str]) -> set[str]:
+    return {name.split(".")[0] for name in names}
+
+
+def test_inference_imports_no_training_or_grpc() -> None:
+    imported = _imports(ROOT / "server" / "townlet" / "inference")
+    assert not {n for n in imported if n.startswith(("townlet.training", "townlet.env"))}
+    assert not _top(imported) & {"grpc", "hamlet_server", "hamlet_client", "google"}
+
+
+def test_client_imports_nothing_of_the_server_or_torch() -> None:
+    imported = _top(_imports(ROOT / "client" / "hamlet_client"))
+    assert not imported & {"torch", "townlet", "hamlet_server", "onnxruntime"}
+
+
+def test_agent_networks_import_no_inference_model() -> None:
+    imported = _imports(ROOT / "server" / "townlet" / "agent")
+    assert not {
+        n
+        for n in imported
+        if n.startswith("townlet.") and n != "townlet.inference.errors" and not n.startswith("townlet.agent")
+    }
+
+
+@pytest.mark.parametrize("module", ["townlet.inference.errors", "townlet.inference"])
+def test_light_modules_do_not_import_torch(module: str) -> None:
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
