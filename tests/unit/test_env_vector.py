@@ -179,6 +179,29 @@ def test_input_errors_explain_the_fix() -> None:
         VectorTownletEnv("L0_0", 1, layout=LAYOUT)
 
 
+def test_random_actions_keep_the_world_in_range() -> None:
+    env = VectorTownletEnv("L3", 32, seed=11, relayout_each_reset=True)
+    rng = np.random.default_rng(0)
+    env.reset()
+    for _ in range(300):
+        obs, reward, done, info = env.step(rng.integers(0, 6, size=32))  # masked actions included
+        state = env.get_state()
+        assert ((state.meters >= 0) & (state.meters <= 1)).all()
+        assert ((state.positions >= 0) & (state.positions < 8)).all()
+        assert np.isfinite(obs).all() and ((reward >= 0) & (reward <= 2)).all()
+        assert ((obs[:, :25] == 0) | (obs[:, :25] == 1)).all()
+        assert (obs[:, 35:50].sum(axis=1) == 1).all()
+        assert ((state.interaction_progress >= 0) & (state.interaction_progress < 6)).all()
+        env.reset_envs(done | info["truncated"])
+
+
+def test_set_state_rejects_positions_off_grid() -> None:
+    env = VectorTownletEnv("L1", 1, seed=0)
+    env.reset()
+    with pytest.raises(StateError, match="positions"):
+        _set(env, positions=np.array([[8, 0]]))
+
+
 def test_level_names_and_pack_names() -> None:
     assert VectorTownletEnv("L1_full_observability", 1).level is L1
     assert VectorTownletEnv(L1, 1).action_dim == 6

@@ -75,6 +75,9 @@ class EnvState:
         return EnvState(**{f.name: getattr(self, f.name).copy() for f in dataclasses.fields(self)})
 
 
+_STATE_DTYPES = {"meters": np.float64, "dead": np.bool_, "retired": np.bool_, "truncated": np.bool_}
+
+
 class Transition(NamedTuple):
     """What :func:`transition` returns."""
 
@@ -312,15 +315,20 @@ class VectorTownletEnv:
         return self._require_state().copy()
 
     def set_state(self, state: EnvState) -> None:
-        """Replace the current state by a copy of ``state`` (shapes must match this env)."""
+        """Replace the current state by a copy of ``state``, cast to the canonical dtypes (shapes must
+        match this env, positions lie on the grid)."""
         n, g = self._num_envs, self._level.grid_size
         expected = {"layouts": (n, g, g), "positions": (n, 2), "meters": (n, NUM_METERS)}
+        fields = {}
         for field in dataclasses.fields(EnvState):
-            shape = np.shape(getattr(state, field.name))
+            value = getattr(state, field.name)
             want = expected.get(field.name, (n,))
-            if shape != want:
-                raise StateError(f"state.{field.name} has shape {shape}, expected {want} for this env")
-        self._state = state.copy()
+            if np.shape(value) != want:
+                raise StateError(f"state.{field.name} has shape {np.shape(value)}, expected {want} for this env")
+            fields[field.name] = np.array(value, dtype=_STATE_DTYPES.get(field.name, np.int64))
+        if fields["positions"].min() < 0 or fields["positions"].max() >= g:
+            raise StateError(f"state.positions must lie in [0, {g}) on both axes")
+        self._state = EnvState(**fields)
 
     # --- internals ---------------------------------------------------------------------------------
 
