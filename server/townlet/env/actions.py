@@ -40,7 +40,8 @@ def apply_movement(positions: np.ndarray, actions: np.ndarray, grid_size: int) -
     Returns:
         ``[N, 2]`` int, a new array.
     """
-    return np.minimum(np.maximum(positions + MOVE_DELTAS[actions], 0), grid_size - 1)
+    moved: np.ndarray = np.minimum(np.maximum(positions + MOVE_DELTAS[actions], 0), grid_size - 1)
+    return moved
 
 
 def compute_action_masks(

@@ -185,4 +185,5 @@ def is_open(affordance: np.ndarray, hour: np.ndarray, tables: AffordanceTables =
     close_hour = tables.close_hour[affordance]
     plain = (hour >= open_hour) & (hour < close_hour)
     wrapped = (hour >= open_hour) | (hour < close_hour - 24)
-    return np.where(close_hour > 24, wrapped, plain)
+    result: np.ndarray = np.where(close_hour > 24, wrapped, plain)
+    return result

@@ -53,7 +53,8 @@ RETIREMENT_BONUS = 1.0
 
 def _clip01(values: np.ndarray) -> np.ndarray:
     """Clamp to [0, 1] (``np.minimum``/``np.maximum`` are several times faster than ``np.clip`` on tiny arrays)."""
-    return np.minimum(np.maximum(values, 0.0), 1.0)
+    clamped: np.ndarray = np.minimum(np.maximum(values, 0.0), 1.0)
+    return clamped
 
 
 def action_cost_table(move_cost: float, wait_cost: float, interact_cost: float) -> np.ndarray:

@@ -26,7 +26,7 @@ MONEY_TOLERANCE = 1e-9
 
 
 def _pay_and_apply(meters: np.ndarray, success: np.ndarray, effects: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    gained = np.minimum(np.maximum(meters + effects * success[:, None], 0.0), 1.0)
+    gained: np.ndarray = np.minimum(np.maximum(meters + effects * success[:, None], 0.0), 1.0)
     gained[:, MONEY] = np.maximum(gained[:, MONEY] - cost * success, 0.0)
     return gained
 

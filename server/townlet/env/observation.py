@@ -35,7 +35,8 @@ EXTRAS_DIM = 4
 
 def affordance_under_agents(layout: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """``[N]`` vocabulary index of the affordance in each agent's cell (``NO_AFFORDANCE`` if none)."""
-    return layout[np.arange(len(positions)), positions[:, 1], positions[:, 0]]
+    here: np.ndarray = layout[np.arange(len(positions)), positions[:, 1], positions[:, 0]]
+    return here
 
 
 def affordance_one_hot(affordance_here: np.ndarray) -> np.ndarray:

@@ -64,12 +64,14 @@ class EnvState:
     @property
     def done(self) -> np.ndarray:
         """``[N]`` bool: the episode ended for good (death or retirement)."""
-        return self.dead | self.retired
+        done: np.ndarray = self.dead | self.retired
+        return done
 
     @property
     def finished(self) -> np.ndarray:
         """``[N]`` bool: done or truncated; such an env is frozen until it is reset."""
-        return self.dead | self.retired | self.truncated
+        finished: np.ndarray = self.dead | self.retired | self.truncated
+        return finished
 
     def copy(self) -> EnvState:
         return EnvState(**{f.name: getattr(self, f.name).copy() for f in dataclasses.fields(self)})
@@ -319,7 +321,7 @@ class VectorTownletEnv:
         match this env, positions lie on the grid)."""
         n, g = self._num_envs, self._level.grid_size
         expected = {"layouts": (n, g, g), "positions": (n, 2), "meters": (n, NUM_METERS)}
-        fields = {}
+        fields: dict[str, np.ndarray] = {}
         for field in dataclasses.fields(EnvState):
             value = getattr(state, field.name)
             want = expected.get(field.name, (n,))
