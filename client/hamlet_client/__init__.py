@@ -1,1 +1,58 @@
-"""Thin Python client for the Hamlet Serve gRPC service."""
+"""Thin Python client for the Hamlet Serve gRPC service (grpcio, protobuf and numpy; no torch).
+
+    from hamlet_client import HamletClient
+
+    with HamletClient("localhost:50051") as client:
+        result = client.predict(obs)              # numpy: result.actions [B], result.q_values [B, A]
+        with client.episode(num_envs=4) as episode:
+            step = episode.step(obs_batch)        # the server keeps the LSTM state between steps
+
+`AsyncHamletClient` is the same for asyncio. Errors are `HamletError` subclasses, one per gRPC status.
+"""
+
+from hamlet_client.aio import AsyncEpisode, AsyncHamletClient
+from hamlet_client.client import DEFAULT_TIMEOUT, Episode, HamletClient
+from hamlet_client.connection import RetryPolicy
+from hamlet_client.errors import (
+    CancelledError,
+    CapacityExceededError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    HamletError,
+    InternalError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+)
+from hamlet_client.results import ModelInfo, ModelMetadata, Prediction, StepResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "AsyncEpisode",
+    "AsyncHamletClient",
+    "CancelledError",
+    "CapacityExceededError",
+    "DeadlineExceededError",
+    "Episode",
+    "FailedPreconditionError",
+    "HamletClient",
+    "HamletError",
+    "InternalError",
+    "InvalidArgumentError",
+    "ModelInfo",
+    "ModelMetadata",
+    "ModelNotFoundError",
+    "PermissionDeniedError",
+    "Prediction",
+    "RetryPolicy",
+    "StepResult",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "__version__",
+]

@@ -1,0 +1,360 @@
+"""`AsyncHamletClient`: the asyncio client (many simulators in one process), same surface as `HamletClient`.
+
+    async with AsyncHamletClient("localhost:50051") as client:
+        result = await client.predict(obs)
+        async with client.episode(num_envs=8, seed=0) as episode:
+            step = await episode.step(obs_batch)
+
+Create the client inside the running event loop (gRPC's asyncio channel binds to it). Any number of
+coroutines may share one client; an `AsyncEpisode` serialises its own steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as service_pb2
+from hamlet_client.client import DEFAULT_TIMEOUT, _check_timeout
+from hamlet_client.connection import RetryPolicy, auth_metadata, channel_credentials, channel_options
+from hamlet_client.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    HamletError,
+    InternalError,
+    error_for_code,
+    from_rpc_error,
+)
+from hamlet_client.messages import episode_start_request, episode_step_request, metadata_request, predict_request
+from hamlet_client.results import (
+    ModelInfo,
+    ModelMetadata,
+    Prediction,
+    StepResult,
+    metadata_from_proto,
+    model_infos_from_proto,
+    prediction_from_proto,
+    step_result_from_proto,
+)
+from hamlet_client.stub import InferenceStub
+
+__all__ = ["AsyncEpisode", "AsyncHamletClient"]
+
+logger = logging.getLogger(__name__)
+
+_Resp = TypeVar("_Resp")
+_Metadata = tuple[tuple[str, str], ...] | None
+
+
+class AsyncHamletClient:
+    """asyncio client of a Hamlet Serve server; arguments and methods as `HamletClient`, awaited.
+
+    Use ``async with AsyncHamletClient(...) as client`` or ``await client.close()``.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        tls: bool | bytes | grpc.ChannelCredentials | None = None,
+        timeout: float | None = None,
+        options: Sequence[tuple[str, Any]] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if not isinstance(target, str) or not target:
+            raise ValueError(f"target: expected 'host:port', got {target!r}")
+        self.target = target
+        self._timeout = _check_timeout(timeout, DEFAULT_TIMEOUT)
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._metadata = auth_metadata(token)
+        credentials = channel_credentials(tls)
+        opts = channel_options(options)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=opts)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=opts)
+        self._stub = InferenceStub(self._channel)
+        self._episodes: set[AsyncEpisode] = set()
+        self._closed = False
+
+    async def close(self) -> None:
+        """Cancel the open episodes and close the channel. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for episode in list(self._episodes):
+            episode.cancel()
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncHamletClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"AsyncHamletClient({self.target!r}{', closed' if self._closed else ''})"
+
+    async def predict(
+        self,
+        obs: Any,
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        epsilon: float = 0.0,
+        hidden: Any = None,
+        seed: int | None = None,
+        action_mask: Any = None,
+        timeout: float | None = None,
+    ) -> Prediction:
+        """Actions and Q-values for one observation or a batch; see `HamletClient.predict`."""
+        request = predict_request(
+            obs, model=model, version=version, epsilon=epsilon, hidden=hidden, seed=seed, action_mask=action_mask
+        )
+        return prediction_from_proto(await self._unary(self._stub.Predict, request, timeout))
+
+    async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """Every model the server hosts; see `HamletClient.list_models`."""
+        response = await self._unary(self._stub.ListModels, service_pb2.ListModelsRequest(), timeout)
+        return model_infos_from_proto(response)
+
+    async def metadata(
+        self, model: str | None = None, *, version: int | None = None, timeout: float | None = None
+    ) -> ModelMetadata:
+        """The checkpoint metadata of a model version; see `HamletClient.metadata`."""
+        response = await self._unary(self._stub.GetModelMetadata, metadata_request(model, version), timeout)
+        return metadata_from_proto(response.metadata)
+
+    async def _unary(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+        if self._closed:
+            raise FailedPreconditionError("the client is closed; create a new AsyncHamletClient")
+        deadline = time.monotonic() + _check_timeout(timeout, self._timeout)
+        backoffs = self._retry.backoffs()
+        attempt = 1
+        while True:
+            try:
+                return await method(request, timeout=max(deadline - time.monotonic(), 0.0), metadata=self._metadata)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise from_rpc_error(exc) from exc
+                wait = next(backoffs, None)
+                if wait is None or time.monotonic() + wait >= deadline:
+                    raise from_rpc_error(exc) from exc
+                logger.debug("attempt %d got UNAVAILABLE (%s); retrying in %.3f s", attempt, exc, wait)
+                attempt += 1
+                await asyncio.sleep(wait)
+
+    def episode(
+        self,
+        model: str | None = None,
+        *,
+        num_envs: int = 1,
+        epsilon: float = 0.0,
+        seed: int | None = None,
+        version: int | None = None,
+        step_timeout: float | None = None,
+        stream_timeout: float | None = None,
+    ) -> AsyncEpisode:
+        """An episode stream, opened by ``async with`` (or ``await episode.start()``); see `HamletClient.episode`."""
+        if self._closed:
+            raise FailedPreconditionError("the client is closed; create a new AsyncHamletClient")
+        start = episode_start_request(model=model, version=version, num_envs=num_envs, epsilon=epsilon, seed=seed)
+        return AsyncEpisode(
+            self,
+            start,
+            step_timeout=_check_timeout(step_timeout, self._timeout),
+            stream_timeout=None if stream_timeout is None else _check_timeout(stream_timeout, self._timeout),
+        )
+
+
+class AsyncEpisode:
+    """A `StreamEpisode` driven from asyncio: ``await step(obs, reset)``; see `Episode` for the semantics.
+
+    The start is sent by ``async with`` (or ``await start()``); its answer fills ``session_id``, ``model``,
+    ``version``, ``num_envs``, ``obs_dim``, ``action_dim`` and ``recurrent``.
+    """
+
+    session_id: str
+    model: str
+    version: int
+    num_envs: int
+    obs_dim: int
+    action_dim: int
+    recurrent: bool
+
+    def __init__(
+        self,
+        client: AsyncHamletClient,
+        start: service_pb2.StreamEpisodeRequest,
+        *,
+        step_timeout: float,
+        stream_timeout: float | None,
+    ) -> None:
+        self._client = client
+        self._start = start
+        self._step_timeout = step_timeout
+        self._stream_timeout = stream_timeout
+        self._call: Any = None
+        self._lock = asyncio.Lock()
+        self._timed_out = False
+        self._closed = False
+        self._end_reason = ""
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream has ended (closed, cancelled or failed)."""
+        return self._closed
+
+    @property
+    def started(self) -> bool:
+        """True once the server has answered the start."""
+        return self._call is not None and hasattr(self, "session_id")
+
+    async def start(self) -> AsyncEpisode:
+        """Open the stream and send the start; returns self. Called by ``async with``."""
+        if self._call is not None:
+            raise FailedPreconditionError("the episode was already started")
+        self._call = self._client._stub.StreamEpisode(timeout=self._stream_timeout, metadata=self._client._metadata)
+        self._client._episodes.add(self)
+        try:
+            await self._call.write(self._start)
+            response = await self._receive("start")
+        except BaseException:
+            self._finish(cancel=True, reason="the start failed")
+            raise
+        if response.WhichOneof("kind") != "started":
+            self._finish(cancel=True, reason="the server broke the protocol")
+            raise InternalError(f"expected EpisodeStarted first, got {response.WhichOneof('kind')}")
+        started = response.started
+        self.session_id = started.session_id
+        self.model = started.model
+        self.version = started.version
+        self.num_envs = started.num_envs
+        self.obs_dim = started.obs_dim
+        self.action_dim = started.action_dim
+        self.recurrent = started.recurrent
+        return self
+
+    async def step(
+        self, obs: Any, reset: Any = None, *, action_mask: Any = None, epsilon: float | None = None
+    ) -> StepResult:
+        """One lock-step: actions and Q-values for every environment; see `Episode.step`."""
+        if not self.started:
+            raise FailedPreconditionError("the episode is not started: use `async with client.episode(...)`")
+        request = episode_step_request(
+            obs, num_envs=self.num_envs, reset=reset, action_mask=action_mask, epsilon=epsilon
+        )
+        async with self._lock:
+            if self._closed:
+                raise FailedPreconditionError(f"episode {self.session_id} is closed ({self._end_reason})")
+            try:
+                await self._call.write(request)
+            except grpc.RpcError as exc:
+                self._finish(cancel=False, reason=f"the stream failed: {exc.code().name}")
+                raise from_rpc_error(exc) from exc
+            response = await self._receive("step")
+        if response.WhichOneof("kind") != "step":
+            self._finish(cancel=True, reason="the server broke the protocol")
+            raise InternalError(f"expected an EpisodeStepResult, got {response.WhichOneof('kind')}")
+        return step_result_from_proto(response.step)
+
+    async def _receive(self, what: str) -> service_pb2.StreamEpisodeResponse:
+        timer = asyncio.get_running_loop().call_later(self._step_timeout, self._on_timeout)
+        try:
+            response = await self._call.read()
+        except asyncio.CancelledError:
+            if not self._timed_out:
+                raise
+            self._finish(cancel=False, reason="step timed out")
+            raise DeadlineExceededError(
+                f"episode {what} got no answer within step_timeout={self._step_timeout} s; stream cancelled"
+            ) from None
+        except grpc.RpcError as exc:
+            self._finish(cancel=False, reason=f"the stream failed: {exc.code().name}")
+            if self._timed_out:
+                raise DeadlineExceededError(
+                    f"episode {what} got no answer within step_timeout={self._step_timeout} s; stream cancelled"
+                ) from exc
+            raise from_rpc_error(exc) from exc
+        finally:
+            timer.cancel()
+        if response is grpc.aio.EOF:
+            self._finish(cancel=False, reason="the server ended the stream")
+            raise await self._ended_error(what)
+        return response  # type: ignore[no-any-return]
+
+    async def _ended_error(self, what: str) -> HamletError:
+        code = await self._call.code()
+        if code is not None and code != grpc.StatusCode.OK:
+            details = await self._call.details()
+            return error_for_code(code, details or f"episode stream ended with {code.name}")
+        return InternalError(f"the server ended the episode stream before answering the {what}")
+
+    def _on_timeout(self) -> None:
+        if not self._closed:
+            self._timed_out = True
+            self._call.cancel()
+
+    def _finish(self, *, cancel: bool, reason: str) -> None:
+        if not self._closed:
+            self._closed = True
+            self._end_reason = reason
+        if cancel and self._call is not None:
+            self._call.cancel()
+        self._client._episodes.discard(self)
+
+    def cancel(self) -> None:
+        """End the stream at once (RPC cancelled); the server frees the episode's state. Idempotent."""
+        self._finish(cancel=True, reason="cancelled")
+
+    async def close(self, timeout: float | None = None) -> None:
+        """End the stream cleanly: half-close and wait (up to ``timeout``, default step_timeout) for the
+        server's OK; cancel it if the server does not finish in time. Idempotent."""
+        if self._closed or self._call is None:
+            self._finish(cancel=False, reason="closed")
+            return
+        async with self._lock:
+            self._closed = True
+            self._end_reason = "closed"
+            try:
+                await asyncio.wait_for(self._drain(), self._step_timeout if timeout is None else timeout)
+            except (asyncio.TimeoutError, grpc.RpcError) as exc:
+                logger.debug("episode %s: %r while closing; cancelling", self.session_id, exc)
+                self._call.cancel()
+            finally:
+                self._client._episodes.discard(self)
+
+    async def _drain(self) -> None:
+        await self._call.done_writing()
+        while (extra := await self._call.read()) is not grpc.aio.EOF:
+            logger.warning("episode %s: unexpected response after close: %s", self.session_id, extra)
+        code = await self._call.code()
+        if code != grpc.StatusCode.OK:
+            logger.debug("episode %s ended with %s while closing", self.session_id, code)
+
+    async def __aenter__(self) -> AsyncEpisode:
+        if self._call is None:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            await self.close()
+        else:
+            self.cancel()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("open" if self.started else "not started")
+        return f"AsyncEpisode({getattr(self, 'session_id', None)!r}, {state})"

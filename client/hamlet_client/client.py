@@ -1,0 +1,454 @@
+"""`HamletClient`: the blocking client of a Hamlet Serve server, and its `Episode` streams.
+
+    with HamletClient("localhost:50051") as client:
+        result = client.predict(obs)                        # result.actions [B], result.q_values [B, A]
+        with client.episode(num_envs=8, seed=0) as episode:
+            step = episode.step(obs_batch)                  # step.actions [8]
+            step = episode.step(next_obs, reset=dones)
+
+One client holds one gRPC channel; share it between threads (an `Episode` belongs to one thread at a
+time: its steps are serialised by a lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as service_pb2
+from hamlet_client.connection import RetryPolicy, auth_metadata, channel_credentials, channel_options
+from hamlet_client.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    HamletError,
+    InternalError,
+    error_for_code,
+    from_rpc_error,
+)
+from hamlet_client.messages import (
+    episode_start_request,
+    episode_step_request,
+    metadata_request,
+    predict_request,
+)
+from hamlet_client.results import (
+    ModelInfo,
+    ModelMetadata,
+    Prediction,
+    StepResult,
+    metadata_from_proto,
+    model_infos_from_proto,
+    prediction_from_proto,
+    step_result_from_proto,
+)
+from hamlet_client.stub import InferenceStub
+
+__all__ = ["DEFAULT_TIMEOUT", "Episode", "HamletClient"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds a unary call (all its retries included) or an episode step may take when no timeout is given."""
+
+_Resp = TypeVar("_Resp")
+_Metadata = tuple[tuple[str, str], ...] | None
+
+
+def _check_timeout(timeout: float | None, default: float) -> float:
+    if timeout is None:
+        return default
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"timeout: expected a number of seconds > 0, got {timeout!r}")
+    return float(timeout)
+
+
+class HamletClient:
+    """Blocking client of a Hamlet Serve server.
+
+    Args:
+        target: ``"host:port"`` of the server (any gRPC target string, e.g. ``"dns:///svc:50051"``).
+        token: bearer token sent as ``authorization: Bearer <token>`` on every call.
+        tls: None/False plaintext; True TLS with the system roots; bytes: PEM root certificates to trust;
+            or a `grpc.ChannelCredentials`.
+        timeout: default deadline in seconds of each unary call (retries included) and of each episode
+            step; None means `DEFAULT_TIMEOUT` (10 s). Every method also takes its own ``timeout``.
+        options: extra gRPC channel options, ``[("grpc.keepalive_time_ms", 30000), ...]``.
+        retry: retries of ListModels, GetModelMetadata and Predict on UNAVAILABLE (`RetryPolicy`);
+            ``RetryPolicy(max_attempts=1)`` turns them off. Episode steps are never retried.
+
+    The client is thread-safe. Close it with `close` or use it as a context manager; closing cancels
+    the episodes still open.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        tls: bool | bytes | grpc.ChannelCredentials | None = None,
+        timeout: float | None = None,
+        options: Sequence[tuple[str, Any]] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if not isinstance(target, str) or not target:
+            raise ValueError(f"target: expected 'host:port', got {target!r}")
+        self.target = target
+        self._timeout = _check_timeout(timeout, DEFAULT_TIMEOUT)
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._metadata = auth_metadata(token)
+        credentials = channel_credentials(tls)
+        opts = channel_options(options)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=opts)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=opts)
+        self._stub = InferenceStub(self._channel)
+        self._watchdog = _StepWatchdog()
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Cancel the open episodes and close the channel. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for episode in self._watchdog.episodes():
+            episode.cancel()
+        self._channel.close()
+
+    def __enter__(self) -> HamletClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"HamletClient({self.target!r}{', closed' if self._closed else ''})"
+
+    # ------------------------------------------------------------------ unary calls
+
+    def predict(
+        self,
+        obs: Any,
+        *,
+        model: str | None = None,
+        version: int | None = None,
+        epsilon: float = 0.0,
+        hidden: Any = None,
+        seed: int | None = None,
+        action_mask: Any = None,
+        timeout: float | None = None,
+    ) -> Prediction:
+        """Actions and Q-values for one observation or a batch (stateless: nothing is kept on the server).
+
+        Args:
+            obs: ``[obs_dim]`` or ``[B, obs_dim]`` floats (list or numpy array); one observation is a batch of 1.
+            model: model name; None = the server's default model.
+            version: model version; None = the latest.
+            epsilon: probability of a uniformly random (allowed) action per sample, in [0, 1]; 0 is greedy.
+            hidden: recurrent models: ``(h, c)`` each ``[1, B, hidden_dim]`` from the previous call's
+                ``result.hidden``; None = zeros (start of an episode).
+            seed: seed of this call's random draws (reproducible exploration); None = nondeterministic.
+            action_mask: ``[B, action_dim]`` (or ``[action_dim]``) bools, True where an action is allowed.
+            timeout: deadline in seconds, retries included; None = the client's.
+
+        Returns:
+            `Prediction` with numpy ``actions [B]``, ``q_values [B, A]``, ``hidden`` and the ``model``/``version``.
+
+        Raises:
+            InvalidArgumentError: bad input (found here or by the server). ModelNotFoundError: unknown
+            model or version. UnavailableError: still unreachable after the retries. DeadlineExceededError.
+        """
+        request = predict_request(
+            obs, model=model, version=version, epsilon=epsilon, hidden=hidden, seed=seed, action_mask=action_mask
+        )
+        return prediction_from_proto(self._unary(self._stub.Predict, request, timeout))
+
+    def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """Every model the server hosts, with its versions and dimensions (`ModelInfo.is_default` marks the default)."""
+        return model_infos_from_proto(self._unary(self._stub.ListModels, service_pb2.ListModelsRequest(), timeout))
+
+    def metadata(
+        self, model: str | None = None, *, version: int | None = None, timeout: float | None = None
+    ) -> ModelMetadata:
+        """The checkpoint metadata of a model version (None: the default model, its latest version)."""
+        response = self._unary(self._stub.GetModelMetadata, metadata_request(model, version), timeout)
+        return metadata_from_proto(response.metadata)
+
+    def _unary(self, method: Callable[..., _Resp], request: Any, timeout: float | None) -> _Resp:
+        if self._closed:
+            raise FailedPreconditionError("the client is closed; create a new HamletClient")
+        deadline = time.monotonic() + _check_timeout(timeout, self._timeout)
+        backoffs = self._retry.backoffs()
+        attempt = 1
+        while True:
+            try:
+                return method(request, timeout=max(deadline - time.monotonic(), 0.0), metadata=self._metadata)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise from_rpc_error(exc) from exc
+                wait = next(backoffs, None)
+                if wait is None or time.monotonic() + wait >= deadline:
+                    raise from_rpc_error(exc) from exc
+                logger.debug("attempt %d got UNAVAILABLE (%s); retrying in %.3f s", attempt, exc, wait)
+                attempt += 1
+                time.sleep(wait)
+            except ValueError as exc:  # grpc raises this on a closed channel
+                raise FailedPreconditionError(f"the client's channel is closed: {exc}") from exc
+
+    # ------------------------------------------------------------------ episodes
+
+    def episode(
+        self,
+        model: str | None = None,
+        *,
+        num_envs: int = 1,
+        epsilon: float = 0.0,
+        seed: int | None = None,
+        version: int | None = None,
+        step_timeout: float | None = None,
+        stream_timeout: float | None = None,
+    ) -> Episode:
+        """Open a lock-step episode stream over ``num_envs`` environments; use it as a context manager.
+
+        The server keeps each environment's LSTM state between steps and frees it when the stream ends.
+        The stream stays on the model version it started with, even when a newer one is loaded.
+
+        Args:
+            model: model name; None = the server's default.
+            num_envs: environments driven by this stream (the batch of every step).
+            epsilon: exploration rate of every step (a step may override it).
+            seed: seed of the stream's random draws; None = nondeterministic.
+            version: model version; None = the latest.
+            step_timeout: seconds the start and each step may take (None: the client's timeout); past it
+                the stream is cancelled and the step raises `DeadlineExceededError`.
+            stream_timeout: deadline of the whole stream in seconds; None = no limit.
+
+        Raises:
+            ModelNotFoundError, InvalidArgumentError, CapacityExceededError, ...: the server refused the start.
+        """
+        if self._closed:
+            raise FailedPreconditionError("the client is closed; create a new HamletClient")
+        start = episode_start_request(model=model, version=version, num_envs=num_envs, epsilon=epsilon, seed=seed)
+        return Episode(
+            self._stub,
+            start,
+            metadata=self._metadata,
+            step_timeout=_check_timeout(step_timeout, self._timeout),
+            stream_timeout=None if stream_timeout is None else _check_timeout(stream_timeout, self._timeout),
+            watchdog=self._watchdog,
+        )
+
+
+class Episode:
+    """A running `StreamEpisode`: ``step(obs, reset)`` -> actions and Q-values for every environment.
+
+    Made by `HamletClient.episode`, which has already sent the start and received the server's answer
+    (``session_id``, ``model``, ``version``, ``num_envs``, ``obs_dim``, ``action_dim``, ``recurrent``).
+    Leaving the ``with`` block ends the stream: cleanly (half-close, the server answers OK) when the block
+    succeeded, by cancelling it when the block raised. Either way the server frees the episode's state.
+    An error from the server ends the stream; later steps raise `FailedPreconditionError`.
+    """
+
+    def __init__(
+        self,
+        stub: InferenceStub,
+        start: service_pb2.StreamEpisodeRequest,
+        *,
+        metadata: _Metadata,
+        step_timeout: float,
+        stream_timeout: float | None,
+        watchdog: _StepWatchdog,
+    ) -> None:
+        self._requests: queue.SimpleQueue[service_pb2.StreamEpisodeRequest | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._step_timeout = step_timeout
+        self._deadline: float | None = None
+        self._timed_out = False
+        self._closed = False
+        self._end_reason = ""
+        self._watchdog = watchdog
+        self._requests.put(start)
+        self._call = stub.StreamEpisode(iter(self._requests.get, None), timeout=stream_timeout, metadata=metadata)
+        watchdog.add(self)
+        try:
+            response = self._receive("start")
+        except BaseException:
+            self._finish(cancel=True, reason="the start failed")
+            raise
+        if response.WhichOneof("kind") != "started":
+            self._finish(cancel=True, reason="the server broke the protocol")
+            raise InternalError(
+                f"expected EpisodeStarted as the stream's first response, got {response.WhichOneof('kind')}"
+            )
+        started = response.started
+        self.session_id: str = started.session_id
+        self.model: str = started.model
+        self.version: int = started.version
+        self.num_envs: int = started.num_envs
+        self.obs_dim: int = started.obs_dim
+        self.action_dim: int = started.action_dim
+        self.recurrent: bool = started.recurrent
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream has ended (closed, cancelled or failed)."""
+        return self._closed
+
+    def step(self, obs: Any, reset: Any = None, *, action_mask: Any = None, epsilon: float | None = None) -> StepResult:
+        """Send one observation per environment, get one action per environment.
+
+        Args:
+            obs: ``[num_envs, obs_dim]`` floats (``[obs_dim]`` when num_envs is 1).
+            reset: per environment, True when this observation starts a new episode (its LSTM state is
+                zeroed first): ``num_envs`` bools, one bool for all, or None (no resets).
+            action_mask: ``[num_envs, action_dim]`` bools, True where an action is allowed.
+            epsilon: overrides the episode's epsilon for this step only.
+
+        Returns:
+            `StepResult`: ``actions [num_envs]``, ``q_values [num_envs, action_dim]``, ``step_index``.
+
+        Raises:
+            InvalidArgumentError: bad input; found here, the stream stays usable; found by the server,
+            the stream ends. DeadlineExceededError: no answer within ``step_timeout`` (the stream ends).
+            FailedPreconditionError: the episode is closed.
+        """
+        request = episode_step_request(
+            obs, num_envs=self.num_envs, reset=reset, action_mask=action_mask, epsilon=epsilon
+        )
+        with self._lock:
+            if self._closed:
+                raise FailedPreconditionError(f"episode {self.session_id} is closed ({self._end_reason})")
+            self._requests.put(request)
+            response = self._receive("step")
+        if response.WhichOneof("kind") != "step":
+            self._finish(cancel=True, reason="the server broke the protocol")
+            raise InternalError(f"expected an EpisodeStepResult, got {response.WhichOneof('kind')}")
+        return step_result_from_proto(response.step)
+
+    def _receive(self, what: str) -> service_pb2.StreamEpisodeResponse:
+        self._deadline = time.monotonic() + self._step_timeout
+        try:
+            return next(self._call)  # type: ignore[no-any-return]
+        except StopIteration:
+            self._finish(cancel=False, reason="the server ended the stream")
+            raise self._ended_error(what) from None
+        except grpc.RpcError as exc:
+            self._finish(cancel=False, reason=f"the stream failed: {exc.code().name}")
+            if self._timed_out:
+                raise DeadlineExceededError(
+                    f"episode {what} got no answer within step_timeout={self._step_timeout} s; stream cancelled"
+                ) from exc
+            raise from_rpc_error(exc) from exc
+        finally:
+            self._deadline = None
+
+    def _ended_error(self, what: str) -> HamletError:
+        code = self._call.code()
+        if code is not None and code != grpc.StatusCode.OK:
+            return error_for_code(code, self._call.details() or f"episode stream ended with {code.name}")
+        return InternalError(f"the server ended the episode stream before answering the {what}")
+
+    def _check_deadline(self, now: float) -> None:
+        """Called by the watchdog thread: cancel the call if the current step is overdue."""
+        deadline = self._deadline
+        if deadline is not None and now > deadline and not self._closed:
+            self._timed_out = True
+            self._call.cancel()
+
+    def _finish(self, *, cancel: bool, reason: str) -> None:
+        if not self._closed:
+            self._closed = True
+            self._end_reason = reason
+        self._requests.put(None)
+        if cancel:
+            self._call.cancel()
+        self._watchdog.discard(self)
+
+    def cancel(self) -> None:
+        """End the stream at once (RPC cancelled); the server frees the episode's state. Idempotent."""
+        self._finish(cancel=True, reason="cancelled")
+
+    def close(self, timeout: float | None = None) -> None:
+        """End the stream cleanly: half-close and wait (up to ``timeout``, default step_timeout) for the
+        server's OK; cancel it if the server does not finish in time. Idempotent."""
+        if self._closed:
+            self._watchdog.discard(self)
+            return
+        with self._lock:
+            self._closed = True
+            self._end_reason = "closed"
+            self._requests.put(None)
+            self._deadline = time.monotonic() + (self._step_timeout if timeout is None else timeout)
+            try:
+                for extra in self._call:
+                    logger.warning("episode %s: unexpected response after close: %s", self.session_id, extra)
+            except grpc.RpcError as exc:
+                logger.debug("episode %s ended with %s while closing", self.session_id, exc.code())
+            finally:
+                self._deadline = None
+                self._watchdog.discard(self)
+
+    def __enter__(self) -> Episode:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.cancel()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"Episode({self.session_id!r}, model={self.model!r}@{self.version}, num_envs={self.num_envs}, {state})"
+
+
+class _StepWatchdog:
+    """One thread per client, alive while episodes are open: cancels a stream whose current step is
+    past its deadline (a blocking ``next()`` on a gRPC stream cannot time out by itself). A step pays only
+    two attribute writes for this."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self._interval = interval
+        self._episodes: set[Episode] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, episode: Episode) -> None:
+        with self._lock:
+            self._episodes.add(episode)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="hamlet-step-watchdog", daemon=True)
+                self._thread.start()
+
+    def discard(self, episode: Episode) -> None:
+        with self._lock:
+            self._episodes.discard(episode)
+
+    def episodes(self) -> list[Episode]:
+        with self._lock:
+            return list(self._episodes)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._episodes:
+                    self._thread = None
+                    return
+                episodes = list(self._episodes)
+            now = time.monotonic()
+            for episode in episodes:
+                episode._check_deadline(now)
+            time.sleep(self._interval)

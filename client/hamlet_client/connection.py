@@ -1,0 +1,90 @@
+"""How the client reaches the server: channel options, TLS credentials, the bearer token, and the retry
+policy of unary calls. Shared by the sync and asyncio clients; nothing here makes a network call."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "RetryPolicy",
+    "auth_metadata",
+    "channel_credentials",
+    "channel_options",
+]
+
+DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # Large batches ([4096, 91] float32 observations, [1, B, 256] hidden states) exceed gRPC's 4 MiB default.
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+)
+"""Channel options the client sets unless ``options`` overrides them."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of idempotent unary calls (ListModels, GetModelMetadata, Predict) on UNAVAILABLE only.
+
+    Episode streams are never retried: a step may already have advanced the server's LSTM state. The
+    backoff before retry ``n`` (1-based) is ``min(initial_backoff * multiplier**(n-1), max_backoff)``, with
+    full jitter (a uniform draw in ``[0, backoff]``) when ``jitter`` is true. Retries stop early when the
+    call's deadline would pass during the wait.
+    """
+
+    max_attempts: int = 4
+    """Attempts in all, the first included (1 = never retry)."""
+    initial_backoff: float = 0.05
+    max_backoff: float = 1.0
+    multiplier: float = 2.0
+    jitter: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"RetryPolicy.max_attempts: expected >= 1, got {self.max_attempts}")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            raise ValueError("RetryPolicy: backoffs must be >= 0 and the multiplier >= 1")
+
+    def backoffs(self, rng: random.Random | None = None) -> Iterator[float]:
+        """The waits before each retry: ``max_attempts - 1`` of them."""
+        draw = rng.uniform if rng is not None else random.uniform
+        for n in range(self.max_attempts - 1):
+            backoff = min(self.initial_backoff * self.multiplier**n, self.max_backoff)
+            yield draw(0.0, backoff) if self.jitter else backoff
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+def channel_credentials(tls: bool | bytes | grpc.ChannelCredentials | None) -> grpc.ChannelCredentials | None:
+    """None/False: plaintext. True: TLS with the system's root certificates. bytes: TLS trusting these PEM
+    root certificates (e.g. a self-signed server's). A `grpc.ChannelCredentials` is used as given."""
+    if tls is None or tls is False:
+        return None
+    if tls is True:
+        return grpc.ssl_channel_credentials()
+    if isinstance(tls, (bytes, bytearray)):
+        return grpc.ssl_channel_credentials(root_certificates=bytes(tls))
+    if isinstance(tls, grpc.ChannelCredentials):
+        return tls
+    raise TypeError(f"tls: expected None, a bool, PEM root-certificate bytes or grpc.ChannelCredentials, got {tls!r}")
+
+
+def channel_options(options: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+    """`DEFAULT_OPTIONS` with the caller's options added (the caller's win on the same key)."""
+    merged = dict(DEFAULT_OPTIONS)
+    merged.update(dict(options or ()))
+    return list(merged.items())
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """The per-call metadata that carries a bearer token, or None without one."""
+    if token is None:
+        return None
+    if not isinstance(token, str) or not token or any(ch in token for ch in "\r\n"):
+        raise ValueError("token: expected a non-empty string without line breaks")
+    return (("authorization", f"Bearer {token}"),)

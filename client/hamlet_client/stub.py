@@ -1,0 +1,39 @@
+"""The `hamlet.v1.InferenceService` methods bound to a channel, typed (the generated ``_pb2_grpc`` stub is
+not). Works with a `grpc.Channel` and a `grpc.aio.Channel` alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as service_pb2
+
+__all__ = ["SERVICE_NAME", "InferenceStub"]
+
+SERVICE_NAME = "hamlet.v1.InferenceService"
+
+
+class InferenceStub:
+    """The four RPCs of `hamlet.v1.InferenceService` as gRPC multi-callables on ``channel``."""
+
+    def __init__(self, channel: Any) -> None:
+        prefix = f"/{SERVICE_NAME}/"
+        self.ListModels: Any = channel.unary_unary(
+            prefix + "ListModels",
+            request_serializer=service_pb2.ListModelsRequest.SerializeToString,
+            response_deserializer=service_pb2.ListModelsResponse.FromString,
+        )
+        self.GetModelMetadata: Any = channel.unary_unary(
+            prefix + "GetModelMetadata",
+            request_serializer=service_pb2.GetModelMetadataRequest.SerializeToString,
+            response_deserializer=service_pb2.GetModelMetadataResponse.FromString,
+        )
+        self.Predict: Any = channel.unary_unary(
+            prefix + "Predict",
+            request_serializer=service_pb2.PredictRequest.SerializeToString,
+            response_deserializer=service_pb2.PredictResponse.FromString,
+        )
+        self.StreamEpisode: Any = channel.stream_stream(
+            prefix + "StreamEpisode",
+            request_serializer=service_pb2.StreamEpisodeRequest.SerializeToString,
+            response_deserializer=service_pb2.StreamEpisodeResponse.FromString,
+        )
