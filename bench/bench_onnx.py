@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""ONNX Runtime vs PyTorch eager: per-call latency of Hamlet's two networks, side by side in one run.
+
+For the MLP (L1, obs 91) and the CNN+LSTM (L2, obs 54) at batch 1, 32 and 1024, prints the median latency of
+  - forward: the raw network under torch.no_grad() vs onnxruntime's session.run (1 thread each);
+  - predict: HamletModel.predict() vs OnnxModel.predict() (validation + greedy actions included),
+and the ratio torch / onnxruntime (> 1 means onnxruntime is faster). Target: >= 2x at batch 1.
+
+    python bench/bench_onnx.py [--repeats 30] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from hamlet_runs import make_network
+
+from townlet.inference.model import HamletModel
+from townlet.inference.onnx_export import export_to_onnx
+from townlet.inference.onnx_runtime import OnnxModel
+
+BATCHES = (1, 32, 1024)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, budget_s: float = 0.02) -> float:
+    """Median per-call time over ``repeats`` samples; each sample loops enough calls to last ~``budget_s``."""
+    for _ in range(3):  # warm-up (first calls allocate)
+        fn()
+    start = time.perf_counter()
+    fn()
+    inner = max(1, int(budget_s / max(time.perf_counter() - start, 1e-7)))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - start) / inner)
+    return statistics.median(samples)
+
+
+def fmt_time(seconds: float) -> str:
+    return f"{seconds * 1e3:8.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:8.1f} us"
+
+
+def bench_network(network_type: str, workdir: Path, repeats: int, threads: int) -> list[float]:
+    """Export one network and print its table; returns ``[forward ratio at batch 1]``."""
+    model = HamletModel(make_network(network_type, seed=0))
+    onnx_model = OnnxModel(export_to_onnx(model, workdir / f"{network_type}.onnx"), num_threads=threads)
+    print(f"\n{network_type} network ({model.num_parameters:,} params, obs {model.obs_dim}), ORT {ort.__version__}")
+    print(f"  {'batch':>5}  {'call':<8} {'torch eager':>11}   {'onnxruntime':>11}   torch/ORT")
+    return [bench_batch(model, onnx_model, batch, repeats) for batch in BATCHES][:1]
+
+
+def bench_batch(model: HamletModel, onnx_model: OnnxModel, batch: int, repeats: int) -> float:
+    """Print the forward and predict rows of one batch size; return the forward ratio torch / ORT."""
+    obs = np.random.default_rng(batch).random((batch, model.obs_dim), dtype=np.float32)
+    obs_t = torch.from_numpy(obs)
+    hidden_t = model.initial_hidden(batch) if model.is_recurrent else None
+    hidden_np = onnx_model.initial_hidden(batch) if onnx_model.is_recurrent else None
+    rows = {
+        "forward": (lambda: model.forward(obs_t, hidden_t), lambda: onnx_model.forward(obs, hidden_np)),
+        "predict": (lambda: model.predict(obs_t, hidden_t), lambda: onnx_model.predict(obs, hidden_np)),
+    }
+    forward_ratio = 0.0
+    for call, (torch_fn, ort_fn) in rows.items():
+        t_torch = median_seconds(torch_fn, repeats)
+        t_ort = median_seconds(ort_fn, repeats)
+        print(f"  {batch:>5}  {call:<8} {fmt_time(t_torch)}   {fmt_time(t_ort)}   {t_torch / t_ort:6.2f}x")
+        if call == "forward":
+            forward_ratio = t_torch / t_ort
+    return forward_ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30, help="samples per median (default 30)")
+    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__} ({args.threads} thread), onnxruntime {ort.__version__} ({args.threads} thread)")
+    with tempfile.TemporaryDirectory() as scratch:
+        ratios = [
+            r
+            for kind in ("simple", "recurrent")
+            for r in bench_network(kind, Path(scratch), args.repeats, args.threads)
+        ]
+    verdict = "met" if min(ratios) >= 2.0 else "NOT met"
+    print(
+        f"\ntarget onnxruntime >= 2x faster than eager forward at batch 1: {verdict} "
+        f"(simple {ratios[0]:.2f}x, recurrent {ratios[1]:.2f}x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
