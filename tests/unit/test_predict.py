@@ -179,3 +179,13 @@ def test_property_pure_and_reproducible(batch: int, seed: int, epsilon: float) -
 
 
 _PROPERTY_MODEL = HamletModel(make_network("simple", seed=11))
+
+
+def test_finiteness_check_is_exact() -> None:
+    model = HamletModel(make_network("recurrent"))
+    huge = torch.full((2, 54), 3e38)  # finite, but its sum overflows to inf: must still be accepted
+    assert model.predict(huge).q_values.shape == (2, 6)
+    h, c = model.initial_hidden(2)
+    c[0, 1, 7] = float("inf")
+    with pytest.raises(InvalidInputError, match=r"hidden c: expected finite values, got NaN or Inf in row\(s\) \[1\]"):
+        model.predict(torch.rand(2, 54), (h, c))

@@ -257,9 +257,7 @@ class HamletModel:
         if obs.shape[0] == 0:
             raise InvalidInputError("obs: empty batch (B = 0); send at least one observation")
         obs = obs.to(device=self.device, dtype=torch.float32)
-        if not bool(torch.isfinite(obs).all()):
-            bad = torch.nonzero(~torch.isfinite(obs).all(dim=1)).flatten().tolist()
-            raise InvalidInputError(f"obs: expected finite values, got NaN or Inf in row(s) {bad[:10]}")
+        _check_finite(obs, "obs")
         return obs
 
     def _check_hidden(self, hidden: Any, batch: int) -> Hidden | None:
@@ -279,11 +277,11 @@ class HamletModel:
             part = torch.as_tensor(part)
             if list(part.shape) != expected:
                 raise InvalidInputError(f"hidden {name}: expected shape {expected}, got {list(part.shape)}")
-            if not part.is_floating_point() or not bool(torch.isfinite(part).all()):
-                raise InvalidInputError(
-                    f"hidden {name}: expected finite floats, got dtype {part.dtype} with non-finite or non-float values"
-                )
-            checked.append(part.to(device=self.device, dtype=torch.float32))
+            if not part.is_floating_point():
+                raise InvalidInputError(f"hidden {name}: expected float values, got dtype {part.dtype}")
+            part = part.to(device=self.device, dtype=torch.float32)
+            _check_finite(part.reshape(batch, -1), f"hidden {name}")
+            checked.append(part)
         return checked[0], checked[1]
 
     def _check_mask(self, mask: Any, batch: int) -> Tensor | None:
@@ -302,6 +300,16 @@ class HamletModel:
         if empty:
             raise InvalidInputError(f"action_mask: row(s) {empty[:10]} allow no action; each row needs one True")
         return mask_t.to(self.device)
+
+
+def _check_finite(values: Tensor, name: str) -> None:
+    """Raise unless every element of ``values [B, ...]`` is finite. A finite sum proves it in one cheap pass
+    (NaN and Inf propagate through a sum); only a non-finite sum pays for the element-wise check."""
+    if bool(torch.isfinite(values.sum())):
+        return
+    bad_rows = torch.nonzero(~torch.isfinite(values).reshape(values.shape[0], -1).all(dim=1)).flatten().tolist()
+    if bad_rows:  # else the sum merely overflowed: huge but finite values
+        raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row(s) {bad_rows[:10]}")
 
 
 def _check_epsilon(epsilon: Any) -> float:

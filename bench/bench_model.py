@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Model-layer benchmark: checkpoint size and load time, and predict() overhead over the raw network.
+
+Prints, for Hamlet's MLP (L1, obs 91) and CNN+LSTM (L2, obs 54), side by side in one run:
+  - training checkpoint (v2, Hamlet's layout, replay buffer at full capacity) vs inference checkpoint
+    (inference_v1): file size and median load time through HamletModel;
+  - HamletModel.predict() vs the raw network forward under torch.no_grad() at batch 1 and 1024 (medians).
+
+    python bench/bench_model.py [--repeats 30] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from hamlet_runs import write_training_checkpoint
+
+from townlet.inference import HamletModel
+from townlet.inference.migration import migrate_checkpoint
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, inner: int = 1) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - start) / inner)
+    return statistics.median(samples)
+
+
+def fmt_time(seconds: float) -> str:
+    return f"{seconds * 1e3:8.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:8.1f} us"
+
+
+def bench_checkpoints(network_type: str, workdir: Path, repeats: int) -> HamletModel:
+    training = write_training_checkpoint(workdir / network_type, network_type, episode=1000)
+    inference = migrate_checkpoint(training).target
+    t_train = median_seconds(lambda: HamletModel.load_from_training_checkpoint(training), repeats)
+    t_inf = median_seconds(lambda: HamletModel.load_from_checkpoint(inference), repeats)
+    s_train, s_inf = training.stat().st_size, inference.stat().st_size
+    print(
+        f"  checkpoint size   training {s_train / 1e6:7.2f} MB | inference {s_inf / 1e6:7.2f} MB | "
+        f"{s_train / s_inf:5.1f}x smaller"
+    )
+    print(
+        f"  load (median)     training {fmt_time(t_train)} | inference {fmt_time(t_inf)} | "
+        f"{t_train / t_inf:5.1f}x faster"
+    )
+    return HamletModel.load_from_checkpoint(inference)
+
+
+def bench_predict(model: HamletModel, repeats: int) -> None:
+    network = model.network
+    for batch in (1, 1024):
+        obs = torch.rand(batch, model.obs_dim)
+        hidden = model.initial_hidden(batch) if model.is_recurrent else None
+        inner = 200 if batch == 1 else 5
+
+        def raw() -> object:
+            with torch.no_grad():
+                return network(obs, hidden)
+
+        t_raw = median_seconds(raw, repeats, inner)
+        t_pred = median_seconds(lambda: model.predict(obs, hidden), repeats, inner)
+        t_eps = median_seconds(lambda: model.predict(obs, hidden, epsilon=0.1), repeats, inner)
+        print(
+            f"  batch {batch:5d}        raw forward {fmt_time(t_raw)} | predict {fmt_time(t_pred)} "
+            f"({(t_pred / t_raw - 1) * 100:+5.1f}%) | predict eps=0.1 {fmt_time(t_eps)} "
+            f"({(t_eps / t_raw - 1) * 100:+5.1f}%)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=30, help="timed repeats per figure (median reported)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), medians of {args.repeats} repeats")
+    with tempfile.TemporaryDirectory() as tmp:
+        for network_type, label in (
+            ("simple", "SimpleQNetwork (L1, obs 91)"),
+            ("recurrent", "RecurrentSpatialQNetwork (L2, obs 54)"),
+        ):
+            print(f"\n{label}")
+            model = bench_checkpoints(network_type, Path(tmp), max(5, args.repeats // 3))
+            bench_predict(model, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
