@@ -15,6 +15,7 @@ deployed affordance in each cell, ``NO_AFFORDANCE`` where empty.
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from townlet.env.affordances import NO_AFFORDANCE
 from townlet.env.meters import AGENT_LIFESPAN
@@ -96,15 +97,14 @@ def encode_partial_observation(
     """
     n, g, _ = layout.shape
     r = vision_range
-    offsets = np.arange(2 * r + 1)
     padded = np.zeros((n, g + 2 * r, g + 2 * r), dtype=bool)
     padded[:, r : r + g, r : r + g] = layout != NO_AFFORDANCE
-    rows = positions[:, 1, None] + offsets  # [N, 2r+1], padded coordinates of y - r .. y + r
-    cols = positions[:, 0, None] + offsets
-    window = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    # windows[n, y, x] is the [2r+1, 2r+1] view centred on cell (x, y) (padded cell (x + r, y + r)).
+    windows = sliding_window_view(padded, (2 * r + 1, 2 * r + 1), axis=(1, 2))
+    window = windows[np.arange(n), positions[:, 1], positions[:, 0]]
     position = positions.astype(np.float32) / np.float32(g - 1)
     one_hot = affordance_one_hot(affordance_under_agents(layout, positions))
     return np.concatenate(
-        [window.reshape(n, -1).astype(np.float32), position, meters.astype(np.float32), one_hot, extras],
+        [window.reshape(n, (2 * r + 1) ** 2).astype(np.float32), position, meters.astype(np.float32), one_hot, extras],
         axis=1,
     )

@@ -152,6 +152,11 @@ def transition(
     return Transition(new_state, reward.astype(np.float32), np.where(success, here, -1), active)
 
 
+def _select(state: EnvState, rows: np.ndarray) -> EnvState:
+    """The envs of ``state`` picked by ``rows`` (a bool mask or indices)."""
+    return EnvState(**{f.name: getattr(state, f.name)[rows] for f in dataclasses.fields(state)})
+
+
 class VectorTownletEnv:
     """``num_envs`` independent Townlet agents (one per env) on one level, stepped as a batch.
 
@@ -197,6 +202,7 @@ class VectorTownletEnv:
             else layout_from_positions(layout, self._level.grid_size, self._level.enabled_affordances)
         )
         self._state: EnvState | None = None
+        self._last_obs: np.ndarray | None = None  # private copy of the latest observations
         self._seed(seed)
 
     # --- properties --------------------------------------------------------------------------------
@@ -235,7 +241,7 @@ class VectorTownletEnv:
         if seed is not None:
             self._seed(seed)
         self._state = self._fresh_state(np.ones(self._num_envs, dtype=bool), previous=None)
-        return self.observe()
+        return self._remember(self._encode(self._state))
 
     def reset_envs(self, mask: np.ndarray | Sequence[bool]) -> np.ndarray:
         """Start a new episode only in the envs where ``mask [N] bool`` is True; the others keep their
@@ -248,7 +254,11 @@ class VectorTownletEnv:
                 f"shape {mask.shape}; e.g. pass the `done | info['truncated']` arrays from step()"
             )
         self._state = self._fresh_state(mask, previous=state)
-        return self.observe()
+        if self._last_obs is None:
+            return self._remember(self._encode(self._state))
+        obs = self._last_obs.copy()
+        obs[mask] = self._encode(_select(self._state, mask))  # only the restarted envs are re-encoded
+        return self._remember(obs)
 
     def step(self, actions: np.ndarray | Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Advance every env by one step.
@@ -279,13 +289,15 @@ class VectorTownletEnv:
             "interaction_progress": new.interaction_progress.copy(),
             "successful_interactions": result.interactions,
         }
-        return self.observe(), result.reward, new.done, info
+        return self._remember(self._encode(new)), result.reward, new.done, info
 
     # --- queries -----------------------------------------------------------------------------------
 
     def observe(self) -> np.ndarray:
         """Observations of the current state, ``[N, obs_dim]`` float32."""
-        s = self._require_state()
+        return self._encode(self._require_state())
+
+    def _encode(self, s: EnvState) -> np.ndarray:
         lvl = self._level
         extras = encode_extras(
             s.time_of_day, s.interaction_progress, s.step_counts, lvl.temporal_mechanics, lvl.agent_lifespan
@@ -331,6 +343,7 @@ class VectorTownletEnv:
         if fields["positions"].min() < 0 or fields["positions"].max() >= g:
             raise StateError(f"state.positions must lie in [0, {g}) on both axes")
         self._state = EnvState(**fields)
+        self._last_obs = None
 
     # --- internals ---------------------------------------------------------------------------------
 
@@ -372,6 +385,10 @@ class VectorTownletEnv:
                 array[mask] = values
             fields[name] = array
         return EnvState(**fields)
+
+    def _remember(self, obs: np.ndarray) -> np.ndarray:
+        self._last_obs = obs.copy()
+        return obs
 
     def _require_state(self) -> EnvState:
         if self._state is None:
