@@ -80,7 +80,7 @@ class HamletModel:
         base = {
             "format_version": None,
             "network_type": params["network_type"],
-            "obs_dim": int(network.obs_dim),
+            "obs_dim": int(getattr(network, "obs_dim")),  # noqa: B009 - both networks define it
             "action_dim": params["action_dim"],
             "hidden_dim": self._hidden_dim,
             "num_parameters": sum(p.numel() for p in network.parameters()),
@@ -238,7 +238,7 @@ class HamletModel:
 
     # ------------------------------------------------------------------ validation
 
-    def _check_obs(self, obs: Any) -> Tensor:
+    def _check_obs(self, obs: Any) -> Tensor:  # obs is Any until checked
         if isinstance(obs, tuple) and len(obs) == 2 and isinstance(obs[1], dict):
             raise InvalidInputError("obs looks like an (observation, info) tuple from env.reset(); pass obs[0]")
         if not isinstance(obs, Tensor):
@@ -256,9 +256,9 @@ class HamletModel:
             )
         if obs.shape[0] == 0:
             raise InvalidInputError("obs: empty batch (B = 0); send at least one observation")
-        obs = obs.to(device=self.device, dtype=torch.float32)
-        _check_finite(obs, "obs")
-        return obs
+        checked: Tensor = obs.to(device=self.device, dtype=torch.float32)
+        _check_finite(checked, "obs")
+        return checked
 
     def _check_hidden(self, hidden: Any, batch: int) -> Hidden | None:
         if self._hidden_dim is None:
