@@ -283,10 +283,7 @@ class OnnxModel:
         if arr.shape[0] == 0:
             raise InvalidInputError("obs: empty batch (B = 0); send at least one observation")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
-        finite = np.isfinite(arr).all(axis=1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite).tolist()
-            raise InvalidInputError(f"obs: expected finite values, got NaN or Inf in row(s) {bad[:10]}")
+        _check_finite(arr, "obs")
         return arr
 
     def _check_hidden(self, hidden: Any, batch: int) -> NumpyHidden | None:
@@ -306,11 +303,11 @@ class OnnxModel:
             arr = np.asarray(part)
             if list(arr.shape) != expected:
                 raise InvalidInputError(f"hidden {name}: expected shape {expected}, got {list(arr.shape)}")
-            if not np.issubdtype(arr.dtype, np.floating) or not bool(np.isfinite(arr).all()):
-                raise InvalidInputError(
-                    f"hidden {name}: expected finite floats, got dtype {arr.dtype} with non-finite or non-float values"
-                )
-            checked.append(np.ascontiguousarray(arr, dtype=np.float32))
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise InvalidInputError(f"hidden {name}: expected float values, got dtype {arr.dtype}")
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+            _check_finite(arr.reshape(batch, -1), f"hidden {name}")
+            checked.append(arr)
         return checked[0], checked[1]
 
     def _check_mask(self, mask: Any, batch: int) -> npt.NDArray[np.bool_] | None:
@@ -327,6 +324,16 @@ class OnnxModel:
         if empty:
             raise InvalidInputError(f"action_mask: row(s) {empty[:10]} allow no action; each row needs one True")
         return arr
+
+
+def _check_finite(values: FloatArray, name: str) -> None:
+    """Raise unless every element of ``values [B, ...]`` is finite; a finite sum proves it in one cheap pass."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(values.sum()):
+            return
+    bad_rows = np.flatnonzero(~np.isfinite(values).reshape(values.shape[0], -1).all(axis=1)).tolist()
+    if bad_rows:  # else the sum merely overflowed: huge but finite values
+        raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row(s) {bad_rows[:10]}")
 
 
 def _check_epsilon(epsilon: Any) -> float:
