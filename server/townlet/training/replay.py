@@ -1,0 +1,194 @@
+"""Replay memories, saved and restored in Hamlet's v2 checkpoint layout (reference section 4).
+
+- `ReplayBuffer`: a circular buffer of single transitions for the MLP, sampled uniformly.
+- `SequenceReplayBuffer`: whole episodes for the LSTM, sampled as fixed-length windows.
+
+Both store intrinsic rewards as zeros (this trainer has no RND), only so the saved dict has every key
+Hamlet's loader expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["ReplayBuffer", "SequenceBatch", "SequenceReplayBuffer", "TransitionBatch"]
+
+
+@dataclass(frozen=True)
+class TransitionBatch:
+    """``obs [B, D]``, ``actions [B]`` int64, ``rewards [B]``, ``next_obs [B, D]``, ``dones [B]`` bool."""
+
+    obs: Tensor
+    actions: Tensor
+    rewards: Tensor
+    next_obs: Tensor
+    dones: Tensor
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """``B`` windows of ``L`` steps: ``obs [B, L+1, D]`` (the extra one is the last step's next observation),
+    ``actions/rewards/dones [B, L]``, and ``valid [B, L]`` bool: the step exists and has a TD target."""
+
+    obs: Tensor
+    actions: Tensor
+    rewards: Tensor
+    dones: Tensor
+    valid: Tensor
+
+
+class ReplayBuffer:
+    """Uniform replay of transitions; storage is allocated at full capacity up front, as in Hamlet."""
+
+    def __init__(self, capacity: int, obs_dim: int) -> None:
+        self.capacity = int(capacity)
+        self.obs_dim = int(obs_dim)
+        self._obs = torch.zeros(self.capacity, self.obs_dim)
+        self._next_obs = torch.zeros(self.capacity, self.obs_dim)
+        self._actions = torch.zeros(self.capacity, dtype=torch.int64)
+        self._rewards = torch.zeros(self.capacity)
+        self._dones = torch.zeros(self.capacity, dtype=torch.bool)
+        self._size = 0
+        self._position = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor, dones: Tensor) -> None:
+        """Append ``B`` transitions (``obs [B, D]`` ...), overwriting the oldest once full."""
+        count = obs.shape[0]
+        index = (self._position + torch.arange(count)) % self.capacity
+        self._obs[index] = obs
+        self._next_obs[index] = next_obs
+        self._actions[index] = actions.to(torch.int64)
+        self._rewards[index] = rewards.to(torch.float32)
+        self._dones[index] = dones.to(torch.bool)
+        self._position = int((self._position + count) % self.capacity)
+        self._size = min(self._size + count, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> TransitionBatch:
+        """``batch_size`` transitions drawn uniformly with replacement."""
+        if self._size == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        index = torch.randint(self._size, (batch_size,), generator=generator)
+        return TransitionBatch(
+            self._obs[index], self._actions[index], self._rewards[index], self._next_obs[index], self._dones[index]
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Hamlet's simple-network ``replay_buffer`` dict (tensors at full capacity; None while empty)."""
+        empty = self._size == 0
+        return {
+            "size": self._size,
+            "position": self._position,
+            "capacity": self.capacity,
+            "observations": None if empty else self._obs.clone(),
+            "actions": None if empty else self._actions.clone(),
+            "rewards_extrinsic": None if empty else self._rewards.clone(),
+            "rewards_intrinsic": None if empty else torch.zeros(self.capacity),
+            "next_observations": None if empty else self._next_obs.clone(),
+            "dones": None if empty else self._dones.clone(),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any], obs_dim: int) -> ReplayBuffer:
+        buffer = cls(int(state["capacity"]), obs_dim)
+        if state["observations"] is not None:
+            buffer._obs.copy_(state["observations"])
+            buffer._next_obs.copy_(state["next_observations"])
+            buffer._actions.copy_(state["actions"])
+            buffer._rewards.copy_(state["rewards_extrinsic"])
+            buffer._dones.copy_(state["dones"])
+        buffer._size = int(state["size"])
+        buffer._position = int(state["position"])
+        return buffer
+
+
+class SequenceReplayBuffer:
+    """Whole episodes for recurrent training; ``capacity`` counts transitions, oldest episodes go first.
+
+    An episode whose last step is not ``done`` ended by truncation: its final transition has no next
+    observation stored (Hamlet's layout keeps none), so it gets no TD target.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = int(capacity)
+        self._episodes: list[dict[str, Tensor]] = []
+        self._num_transitions = 0
+
+    def __len__(self) -> int:
+        return self._num_transitions
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._episodes)
+
+    def push_episode(self, obs: Tensor, actions: Tensor, rewards: Tensor, dones: Tensor) -> None:
+        """Store one episode: ``obs [T, D]``, ``actions [T]``, ``rewards [T]``, ``dones [T]`` (T >= 1)."""
+        length = obs.shape[0]
+        if length == 0:
+            return
+        self._episodes.append(
+            {
+                "observations": obs.to(torch.float32).clone(),
+                "actions": actions.to(torch.int64).clone(),
+                "rewards_extrinsic": rewards.to(torch.float32).clone(),
+                "rewards_intrinsic": torch.zeros(length),
+                "dones": dones.to(torch.bool).clone(),
+            }
+        )
+        self._num_transitions += length
+        while self._num_transitions > self.capacity and len(self._episodes) > 1:
+            self._num_transitions -= self._episodes.pop(0)["actions"].shape[0]
+
+    def sample(self, batch_size: int, sequence_length: int, generator: torch.Generator) -> SequenceBatch:
+        """``batch_size`` windows whose first step is drawn uniformly over all stored transitions.
+
+        Windows that run past their episode's end are zero-padded and marked invalid there.
+        """
+        if self._num_transitions == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        lengths = torch.tensor([e["actions"].shape[0] for e in self._episodes])
+        ends = lengths.cumsum(0)
+        picks = torch.randint(self._num_transitions, (batch_size,), generator=generator)
+        which = torch.searchsorted(ends, picks, right=True)
+        starts = picks - (ends[which] - lengths[which])
+        obs_dim = self._episodes[0]["observations"].shape[1]
+        length = sequence_length
+        obs = torch.zeros(batch_size, length + 1, obs_dim)
+        actions = torch.zeros(batch_size, length, dtype=torch.int64)
+        rewards = torch.zeros(batch_size, length)
+        dones = torch.zeros(batch_size, length, dtype=torch.bool)
+        valid = torch.zeros(batch_size, length, dtype=torch.bool)
+        for row, (episode_index, start) in enumerate(zip(which.tolist(), starts.tolist(), strict=True)):
+            episode = self._episodes[episode_index]
+            size = episode["actions"].shape[0]
+            steps = min(length, size - start)
+            obs[row, : min(length + 1, size - start)] = episode["observations"][start : start + length + 1]
+            actions[row, :steps] = episode["actions"][start : start + steps]
+            rewards[row, :steps] = episode["rewards_extrinsic"][start : start + steps]
+            dones[row, :steps] = episode["dones"][start : start + steps]
+            valid[row, :steps] = True
+            if start + steps == size and not bool(episode["dones"][-1]):
+                valid[row, steps - 1] = False  # truncated: the final next observation was never stored
+        return SequenceBatch(obs, actions, rewards, dones, valid)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Hamlet's recurrent ``replay_buffer`` dict."""
+        return {
+            "num_transitions": self._num_transitions,
+            "capacity": self.capacity,
+            "episodes": [{k: v.clone() for k, v in e.items()} for e in self._episodes],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> SequenceReplayBuffer:
+        buffer = cls(int(state["capacity"]))
+        buffer._episodes = [{k: v.clone() for k, v in e.items()} for e in state["episodes"]]
+        buffer._num_transitions = int(state["num_transitions"])
+        return buffer
