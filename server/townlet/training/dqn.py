@@ -23,9 +23,7 @@ def _elementwise(kind: str, prediction: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(prediction, target, reduction="none")
 
 
-def td_loss(
-    q_network: nn.Module, target_network: nn.Module, batch: TransitionBatch, gamma: float, kind: str
-) -> Tensor:
+def td_loss(q_network: nn.Module, target_network: nn.Module, batch: TransitionBatch, gamma: float, kind: str) -> Tensor:
     """Mean TD loss of a transition batch for a feed-forward network (scalar tensor with grad)."""
     q_values, _ = q_network(batch.obs)
     q_taken = q_values.gather(1, batch.actions.unsqueeze(1)).squeeze(1)

@@ -93,7 +93,9 @@ def build_q_network(config: TrainConfig) -> nn.Module:
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
     """The ``checkpoint_epNNNNN.pt`` with the highest episode number in ``directory`` (None if there is none)."""
-    found = [(int(m.group(1)), p) for p in Path(directory).glob("checkpoint_ep*.pt") if (m := _CHECKPOINT.match(p.name))]
+    found = [
+        (int(m.group(1)), p) for p in Path(directory).glob("checkpoint_ep*.pt") if (m := _CHECKPOINT.match(p.name))
+    ]
     return max(found)[1] if found else None
 
 
@@ -118,7 +120,9 @@ def train(
     target_network = copy.deepcopy(q_network)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=config.learning_rate)
     replay: ReplayBuffer | SequenceReplayBuffer = (
-        SequenceReplayBuffer(config.buffer_capacity) if recurrent else ReplayBuffer(config.buffer_capacity, level.obs_dim)
+        SequenceReplayBuffer(config.buffer_capacity)
+        if recurrent
+        else ReplayBuffer(config.buffer_capacity, level.obs_dim)
     )
     layout = None if config.relayout else VectorTownletEnv(level, 1, seed=config.seed).affordance_positions()
     episode, total_steps, gradient_steps, wall_before = 0, 0, 0, 0.0
@@ -246,7 +250,9 @@ def _gradient_step(
         batch = replay.sample(config.batch_size, config.sequence_length, generator)
         loss = sequence_td_loss(q_network, target_network, batch, config.gamma, config.loss)
     else:
-        loss = td_loss(q_network, target_network, replay.sample(config.batch_size, generator), config.gamma, config.loss)
+        loss = td_loss(
+            q_network, target_network, replay.sample(config.batch_size, generator), config.gamma, config.loss
+        )
     optimizer.zero_grad()
     loss.backward()
     nn.utils.clip_grad_norm_(q_network.parameters(), config.max_grad_norm)
@@ -292,7 +298,12 @@ def _hamlet_training_config(config: TrainConfig, run: dict[str, Any]) -> dict[st
             "network_type": config.network_type,
         },
         "curriculum": {"max_steps_per_episode": level.max_steps_per_episode},
-        "exploration": {"embed_dim": 128, "initial_intrinsic_weight": 0.0, "variance_threshold": 100, "survival_window": 100},
+        "exploration": {
+            "embed_dim": 128,
+            "initial_intrinsic_weight": 0.0,
+            "variance_threshold": 100,
+            "survival_window": 100,
+        },
         "training": {
             "device": "cpu",
             "max_episodes": config.episodes,
