@@ -63,7 +63,7 @@ def _train_parser() -> argparse.ArgumentParser:
         if isinstance(spec.default, bool):
             parser.add_argument(flag, action="store_true", help=text)
         else:
-            kind = Path if isinstance(spec.default, Path) else type(spec.default)
+            kind = type(spec.default)
             parser.add_argument(flag, type=kind, metavar=kind.__name__.upper(), help=text)
     parser.add_argument(
         "--resume",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from townlet.env import LEVELS, LevelConfig, get_level
@@ -31,7 +30,7 @@ class TrainConfig:
 
     level: str = _doc("Townlet level: L0_0, L0_5, L1 (MLP), L2 or L3 (CNN+LSTM).", "L1")
     episodes: int = _doc("train until this many episodes are done in total (a resumed run continues to it)", 200)
-    out: Path = _doc("run folder: checkpoint_epNNNNN.pt and model_epNNNNN.pt are written here", Path("runs/train"))
+    out: str = _doc("run folder: checkpoint_epNNNNN.pt and model_epNNNNN.pt are written here", "runs/train")
     seed: int = _doc("seeds the network init, the layout, every start cell and every random draw", 0)
     network: str = _doc("'auto' (MLP for full observability, LSTM for partial), 'simple' or 'recurrent'", "auto")
     num_envs: int = _doc("envs stepped together; all feed one replay buffer", 16)
@@ -91,10 +90,8 @@ class TrainConfig:
         return max(self.epsilon_min, self.epsilon_start * self.epsilon_decay**episode)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values only (``out`` as a string), for the checkpoint's ``training_config``."""
-        values = dataclasses.asdict(self)
-        values["out"] = str(self.out)
-        return values
+        """Plain values only, for the checkpoint's ``training_config``."""
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -102,9 +99,6 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise TrainingConfigError(f"unknown training config keys {unknown}; known: {sorted(known)}")
-        values = dict(values)
-        if "out" in values:
-            values["out"] = Path(values["out"])
         return cls(**values)
 
 

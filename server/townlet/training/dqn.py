@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from townlet.training.replay import SequenceBatch, TransitionBatch
 
-__all__ = ["td_loss", "sequence_td_loss", "unroll"]
+__all__ = ["sequence_td_loss", "td_loss", "unroll"]
 
 
 def _elementwise(kind: str, prediction: Tensor, target: Tensor) -> Tensor:
