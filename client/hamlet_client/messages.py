@@ -64,8 +64,12 @@ def predict_request(
     seed: int | None,
     action_mask: Any,
 ) -> service_pb2.PredictRequest:
-    """A PredictRequest; see `HamletClient.predict` for the arguments."""
-    observations, batch = encode_observations(obs)
+    """A PredictRequest; see `HamletClient.predict` for the arguments.
+
+    NaN/Inf observations are left to the server (INVALID_ARGUMENT; a stateless call loses nothing), which
+    saves the scan on the hot path. Episode steps do scan: a server-side refusal would end the stream.
+    """
+    observations, batch = encode_observations(obs, check_finite=False)
     req = service_pb2.PredictRequest(
         model=_check_model(model),
         version=_check_version(version),

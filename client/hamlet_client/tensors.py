@@ -72,8 +72,10 @@ def decode_tensor(msg: tensor_pb2.Tensor) -> npt.NDArray[Any]:
     return np.frombuffer(msg.data, dtype=wire).reshape(shape)
 
 
-def to_observation_batch(obs: Any, *, field: str = "obs") -> npt.NDArray[np.float32]:
+def to_observation_batch(obs: Any, *, field: str = "obs", check_finite: bool = True) -> npt.NDArray[np.float32]:
     """A list or array of one observation ``[obs_dim]`` or a batch ``[B, obs_dim]`` -> ``[B, obs_dim]`` float32.
+
+    ``check_finite=False`` skips the NaN/Inf scan (the server checks too; a scan costs ~10 us per call).
 
     Raises:
         InvalidArgumentError: ragged or non-numeric input, wrong rank, an empty batch, or NaN/Inf.
@@ -94,15 +96,15 @@ def to_observation_batch(obs: Any, *, field: str = "obs") -> npt.NDArray[np.floa
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InvalidArgumentError(f"{field}: expected a non-empty [B, obs_dim] batch, got shape {list(arr.shape)}")
-    if not np.isfinite(arr).all():
+    if check_finite and not np.isfinite(arr).all():
         rows = np.flatnonzero(~np.isfinite(arr).all(axis=1))[:10].tolist()
         raise InvalidArgumentError(f"{field}: expected finite values, got NaN or Inf in row(s) {rows}")
     return arr
 
 
-def encode_observations(obs: Any, *, field: str = "obs") -> tuple[tensor_pb2.Tensor, int]:
+def encode_observations(obs: Any, *, field: str = "obs", check_finite: bool = True) -> tuple[tensor_pb2.Tensor, int]:
     """Encode observations (see `to_observation_batch`) -> (Tensor ``[B, obs_dim]`` float32, B)."""
-    arr = to_observation_batch(obs, field=field)
+    arr = to_observation_batch(obs, field=field, check_finite=check_finite)
     msg = tensor_pb2.Tensor(shape=arr.shape, dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=arr.tobytes())
     return msg, arr.shape[0]
 

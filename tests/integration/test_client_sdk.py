@@ -166,6 +166,10 @@ def test_bad_input_and_unknown_model_are_typed(client: HamletClient) -> None:
     with pytest.raises(InvalidArgumentError, match="obs_dim=91") as info:
         client.predict(np.zeros((2, 10), dtype=np.float32), model=MLP)
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    nan_obs = np.zeros((2, 91), dtype=np.float32)
+    nan_obs[1, 3] = np.nan
+    with pytest.raises(InvalidArgumentError, match="finite"):  # left to the server for Predict
+        client.predict(nan_obs, model=MLP)
     with pytest.raises(ModelNotFoundError) as not_found:
         client.predict(np.zeros((1, 91), dtype=np.float32), model="no-such-model")
     assert not_found.value.code == grpc.StatusCode.NOT_FOUND
