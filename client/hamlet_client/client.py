@@ -420,7 +420,7 @@ class _StepWatchdog:
     past its deadline (a blocking ``next()`` on a gRPC stream cannot time out by itself). A step pays only
     two attribute writes for this."""
 
-    def __init__(self, interval: float = 0.02) -> None:
+    def __init__(self, interval: float = 0.05) -> None:
         self._interval = interval
         self._episodes: set[Episode] = set()
         self._lock = threading.Lock()
