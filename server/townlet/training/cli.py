@@ -204,7 +204,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{name:<8} {stats.mean:7.1f} {stats.std:7.1f} {stats.median:7.1f} {stats.min:5d} {stats.max:5d}"
             f"   {stats.mean:.1f} ± {stats.std:.1f}"
         )
-    print(f"model / random mean survival: {trained.mean / random.mean:.2f}x")
+    print(f"ratio of mean survival, model to random: {trained.mean / random.mean:.2f}x")
     return 0
 
 
