@@ -1,0 +1,124 @@
+"""StepBatcher without a network: one forward for many items, per-item results equal solo forwards,
+max_batch respected, cancelled items skipped, per-stream state kept in the table."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from hamlet_server.batcher import StepBatcher, WorkItem
+from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
+from townlet.inference import HamletModel
+
+torch.set_num_threads(1)
+
+
+class _Counting:
+    """Wraps a HamletModel and records the batch size of every forward."""
+
+    def __init__(self, model):
+        self.model = model
+        self.calls: list[int] = []
+        for name in ("is_recurrent", "hidden_dim", "device", "obs_dim", "action_dim"):
+            setattr(self, name, getattr(model, name))
+
+    def forward(self, obs, hidden=None):
+        self.calls.append(int(obs.shape[0]))
+        return self.model.forward(obs, hidden)
+
+
+@pytest.fixture
+def executor():
+    ex = ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,))
+    yield ex
+    ex.shutdown()
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return _Counting(HamletModel(SimpleQNetwork(obs_dim=10, action_dim=4)))
+
+
+def _lstm():
+    torch.manual_seed(0)
+    net = RecurrentSpatialQNetwork(action_dim=6, window_size=3, num_meters=8, num_affordance_types=14, hidden_dim=16)
+    return _Counting(HamletModel(net))
+
+
+async def test_queued_items_share_one_forward_and_get_their_own_rows(executor):
+    model = _mlp()
+    batcher = StepBatcher(model, executor, max_batch=64, max_delay_us=20_000)
+    batcher.start()
+    items = [WorkItem(torch.rand(n, 10)) for n in (1, 3, 2)]
+    results = await asyncio.gather(*(batcher.submit(item) for item in items))
+    assert model.calls == [6]
+    for item, result in zip(items, results, strict=True):
+        solo = model.model.forward(item.obs)[0]
+        torch.testing.assert_close(result.q_values, solo, rtol=1e-6, atol=1e-6)
+        assert torch.equal(result.actions, result.q_values.argmax(1)) and result.batch_size == 6
+    await batcher.close()
+
+
+async def test_max_batch_splits_between_items_never_inside_one(executor):
+    model = _mlp()
+    batcher = StepBatcher(model, executor, max_batch=4, max_delay_us=20_000)
+    batcher.start()
+    sizes = (3, 3, 2, 9)
+    await asyncio.gather(*(batcher.submit(WorkItem(torch.rand(n, 10))) for n in sizes))
+    assert sorted(model.calls) == [2, 3, 3, 9] or sorted(model.calls) == [3, 5, 9]
+    assert sum(model.calls) == sum(sizes) and all(c <= 4 or c == 9 for c in model.calls)
+    assert batcher.mean_batch == sum(sizes) / len(model.calls)
+    await batcher.close()
+
+
+async def test_cancelled_items_are_skipped(executor):
+    model = _mlp()
+    batcher = StepBatcher(model, executor, max_batch=64, max_delay_us=50_000)
+    batcher.start()
+    dead = WorkItem(torch.rand(5, 10), is_cancelled=lambda: True)
+    live = WorkItem(torch.rand(2, 10))
+    dead_task = asyncio.ensure_future(batcher.submit(dead))
+    result = await batcher.submit(live)
+    assert model.calls == [2] and result.q_values.shape == (2, 4)
+    dead_task.cancel()
+    await batcher.close()
+
+
+async def test_recurrent_state_lives_in_the_table_per_slot(executor):
+    model = _lstm()
+    batcher = StepBatcher(model, executor, max_batch=64, max_delay_us=0)
+    batcher.start()
+    obs_dim = model.obs_dim
+    a_slots, b_slots = torch.tensor([0, 1]), torch.tensor([2])
+    hidden_a = hidden_b = None
+    for t in range(4):
+        obs_a, obs_b = torch.rand(2, obs_dim), torch.rand(1, obs_dim)
+        reset = torch.ones(2, dtype=torch.bool) if t == 0 else None
+        ra, rb = await asyncio.gather(
+            batcher.submit(WorkItem(obs_a, slot_index=a_slots, reset=reset)),
+            batcher.submit(
+                WorkItem(obs_b, slot_index=b_slots, reset=torch.ones(1, dtype=torch.bool) if t == 0 else None)
+            ),
+        )
+        qa, hidden_a = model.model.forward(obs_a, hidden_a)
+        qb, hidden_b = model.model.forward(obs_b, hidden_b)
+        torch.testing.assert_close(ra.q_values, qa, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rb.q_values, qb, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(batcher.table.h[2], hidden_b[0][0, 0], rtol=1e-5, atol=1e-6)
+    await batcher.close()
+
+
+async def test_explicit_hidden_is_returned_and_the_table_untouched(executor):
+    model = _lstm()
+    batcher = StepBatcher(model, executor)
+    batcher.start()
+    obs = torch.rand(3, model.obs_dim)
+    hidden = (torch.randn(1, 3, 16), torch.randn(1, 3, 16))
+    result = await batcher.submit(WorkItem(obs, hidden=hidden, return_hidden=True))
+    q, new_hidden = model.model.forward(obs, hidden)
+    assert torch.equal(result.q_values, q) and torch.equal(result.hidden[0], new_hidden[0])
+    assert torch.count_nonzero(batcher.table.h) == 0
+    await batcher.close()

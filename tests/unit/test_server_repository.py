@@ -1,0 +1,96 @@
+"""ModelRepository without a network: layout scan, newest-wins, skip broken files, reload, unload."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from hamlet_server.repository import ModelRepository, UnknownModelError, UnknownVersionError, scan_models
+from townlet.agent.networks import SimpleQNetwork
+from townlet.inference import HamletModel, save_inference_checkpoint
+
+torch.set_num_threads(1)
+
+
+def _write(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_inference_checkpoint(HamletModel(SimpleQNetwork(obs_dim=8, action_dim=3)), path)
+    return path
+
+
+def test_scan_understands_the_layout(tmp_path):
+    _write(tmp_path / "a" / "model_ep00010.pt")
+    _write(tmp_path / "a" / "checkpoint_ep00010.pt")  # same episode: the inference file wins
+    _write(tmp_path / "a" / "checkpoint_ep00020.pt")
+    (tmp_path / "a" / "notes.pt").write_bytes(b"x")  # no episode number: not a version
+    (tmp_path / "a" / ".model_ep00030.pt.tmp").write_bytes(b"x")
+    _write(tmp_path / "single_ep00007.pt")
+    _write(tmp_path / "plain.pt")
+    found = scan_models(tmp_path)
+    assert sorted(found) == ["a", "plain", "single"]
+    assert sorted(found["a"]) == [10, 20] and found["a"][10].path.name == "model_ep00010.pt"
+    assert list(found["single"]) == [7] and list(found["plain"]) == [0]
+
+
+@pytest.fixture
+def executor():
+    ex = ThreadPoolExecutor(1)
+    yield ex
+    ex.shutdown()
+
+
+async def test_newest_loadable_version_serves_and_broken_files_are_skipped(tmp_path, executor):
+    _write(tmp_path / "m" / "model_ep00001.pt")
+    (tmp_path / "m" / "model_ep00002.pt").write_bytes(b"garbage")
+    failures = []
+    repo = ModelRepository(tmp_path, "cpu", executor, on_load_failure=failures.append)
+    await repo.refresh()
+    assert repo.latest("m").version == 1 and failures == ["m"]
+    await repo.refresh()
+    assert failures == ["m"]  # an unchanged bad file is not retried
+    _write(tmp_path / "m" / "model_ep00002.pt", seed=3)
+    await repo.refresh()
+    assert repo.latest("m").version == 2 and repo.loaded_versions("m") == [2]
+    with pytest.raises(UnknownModelError, match="available: \\['m'\\]"):
+        await repo.acquire("other")
+    with pytest.raises(UnknownVersionError, match="versions: \\[1, 2\\]"):
+        await repo.acquire("m", 5)
+    await repo.close()
+
+
+async def test_held_versions_stay_until_released_then_unload(tmp_path, executor):
+    _write(tmp_path / "m" / "model_ep00001.pt")
+    repo = ModelRepository(tmp_path, "cpu", executor)
+    await repo.refresh()
+    held = await repo.acquire("m")
+    _write(tmp_path / "m" / "model_ep00005.pt", seed=1)
+    await repo.refresh()
+    assert repo.latest("m").version == 5 and repo.loaded_versions("m") == [1, 5]
+    held.release()
+    await repo.refresh()
+    assert repo.loaded_versions("m") == [5]
+    old = await repo.acquire("m", 1)  # an explicit older version loads on demand
+    assert old.version == 1 and repo.loaded_versions("m") == [1, 5]
+    old.release()
+    await repo.close()
+
+
+async def test_changed_file_is_reloaded_beside_the_old_copy(tmp_path, executor):
+    path = _write(tmp_path / "m" / "model_ep00001.pt", seed=0)
+    repo = ModelRepository(tmp_path, "cpu", executor)
+    await repo.refresh()
+    held = await repo.acquire("m")
+    _write(path, seed=9)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    await repo.refresh()
+    fresh = repo.latest("m")
+    assert fresh is not held and fresh.version == 1 and repo.loaded_count() == 2
+    held.release()
+    await repo.refresh()
+    assert repo.loaded_count() == 1
+    await repo.close()

@@ -1,0 +1,91 @@
+"""tensor_codec: exact round trips, and each validation error names expected vs got."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from hamlet_client._generated.hamlet.v1 import tensor_pb2
+from hamlet_server.tensor_codec import (
+    InvalidTensorError,
+    decode_action_mask,
+    decode_hidden,
+    decode_observations,
+    decode_tensor,
+    encode_hidden,
+    encode_tensor,
+)
+
+F32 = tensor_pb2.DATA_TYPE_FLOAT32
+
+
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=8),
+                  elements=st.floats(-1e6, 1e6, width=32)))  # fmt: skip
+def test_observations_round_trip_bit_exactly(array):
+    decoded = decode_observations(encode_tensor(array), obs_dim=array.shape[1])
+    assert decoded.dtype == torch.float32
+    np.testing.assert_array_equal(decoded.numpy(), array)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.bool])
+def test_torch_tensors_encode_as_little_endian_bytes(dtype):
+    tensor = (torch.arange(6).reshape(2, 3) % 2).to(dtype)
+    msg = encode_tensor(tensor)
+    assert list(msg.shape) == [2, 3]
+    np_dtype = {torch.float32: "<f4", torch.int64: "<i8", torch.bool: "?"}[dtype]
+    assert msg.data == tensor.numpy().astype(np_dtype).tobytes()
+    assert torch.equal(torch.from_numpy(decode_tensor(msg, field="x", dtype=msg.dtype).copy()), tensor)
+
+
+def test_hidden_round_trip():
+    h, c = torch.randn(1, 3, 8), torch.randn(1, 3, 8)
+    msg = encode_hidden((h, c))
+    dh, dc = decode_hidden(msg.h, msg.c, batch=3, hidden_dim=8)
+    assert torch.equal(dh, h) and torch.equal(dc, c)
+
+
+def _obs(shape, dtype=F32, data=None):
+    array = np.zeros(shape, np.float32)
+    return tensor_pb2.Tensor(shape=list(shape), dtype=dtype, data=array.tobytes() if data is None else data)
+
+
+@pytest.mark.parametrize(
+    ("msg", "kwargs", "fragment"),
+    [
+        (_obs((2, 5)), {"obs_dim": 4}, "expected width obs_dim=4, got shape [2, 5]"),
+        (_obs((5,)), {"obs_dim": 5}, "wrap a single observation"),
+        (_obs((2, 5), dtype=tensor_pb2.DATA_TYPE_INT64, data=np.zeros((2, 5), np.int64).tobytes()), {"obs_dim": 5},
+         "expected dtype DATA_TYPE_FLOAT32, got DATA_TYPE_INT64"),
+        (_obs((2, 5), data=b"\0" * 36), {"obs_dim": 5}, "needs 40 bytes, got 36"),
+        (_obs((0, 5)), {"obs_dim": 5}, "non-empty batch"),
+        (_obs((3, 5)), {"obs_dim": 5, "batch": 2}, "expected [2, 5] (one row per environment), got [3, 5]"),
+        (tensor_pb2.Tensor(shape=[1, 2], dtype=F32, data=np.array([[0, np.inf]], np.float32).tobytes()),
+         {"obs_dim": 2}, "expected finite values, got inf at index [0, 1]"),
+        (tensor_pb2.Tensor(shape=[-1, 2], dtype=F32), {"obs_dim": 2}, "negative dimension"),
+    ],
+)  # fmt: skip
+def test_bad_observations_are_refused_with_a_clear_message(msg, kwargs, fragment):
+    with pytest.raises(InvalidTensorError) as info:
+        decode_observations(msg, **kwargs)
+    assert fragment in str(info.value)
+
+
+def test_action_mask_absent_valid_and_invalid():
+    assert decode_action_mask(None, batch=2, action_dim=3) is None
+    assert decode_action_mask(tensor_pb2.Tensor(), batch=2, action_dim=3) is None
+    good = np.array([[True, False, True], [False, False, True]])
+    assert torch.equal(decode_action_mask(encode_tensor(good), batch=2, action_dim=3), torch.from_numpy(good))
+    with pytest.raises(InvalidTensorError, match="row 1 allows no action"):
+        decode_action_mask(encode_tensor(np.array([[True, False], [False, False]])), batch=2, action_dim=2)
+    with pytest.raises(InvalidTensorError, match=r"expected shape \[2, 3\], got \[2, 2\]"):
+        decode_action_mask(encode_tensor(np.ones((2, 2), bool)), batch=2, action_dim=3)
+
+
+def test_hidden_shape_is_checked():
+    bad = encode_tensor(torch.zeros(1, 2, 7))
+    with pytest.raises(InvalidTensorError, match=r"hidden.h: expected shape \[1, 2, 8\]"):
+        decode_hidden(bad, bad, batch=2, hidden_dim=8)
