@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from townlet.agent.networks import RecurrentSpatialQNetwork
 from townlet.training.replay import SequenceBatch, TransitionBatch
 
 __all__ = ["sequence_td_loss", "td_loss", "unroll"]
@@ -34,13 +35,39 @@ def td_loss(q_network: nn.Module, target_network: nn.Module, batch: TransitionBa
 
 
 def unroll(network: nn.Module, obs: Tensor) -> Tensor:
-    """Q-values of ``network`` over ``obs [B, T, D]`` from a zero hidden state: ``[B, T, A]``."""
+    """Q-values of ``network`` over ``obs [B, T, D]`` from a zero hidden state: ``[B, T, A]``.
+
+    For `RecurrentSpatialQNetwork` the encoders run once on all ``B*T`` observations and the LSTM once on
+    the whole sequence (several times faster than T calls of ``forward``; a test checks both agree).
+    """
+    if isinstance(network, RecurrentSpatialQNetwork):
+        batch, steps = obs.shape[:2]
+        features = _recurrent_features(network, obs.reshape(batch * steps, obs.shape[2]))
+        out, _ = network.lstm(features.reshape(batch, steps, -1), network.initial_hidden(batch, obs.device))
+        q_values: Tensor = network.q_head(network.lstm_norm(out))
+        return q_values
     hidden = None
-    steps = []
+    per_step = []
     for t in range(obs.shape[1]):
-        q_values, hidden = network(obs[:, t], hidden)
-        steps.append(q_values)
-    return torch.stack(steps, dim=1)
+        q_step, hidden = network(obs[:, t], hidden)
+        per_step.append(q_step)
+    return torch.stack(per_step, dim=1)
+
+
+def _recurrent_features(network: RecurrentSpatialQNetwork, obs: Tensor) -> Tensor:
+    """The LSTM input of `RecurrentSpatialQNetwork.forward` for ``obs [N, D]``: ``[N, 224]``."""
+    w = network.window_size
+    cuts = [w * w, w * w + 2, w * w + 2 + network.num_meters]
+    cuts.append(cuts[2] + network.num_affordance_types + 1)
+    return torch.cat(
+        [
+            network.vision_encoder(obs[:, : cuts[0]].reshape(-1, 1, w, w)),
+            network.position_encoder(obs[:, cuts[0] : cuts[1]]),
+            network.meter_encoder(obs[:, cuts[1] : cuts[2]]),
+            network.affordance_encoder(obs[:, cuts[2] : cuts[3]]),
+        ],
+        dim=1,
+    )
 
 
 def sequence_td_loss(
