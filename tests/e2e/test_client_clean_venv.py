@@ -1,4 +1,4 @@
-"""`pip install ./client` into a fresh, clean virtual environment gives a working, torch-free client.
+"""`pip install ./client` from a fresh clone into a clean virtual environment gives a working, torch-free client.
 
 The venv is made with `python -m venv` (no system site packages) and gets only what `client/pyproject.toml`
 asks for. A snippet run by the venv's interpreter, outside the source tree, imports hamlet_client, checks
@@ -87,10 +87,16 @@ def mlp_server(tmp_path: Path) -> Iterator[tuple[str, HamletModel]]:
 def test_pip_install_client_into_a_clean_venv_works_without_torch(
     tmp_path: Path, mlp_server: tuple[str, HamletModel]
 ) -> None:
-    if not (CLIENT / "hamlet_client" / "_generated" / "hamlet" / "v1" / "inference_service_pb2.py").exists():
-        pytest.fail("client/hamlet_client/_generated is missing: run `make proto` first")
-    source = tmp_path / "client"
-    shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "build", "dist"))
+    # Lay out what a fresh clone has: client/ WITHOUT generated stubs, proto/ and the generator script.
+    # Building the client must then generate the stubs itself (client/setup.py).
+    repo = tmp_path / "repo"
+    source = repo / "client"
+    shutil.copytree(
+        CLIENT, source, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "build", "dist", "_generated")
+    )
+    shutil.copytree(ROOT / "proto", repo / "proto")
+    (repo / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "gen_proto.py", repo / "scripts")
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
     python = str(venv / "bin" / "python")
