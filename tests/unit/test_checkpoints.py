@@ -77,6 +77,7 @@ def test_inference_checkpoint_is_written_atomically(tmp_path: Path) -> None:
     path = tmp_path / "model_ep00001.pt"
     save_inference_checkpoint(network, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_ep00001.pt"]  # no temp file left behind
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by a server running as another user
 
 
 def test_cuda_saved_file_loads_on_cpu(training_checkpoint: Path, raw_network: torch.nn.Module) -> None:

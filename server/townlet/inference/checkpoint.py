@@ -321,6 +321,7 @@ def atomic_torch_save(obj: Any, path: Path) -> Path:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be read by others (a server)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
