@@ -1,17 +1,20 @@
 """StepBatcher: one forward for the pending work of every stream and Predict call on one model version.
 
-Callers `await batcher.submit(item)`. A single asyncio task takes the first queued item, then everything
-else already queued (and, when `max_delay_us` > 0, whatever arrives before that deadline) up to
-`max_batch` rows, and runs one forward on a worker thread: hidden states are gathered from the model
-version's `HiddenStateTable` (which lives on the model's device), the network runs once, the new states
-are scattered back, and each item gets its own rows of actions and Q-values. Items are never split; one
-larger than `max_batch` runs alone. While a forward runs, new work queues up and forms the next batch.
+Callers `await batcher.submit(item)`. The first item queued while the batcher is idle schedules a flush
+for right after the callbacks already due on the event loop (so every handler woken in the same loop
+iteration gets in), or `max_delay_us` later when that is set. The flush takes up to `max_batch` rows and
+runs one forward, on a worker thread (or inline on the loop when no executor is given): hidden states
+are gathered from the model version's `HiddenStateTable` (which lives on the model's device), the network
+runs once, the new states are scattered back, and each item gets its own rows of actions and Q-values.
+Items are never split; one larger than `max_batch` runs alone. While a forward runs, new work queues up
+and forms the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -61,7 +64,7 @@ class StepBatcher:
     def __init__(
         self,
         model: Any,
-        executor: Executor,
+        executor: Executor | None,
         *,
         max_batch: int = 256,
         max_delay_us: int = 0,
@@ -72,94 +75,121 @@ class StepBatcher:
         self.max_delay = max_delay_us / 1e6
         self._executor = executor
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[WorkItem] = asyncio.Queue()
-        self._carry: WorkItem | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._pending: deque[WorkItem] = deque()
+        self._pending_rows = 0
+        self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._busy = False
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.table = HiddenStateTable(model.hidden_dim, model.device) if model.is_recurrent else None
         self.batches = 0
         self.rows = 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="hamlet-batcher")
+        """Bind to the running event loop (idempotent)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
 
     async def submit(self, item: WorkItem) -> BatchResult:
         """Queue `item` and wait for its rows of the batched forward."""
-        if self._task is None or self._task.done():
+        if self._closed or self._loop is None:
             raise RuntimeError("batcher is not running")
-        item.future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(item)
+        item.future = self._loop.create_future()
+        self._pending.append(item)
+        self._pending_rows += item.rows
+        self._schedule()
         return await item.future
 
     async def close(self) -> None:
-        """Stop the batching task; queued items fail with CancelledError."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        pending = [self._carry] if self._carry else []
-        while not self._queue.empty():
-            pending.append(self._queue.get_nowait())
-        for item in pending:
+        """Stop batching; queued items fail with CancelledError (a forward in flight still completes)."""
+        self._closed = True
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        while self._pending:
+            item = self._pending.popleft()
             if item.future is not None and not item.future.done():
                 item.future.cancel()
+        self._pending_rows = 0
 
     @property
     def mean_batch(self) -> float:
         return self.rows / self.batches if self.batches else 0.0
 
-    def _live(self, item: WorkItem) -> bool:
-        return item.future is not None and not item.future.done() and not item.is_cancelled()
+    def _schedule(self) -> None:
+        """Arrange one flush: right after the callbacks already due (so that every handler woken in this
+        loop iteration gets in), or after `max_delay` when waiting may fill the batch."""
+        if self._busy or not self._pending or self._closed or self._loop is None:
+            return
+        full = self._pending_rows >= self.max_batch
+        if self._scheduled is not None:
+            if full and isinstance(self._scheduled, asyncio.TimerHandle):
+                self._scheduled.cancel()  # the batch is full: do not wait for the deadline
+                self._scheduled = self._loop.call_soon(self._flush)
+            return
+        if self.max_delay > 0 and not full:
+            self._scheduled = self._loop.call_later(self.max_delay, self._flush)
+        else:
+            self._scheduled = self._loop.call_soon(self._flush)
 
-    async def _collect(self) -> list[WorkItem]:
-        first = self._carry if self._carry is not None else await self._queue.get()
-        self._carry = None
-        batch = [first] if self._live(first) else []
-        rows = first.rows if batch else 0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_delay
-        while rows < self.max_batch:
-            if self._queue.empty():
-                remaining = deadline - loop.time()
-                if remaining <= 0 or not batch:
-                    break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            else:
-                item = self._queue.get_nowait()
-            if not self._live(item):
+    def _take(self) -> list[WorkItem]:
+        """Up to `max_batch` rows of live items, whole items only (the first one always)."""
+        batch: list[WorkItem] = []
+        rows = 0
+        while self._pending:
+            item = self._pending[0]
+            if not (item.future is not None and not item.future.done() and not item.is_cancelled()):
+                self._pending.popleft()
+                self._pending_rows -= item.rows
                 continue
-            if rows + item.rows > self.max_batch and batch:
-                self._carry = item
+            if batch and rows + item.rows > self.max_batch:
                 break
+            self._pending.popleft()
+            self._pending_rows -= item.rows
             batch.append(item)
             rows += item.rows
         return batch
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._collect()
-            if not batch:
-                continue
+    def _flush(self) -> None:
+        self._scheduled = None
+        batch = self._take()
+        if not batch or self._loop is None:
+            return
+        self._busy = True
+        if self._executor is None:
             try:
-                results = await loop.run_in_executor(self._executor, self._forward, batch)
-            except asyncio.CancelledError:
-                for item in batch:
-                    if item.future is not None and not item.future.done():
-                        item.future.cancel()
-                raise
+                results = self._forward(batch)
             except Exception as exc:  # a bug or a device failure: fail this batch, keep serving
-                log.exception("forward of a batch of %d items failed", len(batch))
-                for item in batch:
-                    if item.future is not None and not item.future.done():
-                        item.future.set_exception(exc)
+                self._finish(batch, None, exc)
+            else:
+                self._finish(batch, results, None)
+            return
+        future = self._loop.run_in_executor(self._executor, self._forward, batch)
+        future.add_done_callback(lambda done: self._finish_future(batch, done))
+
+    def _finish_future(self, batch: list[WorkItem], done: asyncio.Future[list[BatchResult]]) -> None:
+        if done.cancelled():
+            self._finish(batch, None, None)
+        elif done.exception() is not None:
+            self._finish(batch, None, done.exception())
+        else:
+            self._finish(batch, done.result(), None)
+
+    def _finish(self, batch: list[WorkItem], results: list[BatchResult] | None, error: BaseException | None) -> None:
+        """Hand each item its result (or the batch's error; neither: cancelled), then schedule the next."""
+        self._busy = False
+        if error is not None:
+            log.error("forward of a batch of %d items failed: %r", len(batch), error, exc_info=error)
+        for i, item in enumerate(batch):
+            if item.future is None or item.future.done():
                 continue
-            for item, result in zip(batch, results, strict=True):
-                if item.future is not None and not item.future.done():
-                    item.future.set_result(result)
+            if results is not None:
+                item.future.set_result(results[i])
+            elif error is not None:
+                item.future.set_exception(error)
+            else:
+                item.future.cancel()
+        self._schedule()
 
     def _forward(self, batch: list[WorkItem]) -> list[BatchResult]:
         """Runs on the worker thread: gather, one forward, scatter, per-item action selection."""

@@ -46,6 +46,11 @@ class ServerConfig:
     max_delay_us: int = _opt(
         0, "microseconds the batcher waits for more work after the first item (0: take whatever is queued, never wait)"
     )
+    forward_thread: bool = _opt(
+        True,
+        "run forwards on a worker thread (true) so the event loop keeps decoding other requests meanwhile, "
+        "or on the event loop itself (false: one thread hop less per batch, the loop blocks during a forward)",
+    )
     poll_interval: float = _opt(2.0, "seconds between scans of the model repository (0 disables hot reload)")
     metrics_port: int = _opt(9464, "Prometheus /metrics port on the same host (0 disables)")
     threads: int = _opt(1, "torch.set_num_threads: 1 is fastest for small batches on small CPUs")
@@ -101,7 +106,10 @@ def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
     default = f.default
     try:
         if isinstance(default, bool):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
+            word = raw.strip().lower()
+            if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(word)
+            return word in ("1", "true", "yes", "on")
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):

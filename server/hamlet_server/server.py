@@ -75,7 +75,8 @@ class HamletServer:
             initargs=(config.threads,),
         )
         self.repository = ModelRepository(
-            config.models, self.device, self._executor, max_batch=config.max_batch, max_delay_us=config.max_delay_us,
+            config.models, self.device, self._executor if config.forward_thread else None,
+            max_batch=config.max_batch, max_delay_us=config.max_delay_us,
             default_model=config.default_model,
             on_batch=lambda name, n: self.metrics.batch_size.labels(name).observe(n),
             on_load_failure=lambda name: self.metrics.load_failures.labels(name).inc(),

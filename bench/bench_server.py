@@ -1,0 +1,241 @@
+"""Our gRPC server vs a bare gRPC server doing no model work, on the same hamlet.v1 contract, in one run.
+
+    python bench/bench_server.py [--duration 3] [--model lstm|mlp] [--max-delay-us 0] [--streams 1,16,64]
+
+Starts two server processes on loopback: the floor (`floor-server`: a trivial aio servicer that decodes the
+observations and returns cached zero Q-values) and `hamlet-server serve` on a temp repository holding the
+untrained demo models. The benchmark process is the client (grpc.aio, one channel). It prints, side by
+side: unary Predict batch 1 p50, one lock-step stream step p50 (num_envs=1), and steps/s with N concurrent
+lock-step streams, plus the mean batch size our batcher formed at each N (from its Prometheus histogram),
+and the raw forward of the network at batch 1 in this process for reference. Numbers, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
+from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
+from hamlet_client._generated.hamlet.v1 import tensor_pb2
+
+MODELS = {"lstm": ("untrained-lstm-L2", 54), "mlp": ("untrained-mlp-L1", 91)}
+F32 = tensor_pb2.DATA_TYPE_FLOAT32
+
+
+# ---------------------------------------------------------------------------------------- floor server
+class FloorServicer(pb_grpc.InferenceServiceServicer):
+    """The same contract, no model: decode the observations, answer cached zeros."""
+
+    def __init__(self) -> None:
+        self._q: dict[int, tuple[tensor_pb2.Tensor, list[int]]] = {}
+
+    def _answer(self, obs: tensor_pb2.Tensor) -> tuple[tensor_pb2.Tensor, list[int]]:
+        array = np.frombuffer(obs.data, dtype="<f4").reshape(tuple(obs.shape))
+        batch = array.shape[0]
+        if batch not in self._q:
+            q = np.zeros((batch, 6), np.float32)
+            self._q[batch] = (tensor_pb2.Tensor(shape=[batch, 6], dtype=F32, data=q.tobytes()), [0] * batch)
+        return self._q[batch]
+
+    async def Predict(self, request, context):
+        q, actions = self._answer(request.observations)
+        return pb.PredictResponse(model=request.model, version=0, actions=actions, q_values=q)
+
+    async def StreamEpisode(self, request_iterator, context):
+        step = 0
+        while True:
+            request = await context.read()
+            if request is grpc.aio.EOF:
+                return
+            if request.WhichOneof("kind") == "start":
+                await context.write(pb.StreamEpisodeResponse(started=pb.EpisodeStarted(model=request.start.model)))
+                continue
+            q, actions = self._answer(request.step.observations)
+            await context.write(
+                pb.StreamEpisodeResponse(step=pb.EpisodeStepResult(step_index=step, actions=actions, q_values=q))
+            )
+            step += 1
+
+
+async def _floor_server() -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_InferenceServiceServicer_to_server(FloorServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"READY 127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
+
+
+# ---------------------------------------------------------------------------------------- client side
+def _obs(dim: int, batch: int = 1) -> tensor_pb2.Tensor:
+    data = np.random.default_rng(0).random((batch, dim), dtype=np.float32)
+    return tensor_pb2.Tensor(shape=[batch, dim], dtype=F32, data=data.tobytes())
+
+
+async def _unary_p50(stub, model: str, dim: int, duration: float) -> float:
+    request = pb.PredictRequest(model=model, observations=_obs(dim))
+    for _ in range(20):
+        await stub.Predict(request)
+    samples = []
+    end = time.perf_counter() + duration
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        await stub.Predict(request)
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+async def _stream(stub, model: str, dim: int, stop: float, samples: list[float] | None) -> int:
+    call = stub.StreamEpisode()
+    await call.write(pb.StreamEpisodeRequest(start=pb.EpisodeStart(model=model, num_envs=1)))
+    await call.read()
+    step = pb.StreamEpisodeRequest(step=pb.EpisodeStep(observations=_obs(dim)))
+    steps = 0
+    while time.perf_counter() < stop:
+        t0 = time.perf_counter()
+        await call.write(step)
+        await call.read()
+        if samples is not None:
+            samples.append(time.perf_counter() - t0)
+        steps += 1
+    await call.done_writing()
+    await call.code()
+    return steps
+
+
+async def _streams_rate(stub, model: str, dim: int, n: int, duration: float) -> float:
+    await asyncio.gather(*(_stream(stub, model, dim, time.perf_counter() + 0.3, None) for _ in range(n)))  # warm
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*(_stream(stub, model, dim, t0 + duration, None) for _ in range(n)))
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def _batch_stats(metrics_port: int) -> tuple[float, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    total = sum(float(v) for v in re.findall(r"^hamlet_batch_size_sum\{[^}]*\} (\S+)$", text, re.M))
+    count = sum(float(v) for v in re.findall(r"^hamlet_batch_size_count\{[^}]*\} (\S+)$", text, re.M))
+    return total, count
+
+
+async def _measure(port: int, model: str, dim: int, args, metrics_port: int | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        out["unary_p50_us"] = await _unary_p50(stub, model, dim, args.duration) * 1e6
+        samples: list[float] = []
+        await _stream(stub, model, dim, time.perf_counter() + 0.3, None)
+        await _stream(stub, model, dim, time.perf_counter() + args.duration, samples)
+        out["stream_p50_us"] = statistics.median(samples) * 1e6
+        for n in args.streams:
+            before = _batch_stats(metrics_port) if metrics_port else (0.0, 0.0)
+            out[f"rate_{n}"] = await _streams_rate(stub, model, dim, n, args.duration)
+            if metrics_port:
+                after = _batch_stats(metrics_port)
+                # includes the 0.3 s warm-up's batches; both phases run the same load
+                out[f"batch_{n}"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY"):
+        proc.kill()
+        raise SystemExit(f"server did not start: {cmd}")
+    return proc, int(line.strip().rsplit(":", 1)[1])
+
+
+def _raw_forward_us(model_path: Path) -> float:
+    import torch
+
+    from townlet.inference import HamletModel
+
+    torch.set_num_threads(1)
+    model = HamletModel.load(model_path)
+    obs = torch.rand(1, model.obs_dim)
+    hidden = model.initial_hidden(1) if model.is_recurrent else None
+    for _ in range(20):
+        model.forward(obs, hidden)
+    samples = []
+    for _ in range(300):
+        t0 = time.perf_counter()
+        model.forward(obs, hidden)
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", default="run", choices=["run", "floor-server"])
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--model", choices=sorted(MODELS), default="lstm")
+    parser.add_argument("--max-delay-us", type=int, default=0, help="our server's batcher delay")
+    parser.add_argument("--max-batch", type=int, default=256)
+    parser.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
+    args = parser.parse_args()
+    if args.mode == "floor-server":
+        asyncio.run(_floor_server())
+        return 0
+
+    from make_demo_models import write_demo_models
+
+    name, dim = MODELS[args.model]
+    with tempfile.TemporaryDirectory() as tmp:
+        write_demo_models(Path(tmp))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        metrics_port = _free_port()
+        ours_cmd = [sys.executable, "-m", "hamlet_server.cli", "serve", "--models", tmp, "--port", "0",
+                    "--metrics-port", str(metrics_port), "--threads", "1", "--max-delay-us", str(args.max_delay_us),
+                    "--max-batch", str(args.max_batch), "--log-level", "WARNING"]  # fmt: skip
+        floor, floor_port = _spawn([sys.executable, __file__, "floor-server"], env)
+        ours, ours_port = _spawn(ours_cmd, env)
+        try:
+            raw = _raw_forward_us(Path(tmp) / name / "model_ep00000.pt")
+            floor_r = asyncio.run(_measure(floor_port, name, dim, args, None))
+            ours_r = asyncio.run(_measure(ours_port, name, dim, args, metrics_port))
+        finally:
+            for proc in (floor, ours):
+                proc.terminate()
+                proc.wait(timeout=20)
+
+    print(f"\nhamlet-server vs bare gRPC floor: model {name} (obs {dim}), {os.cpu_count()} CPUs, "
+          f"{args.duration:g} s per figure, max_delay_us={args.max_delay_us}, max_batch={args.max_batch}")  # fmt: skip
+    print(f"raw forward at batch 1 in-process (1 torch thread): {raw:8.0f} us\n")
+    print(f"{'measure':<36}{'floor':>12}{'ours':>12}{'ours/floor':>12}{'mean batch':>12}")
+    rows = [("unary Predict batch 1, p50 (us)", "unary_p50_us"), ("stream step (lock-step), p50 (us)", "stream_p50_us")]
+    for label, key in rows:
+        print(f"{label:<36}{floor_r[key]:>12.0f}{ours_r[key]:>12.0f}{ours_r[key] / floor_r[key]:>12.2f}{'':>12}")
+    for n in args.streams:
+        key = f"rate_{n}"
+        label = f"{n} lock-step streams (steps/s)"
+        print(f"{label:<36}{floor_r[key]:>12.0f}{ours_r[key]:>12.0f}{ours_r[key] / floor_r[key]:>12.2f}"
+              f"{ours_r[f'batch_{n}']:>12.1f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
