@@ -1,6 +1,7 @@
-"""A real hamlet_server on a free loopback port, a model repository in a temp dir, and stub helpers.
+"""A real hamlet_server on a free loopback port and a model repository in a temp dir (fixtures).
 
-Tests talk to the server only through the generated hamlet.v1 stubs over a real channel.
+Tests talk to the server only through the generated hamlet.v1 stubs over a real channel; the helpers they
+share live in `server_helpers`.
 """
 
 from __future__ import annotations
@@ -10,70 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 import torch
+from server_helpers import LSTM, MLP, write_model
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
-from hamlet_client._generated.hamlet.v1 import tensor_pb2
 from hamlet_server.config import ServerConfig
 from hamlet_server.server import HamletServer
-from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
-from townlet.inference import HamletModel, save_inference_checkpoint
+from townlet.inference import HamletModel
 
 torch.set_num_threads(1)
-
-MLP = "mlp"
-LSTM = "lstm"
-OBS_DIM = {MLP: 91, LSTM: 54}
-HIDDEN = 256
-
-
-def make_model(kind: str, seed: int) -> HamletModel:
-    torch.manual_seed(seed)
-    if kind == MLP:
-        return HamletModel(SimpleQNetwork(obs_dim=91, action_dim=6))
-    return HamletModel(
-        RecurrentSpatialQNetwork(action_dim=6, window_size=5, num_meters=8, num_affordance_types=14, hidden_dim=HIDDEN)
-    )
-
-
-def write_model(root: Path, name: str, kind: str, episode: int, seed: int) -> Path:
-    """Save a seeded model as `<root>/<name>/model_ep<episode>.pt`."""
-    path = root / name / f"model_ep{episode:05d}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_inference_checkpoint(make_model(kind, seed), path, metadata={"episode": episode, "untrained": True})
-    return path
-
-
-def enc(array: np.ndarray) -> tensor_pb2.Tensor:
-    """numpy -> hamlet.v1.Tensor (float32, int64 or bool)."""
-    array = np.ascontiguousarray(array)
-    dtype = {
-        np.dtype(np.float32): tensor_pb2.DATA_TYPE_FLOAT32,
-        np.dtype(np.int64): tensor_pb2.DATA_TYPE_INT64,
-        np.dtype(np.bool_): tensor_pb2.DATA_TYPE_BOOL,
-    }[array.dtype]
-    return tensor_pb2.Tensor(shape=list(array.shape), dtype=dtype, data=array.tobytes())
-
-
-def dec(msg: tensor_pb2.Tensor) -> np.ndarray:
-    """hamlet.v1.Tensor (float32) -> numpy."""
-    assert msg.dtype == tensor_pb2.DATA_TYPE_FLOAT32
-    return np.frombuffer(msg.data, dtype="<f4").reshape(tuple(msg.shape))
-
-
-def obs_batch(kind: str, batch: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.random((batch, OBS_DIM[kind]), dtype=np.float32)
-
-
-def start_msg(model: str, num_envs: int, **kw: Any) -> pb.StreamEpisodeRequest:
-    return pb.StreamEpisodeRequest(start=pb.EpisodeStart(model=model, num_envs=num_envs, **kw))
-
-
-def step_msg(obs: np.ndarray, reset: list[bool] | None = None, **kw: Any) -> pb.StreamEpisodeRequest:
-    return pb.StreamEpisodeRequest(step=pb.EpisodeStep(observations=enc(obs), reset=reset or [], **kw))
 
 
 @pytest.fixture

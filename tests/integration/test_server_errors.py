@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from conftest import LSTM, MLP, dec, enc, obs_batch, start_msg, step_msg
+from server_helpers import LSTM, MLP, dec, enc, obs_batch, start_msg, step_msg
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc

@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import LSTM, MLP, enc, obs_batch, start_msg, step_msg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from server_helpers import LSTM, MLP, enc, obs_batch, start_msg, step_msg
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc

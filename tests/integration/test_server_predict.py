@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from conftest import LSTM, MLP, dec, enc, obs_batch
+from server_helpers import LSTM, MLP, dec, enc, obs_batch
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
 from hamlet_client._generated.hamlet.v1 import model_pb2, tensor_pb2

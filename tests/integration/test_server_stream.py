@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import LSTM, MLP, dec, obs_batch, start_msg, step_msg, write_model
+from server_helpers import LSTM, MLP, dec, obs_batch, start_msg, step_msg, write_model
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
 
