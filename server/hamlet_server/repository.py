@@ -199,6 +199,11 @@ class ModelRepository:
         if name not in self._on_disk and name not in self._latest:
             raise UnknownModelError(f"unknown model {name!r}; available: {self.names() or 'none'}")
         if version is None:
+            if name not in self._latest:
+                raise ModelLoadError(
+                    f"model {name!r} has no loadable version: every file failed to load "
+                    f"(versions on disk: {self.versions_on_disk(name)}); see the server log"
+                )
             served = self.latest(name)
         elif (name, version) in self._loaded:
             served = self._loaded[(name, version)]

@@ -211,3 +211,29 @@ async def test_explicit_older_version_is_served_on_demand(stub, server, model_di
     assert started.version == 0
     await call.done_writing()
     await call.code()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+async def test_stream_on_cuda_matches_the_cpu_rollout(server_factory, local_models):
+    server = await server_factory(device="cuda")
+    assert server.repository.latest(LSTM).device.type == "cuda"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
+
+        call, _ = await _open(pb_grpc.InferenceServiceStub(channel), LSTM, 3)
+        rng = np.random.default_rng(8)
+        hidden = None
+        for t in range(5):
+            obs = obs_batch(LSTM, 3, rng)
+            await call.write(step_msg(obs, [t == 3, False, False]))
+            response = (await call.read()).step
+            if t == 3:
+                hidden = (hidden[0].clone(), hidden[1].clone())
+                hidden[0][:, 0] = 0
+                hidden[1][:, 0] = 0
+            expected = local_models[LSTM].predict(torch.from_numpy(obs), hidden=hidden)
+            hidden = expected.hidden
+            np.testing.assert_allclose(dec(response.q_values), expected.q_values.numpy(), rtol=1e-4, atol=1e-5)
+        await call.done_writing()
+        assert await call.code() == grpc.StatusCode.OK

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from hamlet_server.repository import ModelRepository, UnknownModelError, UnknownVersionError, scan_models
+from hamlet_server.repository import (
+    ModelLoadError,
+    ModelRepository,
+    UnknownModelError,
+    UnknownVersionError,
+    scan_models,
+)
 from townlet.agent.networks import SimpleQNetwork
 from townlet.inference import HamletModel, save_inference_checkpoint
 
@@ -93,4 +99,14 @@ async def test_changed_file_is_reloaded_beside_the_old_copy(tmp_path, executor):
     held.release()
     await repo.refresh()
     assert repo.loaded_count() == 1
+    await repo.close()
+
+
+async def test_a_model_with_no_loadable_file_says_so(tmp_path, executor):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model_ep00001.pt").write_bytes(b"garbage")
+    repo = ModelRepository(tmp_path, "cpu", executor)
+    await repo.refresh()
+    with pytest.raises(ModelLoadError, match="no loadable version"):
+        await repo.acquire("m")
     await repo.close()
