@@ -31,7 +31,7 @@ from townlet.env import NUM_AFFORDANCE_TYPES, NUM_METERS, VectorTownletEnv
 from townlet.inference.migration import save_inference_beside
 from townlet.inference.policy import epsilon_greedy
 from townlet.training.checkpoint_v2 import build_training_checkpoint, save_training_checkpoint
-from townlet.training.config import TrainConfig, stage_for_multiplier
+from townlet.training.config import TrainConfig, stage_for_multiplier, training_layout
 from townlet.training.dqn import sequence_td_loss, td_loss
 from townlet.training.errors import ResumeError, TrainingConfigError
 from townlet.training.replay import ReplayBuffer, SequenceReplayBuffer
@@ -124,7 +124,7 @@ def train(
         if recurrent
         else ReplayBuffer(config.buffer_capacity, level.obs_dim)
     )
-    layout = None if config.relayout else VectorTownletEnv(level, 1, seed=config.seed).affordance_positions()
+    layout = None if config.relayout else training_layout(level, config.seed)
     episode, total_steps, gradient_steps, wall_before = 0, 0, 0, 0.0
     survival_history: list[int] = []
 
