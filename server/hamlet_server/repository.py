@@ -140,7 +140,7 @@ class ModelRepository:
         self,
         root: Path,
         device: str,
-        executor: Executor,
+        executor: Executor | None,
         *,
         max_batch: int = 256,
         max_delay_us: int = 0,
@@ -289,10 +289,16 @@ class ModelRepository:
 
     def _install(self, loaded: _Loaded) -> ServedModel:
         key = (loaded.file.name, loaded.file.version)
+        on_batch = None
+        if self._on_batch is not None:
+            report, name = self._on_batch, key[0]
+
+            def on_batch(rows: int) -> None:
+                report(name, rows)
+
         batcher = StepBatcher(
-            loaded.model, self._executor, max_batch=self._max_batch, max_delay_us=self._max_delay_us,
-            on_batch=(lambda n, name=key[0]: self._on_batch(name, n)) if self._on_batch else None,
-        )  # fmt: skip
+            loaded.model, self._executor, max_batch=self._max_batch, max_delay_us=self._max_delay_us, on_batch=on_batch
+        )
         served = ServedModel(loaded.file, loaded.model, batcher)
         old = self._loaded.get(key)
         if old is not None:

@@ -107,7 +107,7 @@ def metadata_to_proto(served: ServedModel) -> model_pb2.ModelMetadata:
         obs_dim=served.obs_dim,
         action_dim=served.action_dim,
         hidden_dim=served.hidden_dim,
-        episode=int(meta.get("episode") if meta.get("episode") is not None else served.version),
+        episode=int(meta["episode"]) if meta.get("episode") is not None else served.version,
         created_at=_iso(meta.get("created_at")),
         sha256=str(meta.get("sha256") or ""),
         num_parameters=int(meta.get("num_parameters") or served.model.num_parameters),
@@ -126,7 +126,7 @@ def metadata_to_proto(served: ServedModel) -> model_pb2.ModelMetadata:
     return msg
 
 
-class InferenceServicer(pb_grpc.InferenceServiceServicer):
+class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
     """hamlet.v1.InferenceService on grpc.aio."""
 
     def __init__(

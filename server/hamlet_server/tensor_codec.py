@@ -8,6 +8,7 @@ expected and what came. No pickle: the bytes are read with `numpy.frombuffer` an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ __all__ = [
     "encode_tensor",
 ]
 
-_NP_BY_DTYPE = {
+_NP_BY_DTYPE: dict[int, np.dtype[Any]] = {
     tensor_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),
     tensor_pb2.DATA_TYPE_INT64: np.dtype("<i8"),
     tensor_pb2.DATA_TYPE_BOOL: np.dtype("?"),
@@ -42,7 +43,7 @@ class InvalidTensorError(ValueError):
 
 def _dtype_name(dtype: int) -> str:
     try:
-        return tensor_pb2.DataType.Name(dtype)
+        return str(tensor_pb2.DataType.Name(dtype))
     except ValueError:
         return f"unknown DataType {dtype}"
 
@@ -66,7 +67,8 @@ def decode_tensor(msg: tensor_pb2.Tensor, *, field: str, dtype: int) -> np.ndarr
         raise InvalidTensorError(
             f"{field}: shape {list(shape)} of {_dtype_name(dtype)} needs {expected} bytes, got {len(msg.data)}"
         )
-    return np.frombuffer(msg.data, dtype=np_dtype).reshape(shape)
+    array: np.ndarray = np.frombuffer(msg.data, dtype=np_dtype).reshape(shape)
+    return array
 
 
 def _check_finite(array: np.ndarray, field: str) -> None:
