@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
+from hamlet_server.backends import load_backend
 from hamlet_server.config import ServerConfig
 from hamlet_server.metrics import ServerMetrics
 from hamlet_server.repository import ModelRepository
@@ -65,6 +67,8 @@ class HamletServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        if config.backend == "onnx" and self.device != "cpu":
+            raise ValueError(f"--backend onnx runs on the CPU; got --device {config.device} (resolved {self.device})")
         self.metrics = ServerMetrics()
         self.sessions = SessionTable(config.max_sessions)
         # torch's intra-op thread count is per OS thread (OpenMP): set it in the worker that runs the forwards.
@@ -78,6 +82,7 @@ class HamletServer:
             config.models, self.device, self._executor if config.forward_thread else None,
             max_batch=config.max_batch, max_delay_us=config.max_delay_us,
             default_model=config.default_model,
+            loader=functools.partial(load_backend, backend=config.backend, threads=config.threads),
             on_batch=lambda name, n: self.metrics.batch_size.labels(name).observe(n),
             on_load_failure=lambda name: self.metrics.load_failures.labels(name).inc(),
         )  # fmt: skip

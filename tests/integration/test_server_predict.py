@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 
+import grpc
 import numpy as np
 import pytest
 import torch
-from server_helpers import LSTM, MLP, dec, enc, obs_batch
+from server_helpers import LSTM, MLP, dec, enc, obs_batch, start_msg, step_msg
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
+from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
 from hamlet_client._generated.hamlet.v1 import model_pb2, tensor_pb2
 
 
@@ -97,3 +99,26 @@ async def test_q_values_travel_as_little_endian_float32(stub):
     assert response.q_values.dtype == tensor_pb2.DATA_TYPE_FLOAT32
     assert list(response.q_values.shape) == [3, 6]
     assert len(response.q_values.data) == 3 * 6 * 4
+
+
+async def test_onnx_backend_serves_the_same_q_values_up_to_float_rounding(server_factory, local_models):
+    pytest.importorskip("onnxruntime")
+    server = await server_factory(backend="onnx")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        meta = (await stub.GetModelMetadata(pb.GetModelMetadataRequest(model=LSTM))).metadata
+        assert meta.extra["backend"] == "onnxruntime"
+        rng = np.random.default_rng(9)
+        call = stub.StreamEpisode()
+        await call.write(start_msg(LSTM, 2))
+        await call.read()
+        hidden = None
+        for _ in range(4):
+            obs = obs_batch(LSTM, 2, rng)
+            await call.write(step_msg(obs))
+            response = (await call.read()).step
+            expected = local_models[LSTM].predict(torch.from_numpy(obs), hidden=hidden)
+            hidden = expected.hidden
+            np.testing.assert_allclose(dec(response.q_values), expected.q_values.numpy(), rtol=1e-4, atol=1e-5)
+        await call.done_writing()
+        assert await call.code() == grpc.StatusCode.OK
