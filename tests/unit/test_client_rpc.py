@@ -120,7 +120,9 @@ class FakeServicer(pb_grpc.InferenceServiceServicer):
                     step_index=index, actions=[index] * num_envs, q_values=encode_tensor(q), model="fake", version=1
                 )
             )
-        self.stream_ends.append("half-closed")
+        # A sync server's request iterator also just stops when the client cancels: only a live RPC here means
+        # the client half-closed (a clean end of requests).
+        self.stream_ends.append("half-closed" if context.is_active() else "cancelled-while-reading")
 
 
 @pytest.fixture
