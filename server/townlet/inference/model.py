@@ -10,7 +10,6 @@ in and returned; ``hidden=None`` means "start of an episode" (zeros).
 from __future__ import annotations
 
 import logging
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from townlet.agent.networks import Hidden
+from townlet.inference import validation
 from townlet.inference.checkpoint import (
     LoadedCheckpoint,
     load_checkpoint,
@@ -230,7 +230,7 @@ class HamletModel:
         obs_t = self._check_obs(obs)
         batch = obs_t.shape[0]
         hidden = self._check_hidden(hidden, batch)
-        epsilon = _check_epsilon(epsilon)
+        epsilon = validation.check_epsilon(epsilon)
         mask = self._check_mask(action_mask, batch)
         q_values, new_hidden = self.forward(obs_t, hidden)
         actions = epsilon_greedy(q_values, epsilon, mask, generator)
@@ -238,47 +238,28 @@ class HamletModel:
 
     # ------------------------------------------------------------------ validation
 
-    def _check_obs(self, obs: Any) -> Tensor:  # obs is Any until checked
-        if isinstance(obs, tuple) and len(obs) == 2 and isinstance(obs[1], dict):
-            raise InvalidInputError("obs looks like an (observation, info) tuple from env.reset(); pass obs[0]")
+    def _check_obs(self, obs: Any) -> Tensor:
+        validation.reject_reset_tuple(obs)
         if not isinstance(obs, Tensor):
             try:
                 obs = torch.as_tensor(np.asarray(obs))
             except (TypeError, ValueError) as exc:
                 raise InvalidInputError(f"obs: expected an array of floats, got {type(obs).__name__}: {exc}") from None
-        if not obs.is_floating_point():
-            raise InvalidInputError(f"obs: expected a float array, got dtype {obs.dtype}")
         if obs.dim() == 1:
             obs = obs.unsqueeze(0)
-        if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
-            raise InvalidInputError(
-                f"obs: expected shape [{self.obs_dim}] or [B, {self.obs_dim}], got {list(obs.shape)}"
-            )
-        if obs.shape[0] == 0:
-            raise InvalidInputError("obs: empty batch (B = 0); send at least one observation")
+        validation.check_obs(tuple(obs.shape), obs.is_floating_point(), obs.dtype, self.obs_dim)
         checked: Tensor = obs.to(device=self.device, dtype=torch.float32)
         _check_finite(checked, "obs")
         return checked
 
     def _check_hidden(self, hidden: Any, batch: int) -> Hidden | None:
-        if self._hidden_dim is None:
-            if hidden is not None:
-                raise InvalidInputError("hidden: this feed-forward (simple) model takes no hidden state; pass None")
-            return None
-        if hidden is None:
-            return self.initial_hidden(batch)
-        expected = [1, batch, self._hidden_dim]
-        if not isinstance(hidden, (tuple, list)) or len(hidden) != 2:
-            raise InvalidInputError(
-                f"hidden: expected a pair (h, c) of tensors shaped {expected}, got {type(hidden).__name__}"
-            )
+        expected = [1, batch, self._hidden_dim or 0]
+        if not validation.check_hidden_pair(hidden, expected, self._hidden_dim is not None):
+            return None if self._hidden_dim is None else self.initial_hidden(batch)
         checked = []
         for name, part in zip("hc", hidden, strict=True):
             part = torch.as_tensor(part)
-            if list(part.shape) != expected:
-                raise InvalidInputError(f"hidden {name}: expected shape {expected}, got {list(part.shape)}")
-            if not part.is_floating_point():
-                raise InvalidInputError(f"hidden {name}: expected float values, got dtype {part.dtype}")
+            validation.check_hidden_part(name, tuple(part.shape), part.is_floating_point(), part.dtype, expected)
             part = part.to(device=self.device, dtype=torch.float32)
             _check_finite(part.reshape(batch, -1), f"hidden {name}")
             checked.append(part)
@@ -287,32 +268,18 @@ class HamletModel:
     def _check_mask(self, mask: Any, batch: int) -> Tensor | None:
         if mask is None:
             return None
-        mask_t = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
-        if mask_t.dtype != torch.bool:
-            raise InvalidInputError(f"action_mask: expected dtype bool, got {mask_t.dtype}")
+        mask_t = mask if isinstance(mask, Tensor) else torch.as_tensor(np.asarray(mask))
         if mask_t.dim() == 1:
             mask_t = mask_t.unsqueeze(0)
-        if list(mask_t.shape) != [batch, self.action_dim]:
-            raise InvalidInputError(
-                f"action_mask: expected shape [{batch}, {self.action_dim}], got {list(mask_t.shape)}"
-            )
-        empty = torch.nonzero(~mask_t.any(dim=1)).flatten().tolist()
-        if empty:
-            raise InvalidInputError(f"action_mask: row(s) {empty[:10]} allow no action; each row needs one True")
+        validation.check_mask(tuple(mask_t.shape), mask_t.dtype == torch.bool, mask_t.dtype, batch, self.action_dim)
+        validation.reject_rows("action_mask", torch.nonzero(~mask_t.any(dim=1)).flatten().tolist())
         return mask_t.to(self.device)
 
 
 def _check_finite(values: Tensor, name: str) -> None:
     """Raise unless every element of ``values [B, ...]`` is finite. A finite sum proves it in one cheap pass
-    (NaN and Inf propagate through a sum); only a non-finite sum pays for the element-wise check."""
-    if bool(torch.isfinite(values.sum())):
-        return
-    bad_rows = torch.nonzero(~torch.isfinite(values).reshape(values.shape[0], -1).all(dim=1)).flatten().tolist()
-    if bad_rows:  # else the sum merely overflowed: huge but finite values
-        raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row(s) {bad_rows[:10]}")
-
-
-def _check_epsilon(epsilon: Any) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not 0.0 <= float(epsilon) <= 1.0:
-        raise InvalidInputError(f"epsilon: expected a number in [0, 1], got {epsilon!r}")
-    return float(epsilon)
+    (NaN and Inf propagate through a sum); only a non-finite sum pays for the element-wise check, whose rows
+    are empty when the sum merely overflowed (huge but finite values)."""
+    if not bool(torch.isfinite(values.sum())):
+        rows = torch.nonzero(~torch.isfinite(values).reshape(values.shape[0], -1).all(dim=1)).flatten().tolist()
+        validation.reject_rows(name, rows)

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from townlet.inference import validation
 from townlet.inference.errors import CheckpointError, InvalidInputError
 
 __all__ = [
@@ -256,7 +257,7 @@ class OnnxModel:
         obs_a = self._check_obs(obs)
         batch = obs_a.shape[0]
         checked_hidden = self._check_hidden(hidden, batch)
-        eps = _check_epsilon(epsilon)
+        eps = validation.check_epsilon(epsilon)
         mask = self._check_mask(action_mask, batch)
         rng = _check_generator(generator)
         q_values, new_hidden = self.forward(obs_a, checked_hidden)
@@ -266,45 +267,26 @@ class OnnxModel:
     # ------------------------------------------------------------------ validation (HamletModel's messages)
 
     def _check_obs(self, obs: Any) -> FloatArray:
-        if isinstance(obs, tuple) and len(obs) == 2 and isinstance(obs[1], dict):
-            raise InvalidInputError("obs looks like an (observation, info) tuple from env.reset(); pass obs[0]")
+        validation.reject_reset_tuple(obs)
         try:
             arr = np.asarray(obs)
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"obs: expected an array of floats, got {type(obs).__name__}: {exc}") from None
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise InvalidInputError(f"obs: expected a float array, got dtype {arr.dtype}")
         if arr.ndim == 1:
             arr = arr[None, :]
-        if arr.ndim != 2 or arr.shape[1] != self.obs_dim:
-            raise InvalidInputError(
-                f"obs: expected shape [{self.obs_dim}] or [B, {self.obs_dim}], got {list(arr.shape)}"
-            )
-        if arr.shape[0] == 0:
-            raise InvalidInputError("obs: empty batch (B = 0); send at least one observation")
+        validation.check_obs(arr.shape, np.issubdtype(arr.dtype, np.floating), arr.dtype, self.obs_dim)
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         _check_finite(arr, "obs")
         return arr
 
     def _check_hidden(self, hidden: Any, batch: int) -> NumpyHidden | None:
-        if self.hidden_dim is None:
-            if hidden is not None:
-                raise InvalidInputError("hidden: this feed-forward (simple) model takes no hidden state; pass None")
-            return None
-        if hidden is None:
-            return self.initial_hidden(batch)
-        expected = [1, batch, self.hidden_dim]
-        if not isinstance(hidden, (tuple, list)) or len(hidden) != 2:
-            raise InvalidInputError(
-                f"hidden: expected a pair (h, c) of arrays shaped {expected}, got {type(hidden).__name__}"
-            )
+        expected = [1, batch, self.hidden_dim or 0]
+        if not validation.check_hidden_pair(hidden, expected, self.hidden_dim is not None):
+            return None if self.hidden_dim is None else self.initial_hidden(batch)
         checked = []
         for name, part in zip("hc", hidden, strict=True):
             arr = np.asarray(part)
-            if list(arr.shape) != expected:
-                raise InvalidInputError(f"hidden {name}: expected shape {expected}, got {list(arr.shape)}")
-            if not np.issubdtype(arr.dtype, np.floating):
-                raise InvalidInputError(f"hidden {name}: expected float values, got dtype {arr.dtype}")
+            validation.check_hidden_part(name, arr.shape, np.issubdtype(arr.dtype, np.floating), arr.dtype, expected)
             arr = np.ascontiguousarray(arr, dtype=np.float32)
             _check_finite(arr.reshape(batch, -1), f"hidden {name}")
             checked.append(arr)
@@ -314,15 +296,10 @@ class OnnxModel:
         if mask is None:
             return None
         arr = np.asarray(mask)
-        if arr.dtype != np.bool_:
-            raise InvalidInputError(f"action_mask: expected dtype bool, got {arr.dtype}")
         if arr.ndim == 1:
             arr = arr[None, :]
-        if list(arr.shape) != [batch, self.action_dim]:
-            raise InvalidInputError(f"action_mask: expected shape [{batch}, {self.action_dim}], got {list(arr.shape)}")
-        empty = np.flatnonzero(~arr.any(axis=1)).tolist()
-        if empty:
-            raise InvalidInputError(f"action_mask: row(s) {empty[:10]} allow no action; each row needs one True")
+        validation.check_mask(arr.shape, arr.dtype == np.bool_, arr.dtype, batch, self.action_dim)
+        validation.reject_rows("action_mask", np.flatnonzero(~arr.any(axis=1)).tolist())
         return arr
 
 
@@ -331,15 +308,7 @@ def _check_finite(values: FloatArray, name: str) -> None:
     with np.errstate(over="ignore", invalid="ignore"):
         if np.isfinite(values.sum()):
             return
-    bad_rows = np.flatnonzero(~np.isfinite(values).reshape(values.shape[0], -1).all(axis=1)).tolist()
-    if bad_rows:  # else the sum merely overflowed: huge but finite values
-        raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row(s) {bad_rows[:10]}")
-
-
-def _check_epsilon(epsilon: Any) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not 0.0 <= float(epsilon) <= 1.0:
-        raise InvalidInputError(f"epsilon: expected a number in [0, 1], got {epsilon!r}")
-    return float(epsilon)
+    validation.reject_rows(name, np.flatnonzero(~np.isfinite(values).reshape(values.shape[0], -1).all(axis=1)).tolist())
 
 
 def _check_generator(generator: Any) -> np.random.Generator:
