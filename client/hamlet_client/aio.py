@@ -23,7 +23,7 @@ import grpc.aio
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as service_pb2
 from hamlet_client.client import DEFAULT_TIMEOUT, _check_timeout
-from hamlet_client.connection import RetryPolicy, auth_metadata, channel_credentials, channel_options
+from hamlet_client.connection import RetryPolicy, auth_metadata, open_channel
 from hamlet_client.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -69,18 +69,11 @@ class AsyncHamletClient:
         options: Sequence[tuple[str, Any]] | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        if not isinstance(target, str) or not target:
-            raise ValueError(f"target: expected 'host:port', got {target!r}")
+        self._channel = open_channel(target, tls, options, aio=True)
         self.target = target
         self._timeout = _check_timeout(timeout, DEFAULT_TIMEOUT)
         self._retry = retry if retry is not None else RetryPolicy()
         self._metadata = auth_metadata(token)
-        credentials = channel_credentials(tls)
-        opts = channel_options(options)
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=opts)
-        else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=opts)
         self._stub = InferenceStub(self._channel)
         self._episodes: set[AsyncEpisode] = set()
         self._closed = False

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import grpc.aio
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -88,3 +89,21 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     if not isinstance(token, str) or not token or any(ch in token for ch in "\r\n"):
         raise ValueError("token: expected a non-empty string without line breaks")
     return (("authorization", f"Bearer {token}"),)
+
+
+def open_channel(
+    target: str,
+    tls: bool | bytes | grpc.ChannelCredentials | None,
+    options: Sequence[tuple[str, Any]] | None,
+    *,
+    aio: bool,
+) -> Any:
+    """A ``grpc`` (or, with ``aio``, ``grpc.aio``) channel to ``target``: secure when ``tls`` is given."""
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"target: expected 'host:port', got {target!r}")
+    api: Any = grpc.aio if aio else grpc
+    credentials = channel_credentials(tls)
+    opts = channel_options(options)
+    if credentials is None:
+        return api.insecure_channel(target, options=opts)
+    return api.secure_channel(target, credentials, options=opts)
