@@ -7,6 +7,7 @@ expected and what came. No pickle: the bytes are read with `numpy.frombuffer` an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,7 +63,7 @@ def decode_tensor(msg: tensor_pb2.Tensor, *, field: str, dtype: int) -> np.ndarr
     if any(d < 0 for d in shape):
         raise InvalidTensorError(f"{field}: shape {list(shape)} has a negative dimension")
     np_dtype = _NP_BY_DTYPE[dtype]
-    expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+    expected = math.prod(shape) * np_dtype.itemsize  # Python ints: no overflow on absurd shapes
     if len(msg.data) != expected:
         raise InvalidTensorError(
             f"{field}: shape {list(shape)} of {_dtype_name(dtype)} needs {expected} bytes, got {len(msg.data)}"

@@ -107,6 +107,7 @@ async def test_recurrent_state_lives_in_the_table_per_slot(executor):
         qb, hidden_b = model.model.forward(obs_b, hidden_b)
         torch.testing.assert_close(ra.q_values, qa, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(rb.q_values, qb, rtol=1e-5, atol=1e-6)
+    assert model.calls == [3, 3, 3, 3]  # both streams rode in one forward at every step
     torch.testing.assert_close(batcher.table.h[2], hidden_b[0][0, 0], rtol=1e-5, atol=1e-6)
     await batcher.close()
 

@@ -66,6 +66,7 @@ def _obs(shape, dtype=F32, data=None):
         (tensor_pb2.Tensor(shape=[1, 2], dtype=F32, data=np.array([[0, np.inf]], np.float32).tobytes()),
          {"obs_dim": 2}, "expected finite values, got inf at index [0, 1]"),
         (tensor_pb2.Tensor(shape=[-1, 2], dtype=F32), {"obs_dim": 2}, "negative dimension"),
+        (tensor_pb2.Tensor(shape=[2**32, 2**32], dtype=F32), {"obs_dim": 2**32}, "needs 73786976294838206464 bytes"),
     ],
 )  # fmt: skip
 def test_bad_observations_are_refused_with_a_clear_message(msg, kwargs, fragment):
