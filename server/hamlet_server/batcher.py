@@ -81,7 +81,11 @@ class StepBatcher:
         self._busy = False
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.table = HiddenStateTable(model.hidden_dim, model.device) if model.is_recurrent else None
+        self.device = torch.device(model.device)  # cached: HamletModel.device walks the parameters
+        self.table = HiddenStateTable(model.hidden_dim, self.device) if model.is_recurrent else None
+        # HamletModel.forward wraps the network in no_grad; under inference_mode call the network directly.
+        network = getattr(model, "network", None)
+        self._net_forward = network if isinstance(network, torch.nn.Module) else model.forward
         self.batches = 0
         self.rows = 0
 
@@ -193,13 +197,13 @@ class StepBatcher:
 
     def _forward(self, batch: list[WorkItem]) -> list[BatchResult]:
         """Runs on the worker thread: gather, one forward, scatter, per-item action selection."""
-        device = self.model.device
+        device = self.device
         total = sum(item.rows for item in batch)
         obs = torch.cat([item.obs for item in batch]) if len(batch) > 1 else batch[0].obs
         obs = obs.to(device, non_blocking=True)
         hidden = self._gather(batch, total) if self.table is not None else None
         with torch.inference_mode():
-            q, new_hidden = self.model.forward(obs, hidden)
+            q, new_hidden = self._net_forward(obs, hidden)
         if self.table is not None and new_hidden is not None:
             self._scatter(batch, new_hidden)
         q_cpu = q.float().cpu()
@@ -229,7 +233,7 @@ class StepBatcher:
 
     def _gather(self, batch: list[WorkItem], total: int) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.table is not None
-        device = self.model.device
+        device = self.device
         parts_h, parts_c = [], []
         for item in batch:
             if item.slot_index is not None:

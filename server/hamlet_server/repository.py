@@ -104,7 +104,7 @@ class ServedModel:
     name = property(lambda self: self.file.name)
     version = property(lambda self: self.file.version)
     is_recurrent = property(lambda self: bool(self.model.is_recurrent))
-    device = property(lambda self: self.model.device)
+    device = property(lambda self: self.batcher.device)
     obs_dim = property(lambda self: int(self.model.obs_dim))
     action_dim = property(lambda self: int(self.model.action_dim))
     hidden_dim = property(lambda self: int(self.model.hidden_dim or 0))

@@ -137,6 +137,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         self.config = config
         self.metrics = metrics
         self.draining = False
+        self._step_latency = metrics.latency.labels("StreamEpisode.step")
+        self._predict_latency = metrics.latency.labels("Predict")
 
     # ---- helpers ---------------------------------------------------------------------------------
     async def _fail(self, context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
@@ -200,7 +202,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         except Exception as exc:
             await self._fail(context, "Predict", exc)
         self.metrics.record("Predict", "OK")
-        self.metrics.latency.labels("Predict").observe(time.perf_counter() - started)
+        self._predict_latency.observe(time.perf_counter() - started)
         return response
 
     def _predict_item(self, request: pb.PredictRequest, served: ServedModel, epsilon: float) -> WorkItem:
@@ -338,5 +340,5 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         out.model = served.name
         out.version = served.version
         session.step_index += 1
-        self.metrics.latency.labels("StreamEpisode.step").observe(time.perf_counter() - began)
+        self._step_latency.observe(time.perf_counter() - began)
         return response
