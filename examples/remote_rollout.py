@@ -25,8 +25,10 @@ from hamlet_client import HamletClient, HamletError
 from townlet.env import Action, VectorTownletEnv, random_valid_actions
 from townlet.training.config import training_layout
 
+Layout = dict[str, tuple[int, int]] | None
 
-def rollout(client: HamletClient, model: str, level: str, layout: dict | None, episodes: int, seed: int) -> np.ndarray:
+
+def rollout(client: HamletClient, model: str, level: str, layout: Layout, episodes: int, seed: int) -> np.ndarray:
     """Survival steps of ``episodes`` episodes played by the served ``model`` (greedy, masked)."""
     env = VectorTownletEnv(level, episodes, layout=layout, seed=seed)
     obs = env.reset(seed=seed)
@@ -42,10 +44,11 @@ def rollout(client: HamletClient, model: str, level: str, layout: dict | None, e
             obs, _, done, info = env.step(step.actions)
             finished = done | info["truncated"]
             first = False
-    return info["step_counts"].astype(np.int64)
+    steps: np.ndarray = info["step_counts"].astype(np.int64)
+    return steps
 
 
-def random_rollout(level: str, layout: dict | None, episodes: int, seed: int) -> np.ndarray:
+def random_rollout(level: str, layout: Layout, episodes: int, seed: int) -> np.ndarray:
     """The same episodes (same layout and start cells) played by the uniform random valid policy."""
     env = VectorTownletEnv(level, episodes, layout=layout, seed=seed)
     env.reset(seed=seed)
@@ -54,7 +57,8 @@ def random_rollout(level: str, layout: dict | None, episodes: int, seed: int) ->
     while not finished.all():
         _, _, done, info = env.step(random_valid_actions(env.action_masks(), rng))
         finished = done | info["truncated"]
-    return info["step_counts"].astype(np.int64)
+    steps: np.ndarray = info["step_counts"].astype(np.int64)
+    return steps
 
 
 def describe(name: str, steps: np.ndarray) -> str:

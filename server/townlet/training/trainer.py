@@ -162,7 +162,7 @@ def train(
         sample_gen = torch.Generator().manual_seed(int(sample_seed))
         epsilon = config.epsilon_at(episode)
         obs = env.reset(seed=int(env_seed))
-        hidden = q_network.initial_hidden(config.num_envs) if recurrent else None
+        hidden = q_network.initial_hidden(config.num_envs) if isinstance(q_network, RecurrentSpatialQNetwork) else None
         history: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         returns = np.zeros(config.num_envs)
         losses: list[float] = []
@@ -254,7 +254,7 @@ def _gradient_step(
             q_network, target_network, replay.sample(config.batch_size, generator), config.gamma, config.loss
         )
     optimizer.zero_grad()
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     nn.utils.clip_grad_norm_(q_network.parameters(), config.max_grad_norm)
     optimizer.step()
     return float(loss.item())
