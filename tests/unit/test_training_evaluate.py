@@ -78,6 +78,8 @@ def test_evaluate_prints_both_policies(wait_model: Path, capsys: pytest.CaptureF
 def test_evaluate_on_the_wrong_level_is_a_user_error(wait_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", str(wait_model), "--level", "L2", "--episodes", "2"]) == 2
     assert "width 91" in capsys.readouterr().err
+    assert main(["evaluate", str(wait_model.parent / "missing.pt"), "--level", "L1"]) == 2
+    assert "missing.pt: no such file" in capsys.readouterr().err
 
 
 def test_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

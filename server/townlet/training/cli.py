@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from townlet.inference.errors import InferenceError
 from townlet.training.errors import TrainingError
 
 __all__ = ["main"]
@@ -36,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args[:1] == ["train"]:
             args = args[1:]
         return _train(_train_parser().parse_args(args))
-    except (TrainingError, FileNotFoundError, ValueError) as exc:
+    except (TrainingError, InferenceError, FileNotFoundError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
