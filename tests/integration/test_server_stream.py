@@ -237,3 +237,30 @@ async def test_stream_on_cuda_matches_the_cpu_rollout(server_factory, local_mode
             np.testing.assert_allclose(dec(response.q_values), expected.q_values.numpy(), rtol=1e-4, atol=1e-5)
         await call.done_writing()
         assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_streams_cancelled_mid_step_leak_nothing(stub, server):
+    """Many streams, cancelled at every stage (before start, after start, with a step in flight)."""
+    rng = np.random.default_rng(9)
+    calls = []
+    for i in range(24):
+        call = stub.StreamEpisode()
+        if i % 3:
+            await call.write(start_msg(LSTM if i % 2 else MLP, 1 + i % 4))
+        if i % 3 == 2:
+            kind = LSTM if i % 2 else MLP
+            await call.write(step_msg(obs_batch(kind, 1 + i % 4, rng)))
+        calls.append(call)
+    await asyncio.sleep(0.05)
+    for call in calls:
+        call.cancel()
+    await _wait_for(lambda: len(server.sessions) == 0)
+    for name in (LSTM, MLP):
+        served = server.repository.latest(name)
+        assert served.refs == 0 and served.slots.in_use == 0
+    # and the server still serves exactly
+    call, _ = await _open(stub, LSTM, 2)
+    await call.write(step_msg(obs_batch(LSTM, 2, rng)))
+    assert (await call.read()).step.step_index == 0
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.OK
