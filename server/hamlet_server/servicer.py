@@ -265,16 +265,16 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
             if reason is None:  # the client went away
                 self.metrics.record("StreamEpisode", "CANCELLED")
                 raise
-            await self._close(session)
+            self._close(session)
             await self._fail(context, "StreamEpisode", RequestError(SC[reason[0]], reason[1]))
         except Exception as exc:
-            await self._close(session)
+            self._close(session)  # free the state before answering
             await self._fail(context, "StreamEpisode", exc)
         finally:
-            await self._close(session)
+            self._close(session)
         self.metrics.record("StreamEpisode", "OK")
 
-    async def _close(self, session: Session | None) -> None:
+    def _close(self, session: Session | None) -> None:
         if session is not None:
             self.sessions.close(session.session_id)
 
