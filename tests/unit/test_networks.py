@@ -62,3 +62,23 @@ def test_recurrent_ignores_temporal_extras() -> None:
     shifted = obs.clone()
     shifted[:, 50:] = torch.rand(2, 4)
     assert torch.equal(net(obs)[0], net(shifted)[0])
+
+
+def test_fused_step_matches_nn_lstm_and_sequence() -> None:
+    torch.manual_seed(1)
+    net = RecurrentSpatialQNetwork().eval()
+    obs = torch.rand(4, 6, 54)
+    with torch.no_grad():
+        hidden = net.initial_hidden(4)
+        steps = []
+        for t in range(6):
+            q, hidden = net(obs[:, t], hidden)
+            steps.append(q)
+        seq_q, seq_hidden = net.forward_sequence(obs)
+        # the plain nn.LSTM path, as Hamlet computes it
+        features = net.encode(obs[:, 0])
+        out, _ = net.lstm(features.unsqueeze(1), net.initial_hidden(4))
+        reference_q0 = net.q_head(net.lstm_norm(out.squeeze(1)))
+    assert torch.allclose(torch.stack(steps, dim=1), seq_q, atol=1e-5)
+    assert torch.allclose(hidden[1], seq_hidden[1], atol=1e-5)
+    assert torch.allclose(steps[0], reference_q0, atol=1e-5)

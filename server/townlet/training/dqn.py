@@ -41,10 +41,7 @@ def unroll(network: nn.Module, obs: Tensor) -> Tensor:
     the whole sequence (several times faster than T calls of ``forward``; a test checks both agree).
     """
     if isinstance(network, RecurrentSpatialQNetwork):
-        batch, steps = obs.shape[:2]
-        features = _recurrent_features(network, obs.reshape(batch * steps, obs.shape[2]))
-        out, _ = network.lstm(features.reshape(batch, steps, -1), network.initial_hidden(batch, obs.device))
-        q_values: Tensor = network.q_head(network.lstm_norm(out))
+        q_values: Tensor = network.forward_sequence(obs)[0]
         return q_values
     hidden = None
     per_step = []
@@ -52,22 +49,6 @@ def unroll(network: nn.Module, obs: Tensor) -> Tensor:
         q_step, hidden = network(obs[:, t], hidden)
         per_step.append(q_step)
     return torch.stack(per_step, dim=1)
-
-
-def _recurrent_features(network: RecurrentSpatialQNetwork, obs: Tensor) -> Tensor:
-    """The LSTM input of `RecurrentSpatialQNetwork.forward` for ``obs [N, D]``: ``[N, 224]``."""
-    w = network.window_size
-    cuts = [w * w, w * w + 2, w * w + 2 + network.num_meters]
-    cuts.append(cuts[2] + network.num_affordance_types + 1)
-    return torch.cat(
-        [
-            network.vision_encoder(obs[:, : cuts[0]].reshape(-1, 1, w, w)),
-            network.position_encoder(obs[:, cuts[0] : cuts[1]]),
-            network.meter_encoder(obs[:, cuts[1] : cuts[2]]),
-            network.affordance_encoder(obs[:, cuts[2] : cuts[3]]),
-        ],
-        dim=1,
-    )
 
 
 def sequence_td_loss(
