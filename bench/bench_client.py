@@ -15,8 +15,6 @@ the SDK's own overhead is the SDK / raw ratio on the floor server.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import queue
 import statistics
 import subprocess
@@ -27,63 +25,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import floor
 import grpc
 import numpy as np
+from floor import spawn_ready
 
 from hamlet_client import HamletClient
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
 from hamlet_client._generated.hamlet.v1 import tensor_pb2
-
-ACTION_DIM = 6
-
-
-# ---------------------------------------------------------------- the floor server (subprocess)
-
-
-class FloorServicer(pb_grpc.InferenceServiceServicer):
-    """hamlet.v1 with no model work: fixed Q-values, action 0, for any batch."""
-
-    @staticmethod
-    def _q(batch: int) -> tensor_pb2.Tensor:
-        q = np.zeros((batch, ACTION_DIM), dtype=np.float32)
-        return tensor_pb2.Tensor(shape=q.shape, dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=q.tobytes())
-
-    async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
-        batch = request.observations.shape[0]
-        return pb.PredictResponse(model="floor", version=0, actions=[0] * batch, q_values=self._q(batch))
-
-    async def StreamEpisode(self, request_iterator: Any, context: Any) -> Any:
-        start = (await request_iterator.__anext__()).start
-        n = start.num_envs
-        yield pb.StreamEpisodeResponse(
-            started=pb.EpisodeStarted(session_id="floor", model="floor", num_envs=n, action_dim=ACTION_DIM)
-        )
-        q = self._q(n)
-        index = 0
-        async for _ in request_iterator:
-            yield pb.StreamEpisodeResponse(
-                step=pb.EpisodeStepResult(step_index=index, actions=[0] * n, q_values=q, model="floor")
-            )
-            index += 1
-
-
-async def _serve_floor() -> None:
-    server = grpc.aio.server()
-    pb_grpc.add_InferenceServiceServicer_to_server(FloorServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"READY 127.0.0.1:{port}", flush=True)
-    await server.wait_for_termination()
-
-
-def _spawn(cmd: list[str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("READY "):
-            return proc, line.split()[1]
-    raise RuntimeError(f"{cmd} exited without READY (code {proc.wait()})")
 
 
 def _write_models(root: Path) -> None:
@@ -202,22 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=2000, help="timed calls per variant and case")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved blocks the calls are split into")
-    parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_floor:
-        asyncio.run(_serve_floor())
-        return 0
 
     procs: list[subprocess.Popen[str]] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             _write_models(Path(tmp))
-            floor, floor_target = _spawn([sys.executable, __file__, "--serve-floor"])
-            procs.append(floor)
+            floor_proc, floor_target = spawn_ready([sys.executable, floor.__file__])
+            procs.append(floor_proc)
             flags = ["--port", "0", "--metrics-port", "0", "--poll-interval", "0", "--device", "cpu"]
             flags += ["--log-level", "WARNING"]
             cmd = [sys.executable, "-m", "hamlet_server.cli", "serve", "--models", tmp, *flags]
-            hamlet, hamlet_target = _spawn(cmd)
+            hamlet, hamlet_target = spawn_ready(cmd)
             procs.append(hamlet)
 
             print(f"client SDK vs raw generated stub; {args.iters} calls per cell, medians in us (sync client)")

@@ -2,7 +2,7 @@
 
     python bench/bench_server.py [--duration 3] [--model lstm|mlp] [--max-delay-us 0] [--streams 1,16,64]
 
-Starts two server processes on loopback: the floor (`floor-server`: a trivial aio servicer that decodes the
+Starts two server processes on loopback: the floor (bench/floor.py: a trivial aio servicer that decodes the
 observations and returns cached zero Q-values) and `hamlet-server serve` on a temp repository holding the
 untrained demo models. The benchmark process is the client (grpc.aio, one channel). It prints, side by
 side: unary Predict batch 1 p50, one lock-step stream step p50 (num_envs=1), and steps/s with N concurrent
@@ -18,7 +18,6 @@ import os
 import re
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,56 +30,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import floor as floor_module
+from floor import spawn_ready
+
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
 from hamlet_client._generated.hamlet.v1 import tensor_pb2
 
 MODELS = {"lstm": ("untrained-lstm-L2", 54), "mlp": ("untrained-mlp-L1", 91)}
 F32 = tensor_pb2.DATA_TYPE_FLOAT32
-
-
-# ---------------------------------------------------------------------------------------- floor server
-class FloorServicer(pb_grpc.InferenceServiceServicer):
-    """The same contract, no model: decode the observations, answer cached zeros."""
-
-    def __init__(self) -> None:
-        self._q: dict[int, tuple[tensor_pb2.Tensor, list[int]]] = {}
-
-    def _answer(self, obs: tensor_pb2.Tensor) -> tuple[tensor_pb2.Tensor, list[int]]:
-        array = np.frombuffer(obs.data, dtype="<f4").reshape(tuple(obs.shape))
-        batch = array.shape[0]
-        if batch not in self._q:
-            q = np.zeros((batch, 6), np.float32)
-            self._q[batch] = (tensor_pb2.Tensor(shape=[batch, 6], dtype=F32, data=q.tobytes()), [0] * batch)
-        return self._q[batch]
-
-    async def Predict(self, request, context):
-        q, actions = self._answer(request.observations)
-        return pb.PredictResponse(model=request.model, version=0, actions=actions, q_values=q)
-
-    async def StreamEpisode(self, request_iterator, context):
-        step = 0
-        while True:
-            request = await context.read()
-            if request is grpc.aio.EOF:
-                return
-            if request.WhichOneof("kind") == "start":
-                await context.write(pb.StreamEpisodeResponse(started=pb.EpisodeStarted(model=request.start.model)))
-                continue
-            q, actions = self._answer(request.step.observations)
-            await context.write(
-                pb.StreamEpisodeResponse(step=pb.EpisodeStepResult(step_index=step, actions=actions, q_values=q))
-            )
-            step += 1
-
-
-async def _floor_server() -> None:
-    server = grpc.aio.server()
-    pb_grpc.add_InferenceServiceServicer_to_server(FloorServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"READY 127.0.0.1:{port}", flush=True)
-    await server.wait_for_termination()
 
 
 # ---------------------------------------------------------------------------------------- client side
@@ -159,16 +117,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _spawn(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("READY"):
-        proc.kill()
-        raise SystemExit(f"server did not start: {cmd}")
-    return proc, int(line.strip().rsplit(":", 1)[1])
-
-
 def _raw_forward_us(model_path: Path) -> float:
     import torch
 
@@ -190,7 +138,6 @@ def _raw_forward_us(model_path: Path) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", nargs="?", default="run", choices=["run", "floor-server"])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--model", choices=sorted(MODELS), default="lstm")
     parser.add_argument("--max-delay-us", type=int, default=0, help="our server's batcher delay")
@@ -199,23 +146,19 @@ def main() -> int:
     parser.add_argument("--forward-thread", choices=["true", "false"], default="true", help="our server's setting")
     parser.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
     args = parser.parse_args()
-    if args.mode == "floor-server":
-        asyncio.run(_floor_server())
-        return 0
-
     from make_demo_models import write_demo_models
 
     name, dim = MODELS[args.model]
     with tempfile.TemporaryDirectory() as tmp:
         write_demo_models(Path(tmp))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         metrics_port = _free_port()
         ours_cmd = [sys.executable, "-m", "hamlet_server.cli", "serve", "--models", tmp, "--port", "0",
                     "--metrics-port", str(metrics_port), "--threads", "1", "--max-delay-us", str(args.max_delay_us),
                     "--max-batch", str(args.max_batch), "--backend", args.backend,
                     "--forward-thread", args.forward_thread, "--log-level", "WARNING"]  # fmt: skip
-        floor, floor_port = _spawn([sys.executable, __file__, "floor-server"], env)
-        ours, ours_port = _spawn(ours_cmd, env)
+        floor, floor_target = spawn_ready([sys.executable, floor_module.__file__])
+        ours, ours_target = spawn_ready(ours_cmd, cwd=ROOT)
+        floor_port, ours_port = (int(t.rsplit(":", 1)[1]) for t in (floor_target, ours_target))
         try:
             raw = _raw_forward_us(Path(tmp) / name / "model_ep00000.pt")
             floor_r = asyncio.run(_measure(floor_port, name, dim, args, None))

@@ -1,0 +1,83 @@
+"""The bare-gRPC floor: a hamlet.v1 server that does no model work, and a helper to start servers.
+
+The floor decodes each observation tensor (``np.frombuffer``, as a real server must) and answers with
+cached zero Q-values and action 0, so its latency and throughput are what Python gRPC itself costs on
+this contract. Benchmarks start it as a subprocess (``python bench/floor.py`` prints ``READY host:port``)
+beside our server and print both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
+from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
+from hamlet_client._generated.hamlet.v1 import tensor_pb2
+
+ACTION_DIM = 6
+
+
+class FloorServicer(pb_grpc.InferenceServiceServicer):
+    """hamlet.v1 with no model: decode the observations, answer cached zeros."""
+
+    def __init__(self) -> None:
+        self._answers: dict[int, tuple[tensor_pb2.Tensor, list[int]]] = {}
+
+    def _answer(self, obs: tensor_pb2.Tensor) -> tuple[tensor_pb2.Tensor, list[int]]:
+        batch = np.frombuffer(obs.data, dtype="<f4").reshape(tuple(obs.shape)).shape[0]
+        if batch not in self._answers:
+            q = np.zeros((batch, ACTION_DIM), np.float32)
+            tensor = tensor_pb2.Tensor(shape=q.shape, dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=q.tobytes())
+            self._answers[batch] = (tensor, [0] * batch)
+        return self._answers[batch]
+
+    async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
+        q, actions = self._answer(request.observations)
+        return pb.PredictResponse(model="floor", version=0, actions=actions, q_values=q)
+
+    async def StreamEpisode(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.StreamEpisodeResponse]:
+        start = (await request_iterator.__anext__()).start
+        yield pb.StreamEpisodeResponse(
+            started=pb.EpisodeStarted(session_id="floor", model="floor", num_envs=start.num_envs, action_dim=ACTION_DIM)
+        )
+        index = 0
+        async for request in request_iterator:
+            q, actions = self._answer(request.step.observations)
+            yield pb.StreamEpisodeResponse(
+                step=pb.EpisodeStepResult(step_index=index, actions=actions, q_values=q, model="floor")
+            )
+            index += 1
+
+
+async def serve_floor() -> None:
+    """Serve the floor on a free loopback port; print ``READY 127.0.0.1:PORT``; run until killed."""
+    server = grpc.aio.server()
+    pb_grpc.add_InferenceServiceServicer_to_server(FloorServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"READY 127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
+
+
+def spawn_ready(cmd: list[str], cwd: Path | None = None) -> tuple[subprocess.Popen[str], str]:
+    """Start a server process that prints ``READY host:port`` (the floor, ``hamlet-server serve``);
+    return the process and its ``host:port``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=cwd)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("READY "):
+            return proc, line.split()[1]
+    raise RuntimeError(f"{' '.join(cmd)} exited without printing READY (code {proc.wait()})")
+
+
+if __name__ == "__main__":
+    asyncio.run(serve_floor())
