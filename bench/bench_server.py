@@ -144,6 +144,7 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="our server's backend")
     parser.add_argument("--forward-thread", choices=["true", "false"], default="true", help="our server's setting")
+    parser.add_argument("--inline-rows", type=int, default=1, help="our server's setting")
     parser.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
     args = parser.parse_args()
     from make_demo_models import write_demo_models
@@ -155,7 +156,8 @@ def main() -> int:
         ours_cmd = [sys.executable, "-m", "hamlet_server.cli", "serve", "--models", tmp, "--port", "0",
                     "--metrics-port", str(metrics_port), "--threads", "1", "--max-delay-us", str(args.max_delay_us),
                     "--max-batch", str(args.max_batch), "--backend", args.backend,
-                    "--forward-thread", args.forward_thread, "--log-level", "WARNING"]  # fmt: skip
+                    "--forward-thread", args.forward_thread, "--inline-rows", str(args.inline_rows),
+                    "--log-level", "WARNING"]  # fmt: skip
         floor, floor_target = spawn_ready([sys.executable, floor_module.__file__])
         ours, ours_target = spawn_ready(ours_cmd, cwd=ROOT)
         floor_port, ours_port = (int(t.rsplit(":", 1)[1]) for t in (floor_target, ours_target))
@@ -170,7 +172,7 @@ def main() -> int:
 
     print(f"\nhamlet-server vs bare gRPC floor: model {name} (obs {dim}), {os.cpu_count()} CPUs, "
           f"{args.duration:g} s per figure, backend={args.backend}, forward_thread={args.forward_thread}, "
-          f"max_delay_us={args.max_delay_us}, "
+          f"max_delay_us={args.max_delay_us}, inline_rows={args.inline_rows}, "
           f"max_batch={args.max_batch}")  # fmt: skip
     print(f"raw forward at batch 1 in-process (1 torch thread): {raw:8.0f} us\n")
     print(f"{'measure':<36}{'floor':>12}{'ours':>12}{'ours/floor':>12}{'mean batch':>12}")

@@ -3,7 +3,8 @@
 Callers `await batcher.submit(item)`. The first item queued while the batcher is idle schedules a flush
 for right after the callbacks already due on the event loop (so every handler woken in the same loop
 iteration gets in), or `max_delay_us` later when that is set. The flush takes up to `max_batch` rows and
-runs one forward, on a worker thread (or inline on the loop when no executor is given): hidden states
+runs one forward, on a worker thread (or inline on the loop when no executor is given or the batch has at
+most `inline_rows` rows): hidden states
 are gathered from the model version's `HiddenStateTable` (which lives on the model's device), the network
 runs once, the new states are scattered back, and each item gets its own rows of actions and Q-values.
 Items are never split; one larger than `max_batch` runs alone. While a forward runs, new work queues up
@@ -68,9 +69,11 @@ class StepBatcher:
         *,
         max_batch: int = 256,
         max_delay_us: int = 0,
+        inline_rows: int = 0,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.model = model
+        self.inline_rows = inline_rows
         self.max_batch = max_batch
         self.max_delay = max_delay_us / 1e6
         self._executor = executor
@@ -160,7 +163,9 @@ class StepBatcher:
         if not batch or self._loop is None:
             return
         self._busy = True
-        if self._executor is None:
+        # A small batch runs right here on the loop: the hop to the worker thread and back costs more than
+        # it saves when there is little else to do (a lone stream). Larger batches keep the loop free.
+        if self._executor is None or sum(item.rows for item in batch) <= self.inline_rows:
             try:
                 results = self._forward(batch)
             except Exception as exc:  # a bug or a device failure: fail this batch, keep serving

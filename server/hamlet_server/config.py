@@ -56,6 +56,11 @@ class ServerConfig:
         "run forwards on a worker thread (true) so the event loop keeps decoding other requests meanwhile, "
         "or on the event loop itself (false: one thread hop less per batch, the loop blocks during a forward)",
     )
+    inline_rows: int = _opt(
+        1,
+        "batches of at most this many rows run on the event loop even with --forward-thread: skips the thread "
+        "hop that dominates a lone stream's latency (0: always use the worker thread)",
+    )
     poll_interval: float = _opt(2.0, "seconds between scans of the model repository (0 disables hot reload)")
     metrics_port: int = _opt(9464, "Prometheus /metrics port on the same host (0 disables)")
     threads: int = _opt(1, "torch.set_num_threads: 1 is fastest for small batches on small CPUs")
@@ -71,6 +76,7 @@ class ServerConfig:
             (self.session_ttl > 0, "session_ttl must be > 0 seconds"),
             (self.max_batch >= 1, "max_batch must be >= 1"),
             (self.max_delay_us >= 0, "max_delay_us must be >= 0"),
+            (self.inline_rows >= 0, "inline_rows must be >= 0"),
             (self.poll_interval >= 0, "poll_interval must be >= 0"),
             (0 <= self.port <= 65535, "port must be in 0..65535"),
             (0 <= self.metrics_port <= 65535, "metrics_port must be in 0..65535"),

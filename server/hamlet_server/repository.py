@@ -144,6 +144,7 @@ class ModelRepository:
         *,
         max_batch: int = 256,
         max_delay_us: int = 0,
+        inline_rows: int = 0,
         default_model: str = "",
         loader: Callable[[Path, str], Any] = _default_loader,
         on_batch: Callable[[str, int], None] | None = None,
@@ -154,6 +155,7 @@ class ModelRepository:
         self._executor = executor
         self._max_batch = max_batch
         self._max_delay_us = max_delay_us
+        self._inline_rows = inline_rows
         self._default_model = default_model
         self._loader = loader
         self._on_batch = on_batch
@@ -297,7 +299,12 @@ class ModelRepository:
                 report(name, rows)
 
         batcher = StepBatcher(
-            loaded.model, self._executor, max_batch=self._max_batch, max_delay_us=self._max_delay_us, on_batch=on_batch
+            loaded.model,
+            self._executor,
+            max_batch=self._max_batch,
+            max_delay_us=self._max_delay_us,
+            inline_rows=self._inline_rows,
+            on_batch=on_batch,
         )
         served = ServedModel(loaded.file, loaded.model, batcher)
         old = self._loaded.get(key)

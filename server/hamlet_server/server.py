@@ -80,7 +80,7 @@ class HamletServer:
         )
         self.repository = ModelRepository(
             config.models, self.device, self._executor if config.forward_thread else None,
-            max_batch=config.max_batch, max_delay_us=config.max_delay_us,
+            max_batch=config.max_batch, max_delay_us=config.max_delay_us, inline_rows=config.inline_rows,
             default_model=config.default_model,
             loader=functools.partial(load_backend, backend=config.backend, threads=config.threads),
             on_batch=lambda name, n: self.metrics.batch_size.labels(name).observe(n),

@@ -123,3 +123,30 @@ async def test_explicit_hidden_is_returned_and_the_table_untouched(executor):
     assert torch.equal(result.q_values, q) and torch.equal(result.hidden[0], new_hidden[0])
     assert torch.count_nonzero(batcher.table.h) == 0
     await batcher.close()
+
+
+class _ThreadRecording(_Counting):
+    """Also records which thread ran each forward."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.threads: list[str] = []
+
+    def forward(self, obs, hidden=None):
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return super().forward(obs, hidden)
+
+
+async def test_small_batches_run_inline_larger_ones_on_the_worker(executor):
+    import threading
+
+    model = _ThreadRecording(_mlp().model)
+    batcher = StepBatcher(model, executor, max_batch=64, inline_rows=2)
+    batcher.start()
+    await batcher.submit(WorkItem(torch.rand(2, 10)))  # 2 rows <= inline_rows: on the event loop's thread
+    await batcher.submit(WorkItem(torch.rand(3, 10)))  # 3 rows: on the worker thread
+    assert model.threads[0] == threading.current_thread().name
+    assert model.threads[1] != threading.current_thread().name
+    await batcher.close()
