@@ -37,8 +37,8 @@ def td_loss(q_network: nn.Module, target_network: nn.Module, batch: TransitionBa
 def unroll(network: nn.Module, obs: Tensor) -> Tensor:
     """Q-values of ``network`` over ``obs [B, T, D]`` from a zero hidden state: ``[B, T, A]``.
 
-    For `RecurrentSpatialQNetwork` the encoders run once on all ``B*T`` observations and the LSTM once on
-    the whole sequence (several times faster than T calls of ``forward``; a test checks both agree).
+    For `RecurrentSpatialQNetwork` this is its ``forward_sequence``: the encoders run once on all ``B*T``
+    observations and the LSTM once on the sequence (several times faster than T ``forward`` calls).
     """
     if isinstance(network, RecurrentSpatialQNetwork):
         q_values: Tensor = network.forward_sequence(obs)[0]
