@@ -64,6 +64,11 @@ class ServerConfig:
     poll_interval: float = _opt(2.0, "seconds between scans of the model repository (0 disables hot reload)")
     metrics_port: int = _opt(9464, "Prometheus /metrics port on the same host (0 disables)")
     threads: int = _opt(1, "torch.set_num_threads: 1 is fastest for small batches on small CPUs")
+    token_file: str = _opt(
+        "", "file holding the bearer token every hamlet.v1 call must send (empty: no authentication)"
+    )
+    tls_cert: str = _opt("", "PEM certificate chain: serve TLS instead of plaintext (with --tls-key)")
+    tls_key: str = _opt("", "PEM private key of --tls-cert")
     max_message_mb: int = _opt(16, "largest gRPC message accepted or sent, MiB")
     grace: float = _opt(10.0, "seconds SIGTERM/SIGINT waits for in-flight work before exiting")
     log_level: str = _opt("INFO", "logging level: DEBUG, INFO, WARNING, ERROR")

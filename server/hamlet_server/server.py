@@ -27,6 +27,7 @@ from hamlet_server.backends import load_backend
 from hamlet_server.config import ServerConfig
 from hamlet_server.metrics import ServerMetrics
 from hamlet_server.repository import ModelRepository
+from hamlet_server.security import BearerTokenInterceptor, read_token, server_credentials
 from hamlet_server.servicer import InferenceServicer
 from hamlet_server.sessions import Session, SessionTable
 
@@ -103,12 +104,18 @@ class HamletServer:
         if not names:
             log.warning("no loadable model under %s; serving anyway, new files are picked up as they appear",
                         self.config.models)  # fmt: skip
-        server = grpc.aio.server(options=_grpc_options(self.config))
+        token = read_token(self.config.token_file)
+        credentials = server_credentials(self.config.tls_cert, self.config.tls_key)
+        interceptors = [BearerTokenInterceptor(token)] if token else []
+        server = grpc.aio.server(options=_grpc_options(self.config), interceptors=interceptors)
         pb_grpc.add_InferenceServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection([SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
         address = f"{self.config.host}:{self.config.port}"
-        self.port = server.add_insecure_port(address)
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"cannot bind {address}")
         await server.start()

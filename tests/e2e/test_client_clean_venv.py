@@ -8,21 +8,19 @@ must equal the local HamletModel's.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from live_server import ThreadedServer
 
 from hamlet_server.config import ServerConfig
-from hamlet_server.server import HamletServer
 from townlet.agent.networks import SimpleQNetwork
 from townlet.inference import HamletModel, save_inference_checkpoint
 
@@ -71,16 +69,9 @@ def mlp_server(tmp_path: Path) -> Iterator[tuple[str, HamletModel]]:
     torch.manual_seed(0)
     model = HamletModel(SimpleQNetwork(obs_dim=91, action_dim=6))
     save_inference_checkpoint(model, tmp_path / "models" / "mlp" / "model_ep00001.pt", metadata={"episode": 1})
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = HamletServer(ServerConfig(models=tmp_path / "models", port=0, metrics_port=0, poll_interval=0))
-    asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=60)
-    yield f"127.0.0.1:{server.port}", model
-    asyncio.run_coroutine_threadsafe(server.drain(grace=0.5), loop).result(timeout=30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
-    loop.close()
+    server = ThreadedServer(ServerConfig(models=tmp_path / "models", port=0, metrics_port=0, poll_interval=0))
+    yield server.target, model
+    server.stop()
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ test's loop. The reference is the same checkpoint loaded locally as a `HamletMod
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -19,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from live_server import ThreadedServer
 
 from hamlet_client import (
     AsyncHamletClient,
@@ -33,27 +33,6 @@ from townlet.inference import HamletModel
 
 MLP, LSTM = "mlp", "lstm"  # the models of the conftest's `model_dir`
 OBS_DIM = {MLP: 91, LSTM: 54}
-
-
-class ThreadedServer:
-    """A HamletServer on its own event loop in a daemon thread."""
-
-    def __init__(self, config: ServerConfig) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.server = HamletServer(config)
-        self._thread = threading.Thread(target=self.loop.run_forever, name="hamlet-test-server", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=60)
-        self.target = f"127.0.0.1:{self.server.port}"
-
-    def sessions(self) -> int:
-        return len(self.server.sessions)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.drain(grace=0.5), self.loop).result(timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
 
 
 @pytest.fixture
