@@ -21,7 +21,7 @@ install: $(STAMP)  ## create .venv with torch (TORCH_SPEC) and the project in ed
 $(STAMP): pyproject.toml client/pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q "grpcio-tools>=1.60"
+	$(PIP) install -q "grpcio-tools>=1.85.1"
 	$(MAKE) --no-print-directory proto
 	$(PIP) install -q -e ./client -e ".[dev]"
 	@touch $@

@@ -28,8 +28,15 @@ def main() -> int:
         print("gen_proto: no .proto files under proto/, nothing to generate")
         return 0
     include = str(Path(protoc.__file__).parent / "_proto")
-    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={OUT}", f"--pyi_out={OUT}",
-            f"--grpc_python_out={OUT}", *[str(p) for p in protos]]
+    args = [
+        "protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{include}",
+        f"--python_out={OUT}",
+        f"--pyi_out={OUT}",
+        f"--grpc_python_out={OUT}",
+        *[str(p) for p in protos],
+    ]
     if protoc.main(args) != 0:
         print("gen_proto: protoc failed", file=sys.stderr)
         return 1
