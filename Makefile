@@ -55,10 +55,7 @@ bench: install proto  ## print the benchmarks (BENCHES="model onnx env server cl
 
 MODELS     ?= models
 SERVE_ARGS ?=
-serve: install proto  ## serve the model repository MODELS (default: models/, untrained demo models) on 127.0.0.1:50051
-ifeq ($(MODELS),models)
-	$(PY) scripts/make_demo_models.py --out models
-endif
+serve: install proto  ## serve the model repository MODELS (default: models/, the trained demo models) on 127.0.0.1:50051
 	$(PY) -m hamlet_server.cli serve --models $(MODELS) $(SERVE_ARGS)
 
 clean:  ## remove the virtual environment and generated code
