@@ -113,12 +113,23 @@ def test_served_rollout_equals_local_rollout(target: str, model_repo: Path) -> N
 
 def test_example_script_prints_both_policies(target: str) -> None:
     command = [sys.executable, str(ROOT / "examples" / "remote_rollout.py"), "--target", target]
-    done = subprocess.run(
-        [*command, "--model", MODEL, "--episodes", "3", "--seed", "1"], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert "on L0_0, 3 episodes, trained layout" in done.stdout
-    lines = done.stdout.splitlines()
-    assert lines[1].startswith("served") and lines[2].startswith("random") and "median" in lines[1]
+    for extra, how in (([], "1 stream of 2 envs"), (["--streams"], "2 streams of 1 env")):
+        done = subprocess.run(
+            [*command, "--model", MODEL, "--envs", "2", "--episodes", "5", "--seed", "1", *extra],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert f"on L0_0, 5 episodes, trained layout, {how}" in done.stdout
+        lines = done.stdout.splitlines()
+        assert lines[1].startswith("served") and lines[2].startswith("random") and "env steps/s" in lines[1]
     missing = subprocess.run([*command, "--model", "nope"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "ModelNotFoundError" in missing.stderr
+
+
+def test_continuous_rollout_restarts_envs_and_counts_episodes(target: str) -> None:
+    example = load_example()
+    env = VectorTownletEnv("L0_0", 3, layout=example.training_layout("L0_0", 2), seed=4)
+    with HamletClient(target, timeout=30.0) as client, client.episode(MODEL, num_envs=3) as stream:
+        survival, env_steps = example.run_until(env, 7, 4, example.served_policy(stream))
+    assert survival.shape == (7,) and (survival > 0).all()
+    assert env_steps % 3 == 0 and env_steps >= survival.sum()  # 3 envs stepped together, restarted as they died
