@@ -12,42 +12,32 @@ Prints, for Hamlet's MLP (L1, obs 91) and CNN+LSTM (L2, obs 54), side by side in
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from hamlet_runs import write_training_checkpoint
+from timing import fmt_time, interleaved_medians
 
 from townlet.inference import HamletModel
 from townlet.inference.migration import migrate_checkpoint
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, inner: int = 1) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        samples.append((time.perf_counter() - start) / inner)
-    return statistics.median(samples)
-
-
-def fmt_time(seconds: float) -> str:
-    return f"{seconds * 1e3:8.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:8.1f} us"
-
-
 def bench_checkpoints(network_type: str, workdir: Path, repeats: int) -> HamletModel:
     training = write_training_checkpoint(workdir / network_type, network_type, episode=1000)
     inference = migrate_checkpoint(training).target
-    t_train = median_seconds(lambda: HamletModel.load_from_training_checkpoint(training), repeats)
-    t_inf = median_seconds(lambda: HamletModel.load_from_checkpoint(inference), repeats)
+    times = interleaved_medians(
+        {
+            "train": lambda: HamletModel.load_from_training_checkpoint(training),
+            "inf": lambda: HamletModel.load_from_checkpoint(inference),
+        },
+        repeats,
+        budget_s=0.05,
+    )
+    t_train, t_inf = times["train"], times["inf"]
     s_train, s_inf = training.stat().st_size, inference.stat().st_size
     print(
         f"  checkpoint size   training {s_train / 1e6:7.2f} MB | inference {s_inf / 1e6:7.2f} MB | "
@@ -65,15 +55,20 @@ def bench_predict(model: HamletModel, repeats: int) -> None:
     for batch in (1, 1024):
         obs = torch.rand(batch, model.obs_dim)
         hidden = model.initial_hidden(batch) if model.is_recurrent else None
-        inner = 200 if batch == 1 else 5
 
         def raw() -> object:
             with torch.no_grad():
                 return network(obs, hidden)
 
-        t_raw = median_seconds(raw, repeats, inner)
-        t_pred = median_seconds(lambda: model.predict(obs, hidden), repeats, inner)
-        t_eps = median_seconds(lambda: model.predict(obs, hidden, epsilon=0.1), repeats, inner)
+        times = interleaved_medians(
+            {
+                "raw": raw,
+                "pred": lambda: model.predict(obs, hidden),
+                "eps": lambda: model.predict(obs, hidden, epsilon=0.1),
+            },
+            repeats,
+        )
+        t_raw, t_pred, t_eps = times["raw"], times["pred"], times["eps"]
         print(
             f"  batch {batch:5d}        raw forward {fmt_time(t_raw)} | predict {fmt_time(t_pred)} "
             f"({(t_pred / t_raw - 1) * 100:+5.1f}%) | predict eps=0.1 {fmt_time(t_eps)} "

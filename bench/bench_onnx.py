@@ -12,11 +12,8 @@ and the ratio torch / onnxruntime (> 1 means onnxruntime is faster). Target: >= 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,32 +22,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from hamlet_runs import make_network
+from timing import fmt_time, interleaved_medians
 
 from townlet.inference.model import HamletModel
 from townlet.inference.onnx_export import export_to_onnx
 from townlet.inference.onnx_runtime import OnnxModel
 
 BATCHES = (1, 32, 1024)
-
-
-def median_seconds(fn: Callable[[], object], repeats: int, budget_s: float = 0.02) -> float:
-    """Median per-call time over ``repeats`` samples; each sample loops enough calls to last ~``budget_s``."""
-    for _ in range(3):  # warm-up (first calls allocate)
-        fn()
-    start = time.perf_counter()
-    fn()
-    inner = max(1, int(budget_s / max(time.perf_counter() - start, 1e-7)))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        samples.append((time.perf_counter() - start) / inner)
-    return statistics.median(samples)
-
-
-def fmt_time(seconds: float) -> str:
-    return f"{seconds * 1e3:8.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:8.1f} us"
 
 
 def bench_network(network_type: str, workdir: Path, repeats: int, threads: int) -> list[float]:
@@ -74,8 +52,8 @@ def bench_batch(model: HamletModel, onnx_model: OnnxModel, batch: int, repeats: 
     }
     forward_ratio = 0.0
     for call, (torch_fn, ort_fn) in rows.items():
-        t_torch = median_seconds(torch_fn, repeats)
-        t_ort = median_seconds(ort_fn, repeats)
+        times = interleaved_medians({"torch": torch_fn, "ort": ort_fn}, repeats)
+        t_torch, t_ort = times["torch"], times["ort"]
         print(f"  {batch:>5}  {call:<8} {fmt_time(t_torch)}   {fmt_time(t_ort)}   {t_torch / t_ort:6.2f}x")
         if call == "forward":
             forward_ratio = t_torch / t_ort
