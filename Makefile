@@ -42,7 +42,8 @@ test-fast: install proto  ## skip tests marked slow
 lint: install proto  ## ruff, mypy and buf lint
 	$(VENV)/bin/ruff check server client tests examples scripts bench
 	$(VENV)/bin/ruff format --check server client tests examples scripts bench
-	$(VENV)/bin/mypy server/townlet/inference client/hamlet_client
+	$(VENV)/bin/mypy server/townlet client/hamlet_client
+	$(VENV)/bin/mypy server/hamlet_server
 	npx --yes @bufbuild/buf@1 lint proto
 
 format: install  ## apply ruff's formatting and autofixes

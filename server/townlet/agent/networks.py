@@ -107,7 +107,7 @@ class RecurrentSpatialQNetwork(nn.Module):
     def initial_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
         """Zero LSTM state for ``batch_size`` sequences: ``(h, c)`` each ``[1, B, H]``."""
         if device is None:
-            device = self.q_head[0].weight.device
+            device = next(self.parameters()).device
         zeros = torch.zeros(1, batch_size, self.hidden_dim, device=device)
         return zeros, zeros.clone()
 
@@ -140,15 +140,8 @@ class RecurrentSpatialQNetwork(nn.Module):
         if torch.onnx.is_in_onnx_export():
             out, (h, c) = self.lstm(features.unsqueeze(1), hidden)
             return self.q_head(self.lstm_norm(out.squeeze(1))), (h, c)
-        lstm = self.lstm
-        h1, c1 = torch.lstm_cell(
-            features,
-            (hidden[0][0], hidden[1][0]),
-            lstm.weight_ih_l0,
-            lstm.weight_hh_l0,
-            lstm.bias_ih_l0,
-            lstm.bias_hh_l0,
-        )
+        w_ih, w_hh, b_ih, b_hh = self.lstm.all_weights[0]  # layer 0: the module's own parameters
+        h1, c1 = torch.lstm_cell(features, (hidden[0][0], hidden[1][0]), w_ih, w_hh, b_ih, b_hh)
         return self.q_head(self.lstm_norm(h1)), (h1.unsqueeze(0), c1.unsqueeze(0))
 
     def forward_sequence(self, obs: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
