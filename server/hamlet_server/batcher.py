@@ -40,6 +40,7 @@ class WorkItem:
     action_mask: torch.Tensor | None = None  # [b, A] bool, CPU
     generator: torch.Generator | None = None  # CPU
     slot_index: torch.Tensor | None = None  # [b] int64 on the model device: rows of the hidden table
+    slot_limit: int = 0  # 1 + max(slot_index), known on the host (no device read-back per step)
     reset: torch.Tensor | None = None  # [b] bool, CPU: rows whose state is zeroed before the forward
     hidden: tuple[torch.Tensor, torch.Tensor] | None = None  # explicit (h, c) [1, b, H] for Predict
     return_hidden: bool = False
@@ -242,7 +243,7 @@ class StepBatcher:
         parts_h, parts_c = [], []
         for item in batch:
             if item.slot_index is not None:
-                self.table.ensure_capacity(int(item.slot_index.max()) + 1)
+                self.table.ensure_capacity(item.slot_limit)
                 reset = item.reset.to(device) if item.reset is not None else None
                 h, c = self.table.gather(item.slot_index, reset)
             elif item.hidden is not None:

@@ -327,7 +327,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         )
         epsilon = _check_epsilon(step.epsilon, "step.epsilon") if step.HasField("epsilon") else session.epsilon
         item = WorkItem(
-            obs, epsilon, mask, session.generator, slot_index=session.slot_index, reset=reset,
+            obs, epsilon, mask, session.generator, slot_index=session.slot_index, slot_limit=session.slot_limit,
+            reset=reset,
             is_cancelled=lambda: session.closed,
         )  # fmt: skip
         result = await served.batcher.submit(item)

@@ -107,6 +107,9 @@ class Session:
     generator: torch.Generator | None
     slots: list[int]
     slot_index: torch.Tensor | None
+    # 1 + the highest table row (0 without rows): known on the host, so the batcher sizes the table
+    # without reading `slot_index` back from the device on every step.
+    slot_limit: int = 0
     step_index: int = 0
     fresh: bool = True  # the first step zeroes every row (rows may be reused from a closed stream)
     closed: bool = False
@@ -159,7 +162,9 @@ class SessionTable:
             slots = model.slots.allocate(num_envs)
             index = torch.tensor(slots, dtype=torch.int64, device=model.device)
         session_id = f"s{next(self._ids)}-{uuid.uuid4().hex[:8]}"
-        session = Session(session_id, model, num_envs, epsilon, generator, slots, index)
+        session = Session(
+            session_id, model, num_envs, epsilon, generator, slots, index, slot_limit=max(slots, default=-1) + 1
+        )
         self._sessions[session_id] = session
         return session
 

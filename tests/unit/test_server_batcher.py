@@ -98,9 +98,11 @@ async def test_recurrent_state_lives_in_the_table_per_slot(executor):
         obs_a, obs_b = torch.rand(2, obs_dim), torch.rand(1, obs_dim)
         reset = torch.ones(2, dtype=torch.bool) if t == 0 else None
         ra, rb = await asyncio.gather(
-            batcher.submit(WorkItem(obs_a, slot_index=a_slots, reset=reset)),
+            batcher.submit(WorkItem(obs_a, slot_index=a_slots, slot_limit=2, reset=reset)),
             batcher.submit(
-                WorkItem(obs_b, slot_index=b_slots, reset=torch.ones(1, dtype=torch.bool) if t == 0 else None)
+                WorkItem(
+                    obs_b, slot_index=b_slots, slot_limit=3, reset=torch.ones(1, dtype=torch.bool) if t == 0 else None
+                )
             ),
         )
         qa, hidden_a = model.model.forward(obs_a, hidden_a)
@@ -149,4 +151,18 @@ async def test_small_batches_run_inline_larger_ones_on_the_worker(executor):
     await batcher.submit(WorkItem(torch.rand(3, 10)))  # 3 rows: on the worker thread
     assert model.threads[0] == threading.current_thread().name
     assert model.threads[1] != threading.current_thread().name
+    await batcher.close()
+
+
+async def test_table_grows_to_the_slot_limit_the_item_declares(executor):
+    model = _lstm()
+    batcher = StepBatcher(model, executor, max_batch=64)
+    batcher.start()
+    assert batcher.table is not None and batcher.table.capacity < 101
+    obs = torch.rand(1, model.obs_dim)
+    result = await batcher.submit(
+        WorkItem(obs, slot_index=torch.tensor([100]), slot_limit=101, reset=torch.ones(1, dtype=torch.bool))
+    )
+    assert batcher.table.capacity >= 101
+    torch.testing.assert_close(result.q_values, model.model.forward(obs)[0], rtol=1e-5, atol=1e-6)
     await batcher.close()
