@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from hamlet_client._generated.hamlet.v1 import tensor_pb2
+from townlet.inference.validation import all_finite
 
 __all__ = [
     "InvalidTensorError",
@@ -73,7 +74,7 @@ def decode_tensor(msg: tensor_pb2.Tensor, *, field: str, dtype: int) -> np.ndarr
 
 
 def _check_finite(array: np.ndarray, field: str) -> None:
-    if not np.isfinite(array).all():
+    if not all_finite(array):  # one cheap pass on the per-step path; the index is looked up only on failure
         bad = np.argwhere(~np.isfinite(array))[0].tolist()
         raise InvalidTensorError(f"{field}: expected finite values, got {array[tuple(bad)]} at index {bad}")
 

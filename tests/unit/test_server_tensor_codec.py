@@ -90,3 +90,12 @@ def test_hidden_shape_is_checked():
     bad = encode_tensor(torch.zeros(1, 2, 7))
     with pytest.raises(InvalidTensorError, match=r"hidden.h: expected shape \[1, 2, 8\]"):
         decode_hidden(bad, bad, batch=2, hidden_dim=8)
+
+
+def test_huge_but_finite_observations_pass_and_inf_is_located() -> None:
+    # The one-pass check sums the values: 3e38 + 3e38 overflows, yet every value is finite.
+    huge = np.full((2, 4), 3e38, np.float32)
+    assert decode_observations(encode_tensor(huge), obs_dim=4).shape == (2, 4)
+    huge[1, 2] = np.inf
+    with pytest.raises(InvalidTensorError, match=r"expected finite values, got inf at index \[1, 2\]"):
+        decode_observations(encode_tensor(huge), obs_dim=4)

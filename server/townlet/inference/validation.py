@@ -11,9 +11,12 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from townlet.inference.errors import InvalidInputError
 
 __all__ = [
+    "all_finite",
     "check_epsilon",
     "check_hidden_pair",
     "check_hidden_part",
@@ -22,6 +25,15 @@ __all__ = [
     "reject_reset_tuple",
     "reject_rows",
 ]
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether every element is finite, in one cheap pass when it is: NaN and Inf propagate through a sum,
+    so only a non-finite sum (bad values, or huge finite ones that overflow) pays for the element-wise check."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(values.sum()):
+            return True
+    return bool(np.isfinite(values).all())
 
 
 def reject_reset_tuple(obs: Any) -> None:
