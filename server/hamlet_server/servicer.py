@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from typing import Any
 
@@ -38,6 +37,7 @@ from hamlet_server.tensor_codec import (
     encode_hidden,
     encode_tensor,
 )
+from townlet.inference.validation import check_epsilon
 
 __all__ = ["InferenceServicer", "RequestError", "metadata_to_proto"]
 
@@ -67,12 +67,6 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return SC.RESOURCE_EXHAUSTED, str(exc)
     log.exception("internal error while serving a request", exc_info=exc)
     return SC.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-
-
-def _check_epsilon(value: float, field: str) -> float:
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise RequestError(SC.INVALID_ARGUMENT, f"{field}: expected a probability in [0, 1], got {value}")
-    return float(value)
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
@@ -188,7 +182,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         started = time.perf_counter()
         try:
             self._refuse_if_draining()
-            epsilon = _check_epsilon(request.epsilon, "epsilon")
+            epsilon = check_epsilon(request.epsilon, "epsilon")
             served = await self._acquire(request.model, request.version if request.HasField("version") else None)
             try:
                 item = self._predict_item(request, served, epsilon)
@@ -280,7 +274,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
 
     async def _start(self, start: pb.EpisodeStart) -> Session:
         self._refuse_if_draining()
-        epsilon = _check_epsilon(start.epsilon, "start.epsilon")
+        epsilon = check_epsilon(start.epsilon, "start.epsilon")
         if not 1 <= start.num_envs <= self.config.max_envs:
             raise RequestError(
                 SC.INVALID_ARGUMENT,
@@ -325,7 +319,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         mask = decode_action_mask(
             step.action_mask if step.HasField("action_mask") else None, batch=n, action_dim=served.action_dim
         )
-        epsilon = _check_epsilon(step.epsilon, "step.epsilon") if step.HasField("epsilon") else session.epsilon
+        epsilon = check_epsilon(step.epsilon, "step.epsilon") if step.HasField("epsilon") else session.epsilon
         item = WorkItem(
             obs, epsilon, mask, session.generator, slot_index=session.slot_index, slot_limit=session.slot_limit,
             reset=reset,

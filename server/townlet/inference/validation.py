@@ -92,8 +92,8 @@ def reject_rows(name: str, rows: Sequence[int]) -> None:
     raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row(s) {list(rows[:10])}")
 
 
-def check_epsilon(epsilon: Any) -> float:
-    """A real number in [0, 1] (not a bool, not NaN)."""
+def check_epsilon(epsilon: Any, name: str = "epsilon") -> float:
+    """A real number in [0, 1] (not a bool, not NaN); ``name`` is the field named in the message."""
     if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not 0.0 <= float(epsilon) <= 1.0:
-        raise InvalidInputError(f"epsilon: expected a number in [0, 1], got {epsilon!r}")
+        raise InvalidInputError(f"{name}: expected a number in [0, 1], got {epsilon!r}")
     return float(epsilon)
