@@ -23,7 +23,7 @@ import grpc.aio
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as service_pb2
 from hamlet_client.client import DEFAULT_TIMEOUT, _check_timeout
-from hamlet_client.connection import RetryPolicy, auth_metadata, open_channel
+from hamlet_client.connection import RetryPolicy, auth_metadata, open_channel, retry_wait
 from hamlet_client.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -138,11 +138,7 @@ class AsyncHamletClient:
             try:
                 return await method(request, timeout=max(deadline - time.monotonic(), 0.0), metadata=self._metadata)
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise from_rpc_error(exc) from exc
-                wait = next(backoffs, None)
-                if wait is None or time.monotonic() + wait >= deadline:
-                    raise from_rpc_error(exc) from exc
+                wait = retry_wait(exc, backoffs, deadline, time.monotonic())
                 logger.debug("attempt %d got UNAVAILABLE (%s); retrying in %.3f s", attempt, exc, wait)
                 attempt += 1
                 await asyncio.sleep(wait)

@@ -11,6 +11,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from hamlet_client.errors import from_rpc_error
+
 __all__ = [
     "DEFAULT_OPTIONS",
     "RetryPolicy",
@@ -107,3 +109,17 @@ def open_channel(
     if credentials is None:
         return api.insecure_channel(target, options=opts)
     return api.secure_channel(target, credentials, options=opts)
+
+
+def retry_wait(exc: grpc.RpcError, backoffs: Iterator[float], deadline: float, now: float) -> float:
+    """Seconds to wait before retrying an idempotent unary call that failed with ``exc``.
+
+    Only UNAVAILABLE is retried, while backoffs remain and the wait ends before ``deadline`` (a
+    ``time.monotonic()`` value, like ``now``); otherwise the typed `HamletError` for ``exc`` is raised.
+    """
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        raise from_rpc_error(exc) from exc
+    wait = next(backoffs, None)
+    if wait is None or now + wait >= deadline:
+        raise from_rpc_error(exc) from exc
+    return wait
