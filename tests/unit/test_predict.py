@@ -1,4 +1,5 @@
-"""HamletModel.predict: pure, exact, epsilon-greedy with masks, and clear errors for bad input."""
+"""HamletModel.predict: pure, exact, epsilon-greedy with masks, numpy in -> numpy out, episode_start resets,
+and clear errors for bad input."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hamlet_runs import make_network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from townlet.inference import HamletModel, InvalidInputError
+from townlet.inference import HamletModel, InvalidInputError, reset_hidden
 
 
 @pytest.fixture
@@ -53,10 +54,114 @@ def test_predict_is_pure(model: HamletModel) -> None:
 
 def test_numpy_and_list_inputs_match_tensor(model: HamletModel) -> None:
     obs = _obs(model, 3)
-    expected = model.predict(obs).q_values
-    assert torch.equal(model.predict(obs.numpy()).q_values, expected)
-    assert torch.equal(model.predict(obs.numpy().astype(np.float64)).q_values, expected)
-    assert torch.equal(model.predict(obs.tolist()).q_values, expected)
+    expected = model.predict(obs).q_values.numpy()
+    np.testing.assert_array_equal(model.predict(obs.numpy()).q_values, expected)
+    np.testing.assert_array_equal(model.predict(obs.numpy().astype(np.float64)).q_values, expected)
+    np.testing.assert_array_equal(model.predict(obs.tolist()).q_values, expected)
+
+
+def test_numpy_in_numpy_out(model: HamletModel) -> None:
+    obs = _obs(model, 4).numpy()
+    result = model.predict(obs, epsilon=0.3, generator=torch.Generator().manual_seed(3))
+    assert isinstance(result.actions, np.ndarray) and result.actions.dtype == np.int64
+    assert isinstance(result.q_values, np.ndarray) and result.q_values.dtype == np.float32
+    assert result.actions.shape == (4,) and result.q_values.shape == (4, 6)
+    if model.is_recurrent:
+        assert result.hidden is not None
+        assert all(isinstance(t, np.ndarray) and t.shape == (1, 4, 256) for t in result.hidden)
+    else:
+        assert result.hidden is None
+    assert isinstance(model.predict(obs.tolist()).q_values, np.ndarray)  # a list counts as numpy
+    as_torch = model.predict(torch.from_numpy(obs), epsilon=0.3, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_array_equal(result.actions, as_torch.actions.numpy())
+
+
+def test_torch_in_torch_out(model: HamletModel) -> None:
+    result = model.predict(_obs(model, 2))
+    assert isinstance(result.actions, torch.Tensor) and isinstance(result.q_values, torch.Tensor)
+    assert result.hidden is None or all(isinstance(t, torch.Tensor) for t in result.hidden)
+
+
+def test_numpy_rollout_feeds_numpy_hidden_back() -> None:
+    model = HamletModel(make_network("recurrent", seed=6))
+    obs = _obs(model, 5, seed=1)
+    np_hidden = torch_hidden = None
+    for t in range(5):
+        ours = model.predict(obs[t : t + 1].numpy(), np_hidden)
+        theirs = model.predict(obs[t : t + 1], torch_hidden)
+        np.testing.assert_array_equal(ours.q_values, theirs.q_values.numpy())
+        np_hidden, torch_hidden = ours.hidden, theirs.hidden
+    assert isinstance(np_hidden[0], np.ndarray)  # type: ignore[index]
+
+
+def test_episode_start_resets_only_its_rows() -> None:
+    model = HamletModel(make_network("recurrent", seed=7))
+    first = _obs(model, 3, seed=1)
+    hidden = model.predict(first).hidden
+    assert hidden is not None
+    hidden_before = tuple(t.clone() for t in hidden)
+    obs = _obs(model, 3, seed=2)
+    starts = np.array([False, True, False])
+    result = model.predict(obs, hidden, episode_start=starts)
+    carried = model.predict(obs, hidden)
+    fresh = model.predict(obs)  # hidden=None: every row starts an episode
+    assert torch.equal(result.q_values[1], fresh.q_values[1])
+    assert torch.equal(result.q_values[[0, 2]], carried.q_values[[0, 2]])
+    assert not torch.equal(result.q_values[1], carried.q_values[1])
+    assert all(torch.equal(a, b) for a, b in zip(hidden, hidden_before, strict=True))  # the input is untouched
+    as_tensor = model.predict(obs, hidden, episode_start=torch.from_numpy(starts))
+    assert torch.equal(as_tensor.q_values, result.q_values)
+
+
+def test_episode_start_is_ignored_by_the_mlp() -> None:
+    model = HamletModel(make_network("simple", seed=7))
+    obs = _obs(model, 2)
+    assert torch.equal(model.predict(obs, episode_start=[True, False]).q_values, model.predict(obs).q_values)
+
+
+@pytest.mark.parametrize(
+    ("starts", "message"),
+    [
+        (np.array([1, 0, 1]), r"episode_start: expected dtype bool .* got torch.int64"),
+        (np.array([True, False]), r"episode_start: expected shape \[3\] \(one flag per row\), got \[2\]"),
+        (np.ones((3, 1), bool), r"expected shape \[3\] .* got \[3, 1\]"),
+    ],
+)
+def test_episode_start_errors(starts: np.ndarray, message: str) -> None:
+    model = HamletModel(make_network("recurrent"))
+    with pytest.raises(InvalidInputError, match=message):
+        model.predict(torch.rand(3, 54), episode_start=starts)
+
+
+def test_reset_hidden_is_pure() -> None:
+    h, c = torch.rand(1, 4, 8), torch.rand(1, 4, 8)
+    copies = h.clone(), c.clone()
+    new_h, new_c = reset_hidden((h, c), torch.tensor([True, False, False, True]))
+    assert torch.equal(h, copies[0]) and torch.equal(c, copies[1])
+    assert not new_h[:, [0, 3]].any() and not new_c[:, [0, 3]].any()
+    assert torch.equal(new_h[:, [1, 2]], h[:, [1, 2]]) and torch.equal(new_c[:, [1, 2]], c[:, [1, 2]])
+
+
+@settings(max_examples=15, deadline=None)
+@given(starts=st.lists(st.booleans(), min_size=1, max_size=6), seed=st.integers(0, 2**16))
+def test_property_episode_start_equals_zeroing_by_hand(starts: list[bool], seed: int) -> None:
+    model = _PROPERTY_LSTM
+    batch = len(starts)
+    hidden = model.predict(torch.rand(batch, 54, generator=torch.Generator().manual_seed(seed))).hidden
+    assert hidden is not None
+    by_hand = tuple(t.clone() for t in hidden)
+    for row, start in enumerate(starts):
+        if start:
+            by_hand[0][:, row] = 0
+            by_hand[1][:, row] = 0
+    obs = torch.rand(batch, 54, generator=torch.Generator().manual_seed(seed + 1))
+    ours = model.predict(obs, hidden, episode_start=np.array(starts))
+    theirs = model.predict(obs, (by_hand[0], by_hand[1]))
+    assert torch.equal(ours.q_values, theirs.q_values)
+    assert all(torch.equal(a, b) for a, b in zip(ours.hidden, theirs.hidden, strict=True))  # type: ignore[arg-type]
+
+
+_PROPERTY_LSTM = HamletModel(make_network("recurrent", seed=12))
 
 
 def test_recurrent_rollout_carries_state() -> None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         UnsafeCheckpointError,
     )
     from townlet.inference.model import HamletModel, PredictResult
-    from townlet.inference.policy import epsilon_greedy
+    from townlet.inference.policy import epsilon_greedy, reset_hidden
 
 _HOMES = {
     "INFERENCE_V1": "checkpoint",
@@ -36,6 +36,7 @@ _HOMES = {
     "HamletModel": "model",
     "PredictResult": "model",
     "epsilon_greedy": "policy",
+    "reset_hidden": "policy",
 }
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "PredictResult",
     "UnsafeCheckpointError",
     "epsilon_greedy",
+    "reset_hidden",
     "save_inference_checkpoint",
 ]
 

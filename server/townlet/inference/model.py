@@ -3,8 +3,9 @@
     model = HamletModel.load("model_ep10000.pt")           # or a training checkpoint_ep*.pt
     result = model.predict(obs, hidden, epsilon=0.05)        # result.actions, result.q_values, result.hidden
 
-`predict` changes nothing: not the model, not its inputs. The LSTM state of the recurrent network is passed
-in and returned; ``hidden=None`` means "start of an episode" (zeros).
+`predict` changes nothing: not the model, not its inputs. It answers in the kind of array it was given
+(numpy in, numpy out; torch in, torch out). The LSTM state of the recurrent network is passed in and
+returned; ``hidden=None`` means "start of an episode" (zeros), and ``episode_start`` zeroes chosen rows.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
@@ -29,23 +31,29 @@ from townlet.inference.checkpoint import (
     save_inference_checkpoint,
 )
 from townlet.inference.errors import InvalidInputError
-from townlet.inference.policy import epsilon_greedy
+from townlet.inference.policy import epsilon_greedy, reset_hidden
 
 __all__ = ["HamletModel", "PredictResult", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PredictResult:
-    """What `HamletModel.predict` returns. Also readable as a dict: ``result["actions"]``."""
+ArrayT = TypeVar("ArrayT", Tensor, npt.NDArray[Any])
+"""The kind of array a `PredictResult` holds: ``torch.Tensor`` or ``numpy.ndarray`` (whatever ``obs`` was)."""
 
-    actions: Tensor
+
+@dataclass(frozen=True)
+class PredictResult(Generic[ArrayT]):
+    """What `HamletModel.predict` returns, in the kind of array ``obs`` came as: a torch ``obs`` gives
+    tensors on the model's device, anything else (numpy, lists) numpy arrays on the CPU.
+    Also readable as a dict: ``result["actions"]``."""
+
+    actions: ArrayT
     """``[B]`` int64 chosen actions."""
-    q_values: Tensor
+    q_values: ArrayT
     """``[B, A]`` float32 Q-values of the network (before any masking)."""
-    hidden: Hidden | None
-    """``(h, c)`` each ``[1, B, H]`` after this step (recurrent net), else None."""
+    hidden: tuple[ArrayT, ArrayT] | None
+    """``(h, c)`` each ``[1, B, H]`` float32 after this step (recurrent net), else None."""
 
     def __getitem__(self, key: str) -> Any:
         if key not in ("actions", "q_values", "hidden"):
@@ -203,25 +211,53 @@ class HamletModel:
         with torch.no_grad():
             return self.network(obs, hidden)  # type: ignore[no-any-return]
 
+    @overload
     def predict(
         self,
-        obs: Tensor | np.ndarray | Any,
-        hidden: Hidden | None = None,
+        obs: Tensor,
+        hidden: Any = None,
         epsilon: float = 0.0,
-        action_mask: Tensor | np.ndarray | None = None,
+        action_mask: Any = None,
         generator: torch.Generator | None = None,
-    ) -> PredictResult:
+        episode_start: Any = None,
+    ) -> PredictResult[Tensor]: ...
+
+    @overload
+    def predict(
+        self,
+        obs: Any,
+        hidden: Any = None,
+        epsilon: float = 0.0,
+        action_mask: Any = None,
+        generator: torch.Generator | None = None,
+        episode_start: Any = None,
+    ) -> PredictResult[npt.NDArray[Any]]: ...
+
+    def predict(
+        self,
+        obs: Any,
+        hidden: Any = None,
+        epsilon: float = 0.0,
+        action_mask: Any = None,
+        generator: torch.Generator | None = None,
+        episode_start: Any = None,
+    ) -> PredictResult[Tensor] | PredictResult[npt.NDArray[Any]]:
         """Choose actions for a batch of observations, without changing anything.
 
         Args:
-            obs: ``[obs_dim]`` or ``[B, obs_dim]`` floats (tensor, numpy array or nested list).
-            hidden: recurrent models: ``(h, c)`` each ``[1, B, H]`` from the previous step; None = zeros.
+            obs: ``[obs_dim]`` or ``[B, obs_dim]`` floats: a tensor, a numpy array or a nested list.
+            hidden: recurrent models: ``(h, c)`` each ``[1, B, H]`` from the previous step (tensors or numpy
+                arrays); None = zeros (the start of every episode).
             epsilon: exploration rate in [0, 1], drawn per sample (0 = greedy).
             action_mask: ``[B, A]`` bool, True = allowed; each row needs one allowed action.
             generator: a ``torch.Generator`` on the model's device for reproducible exploration.
+            episode_start: ``[B]`` bool, True where an episode starts with this observation: those rows of
+                ``hidden`` are zeroed first (`reset_hidden`), as Stable-Baselines3 names it. Ignored by the
+                feed-forward model, like ``hidden=None``.
 
         Returns:
-            `PredictResult` with ``actions [B]`` int64, ``q_values [B, A]`` float32 and ``hidden``.
+            `PredictResult` with ``actions [B]`` int64, ``q_values [B, A]`` float32 and ``hidden``, in the kind
+            of array ``obs`` was: torch in, torch out (on the model's device); numpy or a list in, numpy out.
             A 1-D observation is treated as a batch of one (B = 1).
 
         Raises:
@@ -229,12 +265,21 @@ class HamletModel:
         """
         obs_t = self._check_obs(obs)
         batch = obs_t.shape[0]
-        hidden = self._check_hidden(hidden, batch)
+        hidden_t = self._check_hidden(hidden, batch)
         epsilon = validation.check_epsilon(epsilon)
         mask = self._check_mask(action_mask, batch)
-        q_values, new_hidden = self.forward(obs_t, hidden)
+        starts = self._check_episode_start(episode_start, batch)
+        if hidden_t is not None and starts is not None:
+            hidden_t = reset_hidden(hidden_t, starts)
+        q_values, new_hidden = self.forward(obs_t, hidden_t)
         actions = epsilon_greedy(q_values, epsilon, mask, generator)
-        return PredictResult(actions=actions, q_values=q_values, hidden=new_hidden)
+        if isinstance(obs, Tensor):
+            return PredictResult(actions=actions, q_values=q_values, hidden=new_hidden)
+        return PredictResult(
+            actions=actions.cpu().numpy(),
+            q_values=q_values.cpu().numpy(),
+            hidden=None if new_hidden is None else (new_hidden[0].cpu().numpy(), new_hidden[1].cpu().numpy()),
+        )
 
     # ------------------------------------------------------------------ validation
 
@@ -274,6 +319,23 @@ class HamletModel:
         validation.check_mask(tuple(mask_t.shape), mask_t.dtype == torch.bool, mask_t.dtype, batch, self.action_dim)
         validation.reject_rows("action_mask", torch.nonzero(~mask_t.any(dim=1)).flatten().tolist())
         return mask_t.to(self.device)
+
+    def _check_episode_start(self, episode_start: Any, batch: int) -> Tensor | None:
+        if episode_start is None:
+            return None
+        starts = episode_start if isinstance(episode_start, Tensor) else torch.as_tensor(np.asarray(episode_start))
+        if starts.dtype != torch.bool:
+            raise InvalidInputError(
+                f"episode_start: expected dtype bool (True where an episode starts), got {starts.dtype}; "
+                "pass e.g. np.asarray(dones, dtype=bool)"
+            )
+        if starts.dim() == 0:
+            starts = starts.reshape(1)
+        if list(starts.shape) != [batch]:
+            raise InvalidInputError(
+                f"episode_start: expected shape [{batch}] (one flag per row), got {list(starts.shape)}"
+            )
+        return starts.to(self.device)
 
 
 def _check_finite(values: Tensor, name: str) -> None:

@@ -1,7 +1,11 @@
-"""Masked epsilon-greedy action selection, as a pure function of Q-values and random draws.
+"""How a Hamlet agent acts, as pure functions: masked epsilon-greedy choice and episode-start LSTM resets.
 
-This matches Hamlet's training and live server: the greedy pick is the argmax over *valid* actions, and an
-exploring sample picks uniformly among its valid actions. Exploration is decided per sample.
+`epsilon_greedy` matches Hamlet's training and live server: the greedy pick is the argmax over *valid*
+actions, and an exploring sample picks uniformly among its valid actions. Exploration is decided per sample.
+
+`reset_hidden` zeroes the LSTM state of the rows whose episode starts, as Hamlet's trainer does on a death
+(`HamletModel.predict`'s ``episode_start``). The server's session table still zeroes its rows in place
+(``hamlet_server.sessions``); it can call this function instead.
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["epsilon_greedy"]
+from townlet.agent.networks import Hidden
+
+__all__ = ["epsilon_greedy", "reset_hidden"]
 
 
 def epsilon_greedy(
@@ -37,3 +43,15 @@ def epsilon_greedy(
     if action_mask is not None:
         scores = scores.masked_fill(~action_mask, -1.0)
     return torch.where(explore, scores.argmax(dim=1), greedy)
+
+
+def reset_hidden(hidden: Hidden, episode_start: Tensor) -> Hidden:
+    """Zero the rows of ``hidden = (h, c)``, each ``[1, B, H]``, where ``episode_start [B]`` bool is True.
+
+    Returns new tensors; the inputs are not changed. Rows set to zero are exactly what ``hidden=None`` gives a
+    new episode, so a batch of environments can restart some rows and carry the others. Inputs are trusted
+    here (same device, matching B); `HamletModel.predict` validates them.
+    """
+    h, c = hidden
+    starts = episode_start.reshape(1, -1, 1)
+    return h.masked_fill(starts, 0.0), c.masked_fill(starts, 0.0)
