@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from townlet.env.meters import METER_NAMES, NUM_METERS
+from townlet.env.meters import METER_DTYPE, METER_NAMES, NUM_METERS
 
 __all__ = [
     "AFFORDANCES",
@@ -129,7 +129,7 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 
 def _effect_matrix(rows: list[Mapping[str, float]]) -> np.ndarray:
-    matrix = np.zeros((len(rows) + 1, NUM_METERS))  # + the all-zero NO_AFFORDANCE row
+    matrix = np.zeros((len(rows) + 1, NUM_METERS), dtype=METER_DTYPE)  # + the all-zero NO_AFFORDANCE row
     for i, effects in enumerate(rows):
         for meter, delta in effects.items():
             matrix[i, METER_NAMES.index(meter)] = delta
@@ -139,7 +139,8 @@ def _effect_matrix(rows: list[Mapping[str, float]]) -> np.ndarray:
 @dataclass(frozen=True)
 class AffordanceTables:
     """The affordance table as arrays indexed by vocabulary index ``[15, ...]``; row 14 is the inert
-    "no affordance" row (no cost, no effect, never open, 1 tick)."""
+    "no affordance" row (no cost, no effect, never open, 1 tick). Costs and effects are float32, as Hamlet
+    loads them, so a price is compared with money exactly as Hamlet compares it."""
 
     instant_cost: np.ndarray  # [15]
     instant_effects: np.ndarray  # [15, 8]
@@ -156,10 +157,10 @@ class AffordanceTables:
             return _frozen(np.array([*values, pad], dtype=dtype))
 
         return cls(
-            instant_cost=column([a.instant_cost for a in affordances], 0.0, float),
+            instant_cost=column([a.instant_cost for a in affordances], 0.0, METER_DTYPE),
             instant_effects=_effect_matrix([a.instant_effects for a in affordances]),
             ticks=column([a.ticks for a in affordances], 1, np.int64),
-            tick_cost=column([a.tick_cost for a in affordances], 0.0, float),
+            tick_cost=column([a.tick_cost for a in affordances], 0.0, METER_DTYPE),
             tick_effects=_effect_matrix([a.tick_effects for a in affordances]),
             completion_effects=_effect_matrix([a.completion_effects for a in affordances]),
             open_hour=column([a.open_hour for a in affordances], 0, np.int64),

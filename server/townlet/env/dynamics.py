@@ -4,6 +4,9 @@ Each function returns a new array clamped to [0, 1] and leaves its input untouch
 them in this order (after movement and interactions): :func:`apply_action_costs` (right after the
 move), :func:`apply_base_depletion`, :func:`apply_fitness_modulation`, :func:`apply_cascades`, then
 :func:`terminal_mask` and :func:`compute_reward`.
+
+Meters are float32 and every rate is a float32 constant, and each function performs Hamlet's operations
+in Hamlet's order, so a step rounds exactly as Hamlet's torch step does (float64 input is cast).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from townlet.env.meters import (
     FITNESS,
     HEALTH,
     HYGIENE,
+    METER_DTYPE,
     NUM_METERS,
     SATIATION,
     Cascade,
@@ -57,13 +61,19 @@ def _clip01(values: np.ndarray) -> np.ndarray:
     return clamped
 
 
+def _float32(meters: np.ndarray) -> np.ndarray:
+    array: np.ndarray = np.asarray(meters, dtype=METER_DTYPE)
+    return array
+
+
 def action_cost_table(move_cost: float, wait_cost: float, interact_cost: float) -> np.ndarray:
     """``[6, 8]`` meter cost of each action.
 
-    Unlike upstream, ``interact_cost`` is charged on INTERACT (upstream accepts it and never applies it);
-    every shipped level sets it to 0.0, so the dynamics are the same.
+    ``interact_cost`` is charged on INTERACT. Hamlet reads the pack's ``energy_interact_depletion`` (0.0029
+    in L0_0 and L0_5, 0.0 in L1-L3) and never applies it, so the shipped levels set 0.0 and step exactly as
+    Hamlet does; a level variant with a non-zero cost is charged it.
     """
-    table = np.zeros((ACTION_DIM, NUM_METERS))
+    table = np.zeros((ACTION_DIM, NUM_METERS), dtype=METER_DTYPE)
     for move in (Action.UP, Action.DOWN, Action.LEFT, Action.RIGHT):
         table[move, ENERGY] = move_cost
         table[move, HYGIENE] = MOVE_HYGIENE_COST
@@ -81,34 +91,39 @@ def apply_action_costs(meters: np.ndarray, actions: np.ndarray, cost_table: np.n
         actions: ``[N]`` int in ``0..5``.
         cost_table: ``[6, 8]`` from :func:`action_cost_table`.
     """
-    return _clip01(meters - cost_table[actions])
+    return _clip01(_float32(meters) - cost_table[actions].astype(METER_DTYPE, copy=False))
 
 
 def apply_base_depletion(meters: np.ndarray, multiplier: float | np.ndarray) -> np.ndarray:
     """Subtract ``BASE_DEPLETION * multiplier`` (the curriculum multiplier, scalar or ``[N, 1]``)."""
-    return _clip01(meters - BASE_DEPLETION * multiplier)
+    # A Python float stays "weak" in numpy's promotion, so the product is float32 as in Hamlet.
+    scale = float(multiplier) if np.ndim(multiplier) == 0 else np.asarray(multiplier, dtype=METER_DTYPE)
+    return _clip01(_float32(meters) - BASE_DEPLETION * scale)
 
 
 def apply_fitness_modulation(meters: np.ndarray) -> np.ndarray:
     """Health loss driven by low fitness: 0.0005/step at full fitness up to 0.003 at zero."""
     m = FITNESS_MODULATION
-    loss = m["baseline"] * (m["base"] + m["range"] * (1.0 - meters[:, FITNESS]))
-    out = meters.copy()
+    out = np.array(meters, dtype=METER_DTYPE)
+    loss = m["baseline"] * (m["base"] + m["range"] * (1.0 - out[:, FITNESS]))
     out[:, HEALTH] = _clip01(out[:, HEALTH] - loss)
     return out
 
 
 class _CascadeGroup(NamedTuple):
     sources: np.ndarray  # [k] meter index
-    thresholds: np.ndarray  # [k]
-    weights: np.ndarray  # [k, 8]: strength / threshold on the target column
+    thresholds: np.ndarray  # [k] float32
+    strengths: np.ndarray  # [k] float32
+    layers: tuple[tuple[np.ndarray, np.ndarray], ...]  # (members, their distinct targets), in cascade order
 
 
 @functools.lru_cache(maxsize=16)
 def _cascade_groups(cascades: tuple[Cascade, ...]) -> tuple[_CascadeGroup, ...]:
-    """Split the ordered cascades into runs that can be applied at once: a run ends before a cascade whose
-    source an earlier member of the run targets. Within a run every source is read before any write,
-    and the (non-negative) penalties on one target add up before clamping, exactly as one at a time."""
+    """Split the ordered cascades into runs whose penalties can all be computed up front: a run ends
+    before a cascade whose source an earlier member of the run targets. Within a run the penalties are
+    then subtracted in layers: layer ``l`` holds the ``l``-th member of the run on each target, so each
+    target receives its penalties one by one in cascade order (and is clamped after each), exactly as
+    Hamlet applies them one cascade at a time."""
     runs: list[list[Cascade]] = []
     for c in cascades:
         if c.strength < 0 or c.threshold <= 0:
@@ -119,27 +134,38 @@ def _cascade_groups(cascades: tuple[Cascade, ...]) -> tuple[_CascadeGroup, ...]:
             runs.append([c])
     groups = []
     for run in runs:
-        weights = np.zeros((len(run), NUM_METERS))
+        layers: list[list[int]] = []
         for i, c in enumerate(run):
-            weights[i, c.target] = c.strength / c.threshold
-        thresholds = np.array([c.threshold for c in run])
-        groups.append(_CascadeGroup(np.array([c.source for c in run]), thresholds, weights))
+            depth = sum(member.target == c.target for member in run[:i])
+            if depth == len(layers):
+                layers.append([])
+            layers[depth].append(i)
+        groups.append(
+            _CascadeGroup(
+                sources=np.array([c.source for c in run]),
+                thresholds=np.array([c.threshold for c in run], dtype=METER_DTYPE),
+                strengths=np.array([c.strength for c in run], dtype=METER_DTYPE),
+                layers=tuple((np.array(m), np.array([run[i].target for i in m])) for m in layers),
+            )
+        )
     return tuple(groups)
 
 
 def apply_cascades(meters: np.ndarray, cascades: tuple[Cascade, ...] = CASCADES) -> np.ndarray:
     """Apply threshold cascades in the given order (category order for :data:`CASCADES`).
 
-    A cascade whose source is below its threshold subtracts ``strength * (threshold - source) / threshold``
-    from its target, each reading the meters as left by the cascades before it. A run of cascades where no
-    source is the target of an earlier member is applied as one matrix product (for :data:`CASCADES`
-    that is all ten: each category only lowers meters that earlier categories have already read).
+    A cascade whose source is below its threshold subtracts ``strength * ((threshold - source) / threshold)``
+    from its target (clamped), each reading the meters as left by the cascades before it. The float32
+    operations and their order are Hamlet's; a run of cascades where no source is the target of an earlier
+    member (for :data:`CASCADES`, all ten) computes its penalties in one vectorised pass.
     """
-    out = meters
+    out = np.array(meters, dtype=METER_DTYPE)
     for group in _cascade_groups(cascades):
-        deficit = np.maximum(group.thresholds - out[:, group.sources], 0.0)
-        out = _clip01(out - deficit @ group.weights)
-    return out if out is not meters else meters.copy()
+        deficit = np.maximum(group.thresholds - out[:, group.sources], 0.0) / group.thresholds
+        penalty = group.strengths * deficit  # [N, k]
+        for members, targets in group.layers:
+            out[:, targets] = _clip01(out[:, targets] - penalty[:, members])
+    return out
 
 
 def terminal_mask(meters: np.ndarray) -> np.ndarray:
@@ -148,7 +174,12 @@ def terminal_mask(meters: np.ndarray) -> np.ndarray:
 
 
 def compute_reward(meters: np.ndarray, dead: np.ndarray, retired: np.ndarray) -> np.ndarray:
-    """``[N]`` float32 reward: health x energy while alive, 0 when dead, +1.0 on the retirement step."""
-    reward = np.where(dead, 0.0, meters[:, HEALTH] * meters[:, ENERGY])
-    reward = reward + np.where(retired & ~dead, RETIREMENT_BONUS, 0.0)
+    """``[N]`` float32 reward: health x energy while alive, 0 when dead, plus 1.0 on the retirement step.
+
+    As in Hamlet the retirement bonus is paid whenever ``retired`` is set, also to an agent that died on
+    that same step (it gets 0.0 + 1.0).
+    """
+    meters = _float32(meters)
+    reward = np.where(dead, np.float32(0.0), meters[:, HEALTH] * meters[:, ENERGY])
+    reward = reward + np.where(retired, np.float32(RETIREMENT_BONUS), np.float32(0.0))
     return reward.astype(np.float32)

@@ -2,6 +2,10 @@
 
 Both are vectorised over agents; no per-agent Python loop. Effects are added (clamped to [0, 1]), then the
 money cost is subtracted (clamped). An agent that cannot pay wastes the step.
+
+Affordability is Hamlet's float32 comparison ``money >= price`` with no slack: money exactly equal to a
+price pays it, and from $50 a Bed ($5) can be bought 9 times, not 10 (after nine float32 subtractions
+the money left is 0.049999963, just under the float32 price 0.05).
 """
 
 from __future__ import annotations
@@ -14,15 +18,11 @@ from townlet.env.affordances import NO_AFFORDANCE, TABLES, AffordanceTables, is_
 from townlet.env.meters import MONEY
 
 __all__ = [
-    "MONEY_TOLERANCE",
     "MultiTickResult",
     "apply_instant_interactions",
     "apply_multi_tick_interactions",
     "cancel_progress",
 ]
-
-#: Slack on the money check so that e.g. 0.5 - 9 * 0.05 (0.04999...) can still pay 0.05.
-MONEY_TOLERANCE = 1e-9
 
 
 def _pay_and_apply(meters: np.ndarray, success: np.ndarray, effects: np.ndarray, cost: np.ndarray) -> np.ndarray:
@@ -40,7 +40,7 @@ def apply_instant_interactions(
     """Apply the instant effects of the affordance under each INTERACT-ing agent that can pay.
 
     Args:
-        meters: ``[N, 8]``.
+        meters: ``[N, 8]`` float32.
         affordance_here: ``[N]`` vocabulary index under each agent (``NO_AFFORDANCE`` if none).
         interacting: ``[N]`` bool, the agent chose INTERACT (and is still active).
 
@@ -49,7 +49,7 @@ def apply_instant_interactions(
     """
     cost = tables.instant_cost[affordance_here]
     success = interacting & (affordance_here != NO_AFFORDANCE)
-    success &= meters[:, MONEY] + MONEY_TOLERANCE >= cost
+    success &= meters[:, MONEY] >= cost
     return _pay_and_apply(meters, success, tables.instant_effects[affordance_here], cost), success
 
 
@@ -84,7 +84,7 @@ def apply_multi_tick_interactions(
     """
     cost = tables.tick_cost[affordance_here]
     tick = interacting & is_open(affordance_here, hour)
-    tick &= meters[:, MONEY] + MONEY_TOLERANCE >= cost
+    tick &= meters[:, MONEY] >= cost
     new_progress = np.where(tick, np.where(target == affordance_here, progress + 1, 1), progress)
     completed = tick & (new_progress >= tables.ticks[affordance_here])
     effects = (

@@ -1,7 +1,8 @@
 """Meters (``bars.yaml``) and threshold cascades (``cascades.yaml``), identical in every level pack.
 
 Meters are normalised to [0, 1] and stored in the order of :data:`METER_NAMES`, which is also their order
-in the observation. Money 1.0 = $100.
+in the observation. Money 1.0 = $100. Like Hamlet's float32 tensors, every meter value and every rate is
+float32 (:data:`METER_DTYPE`), so sums and affordability checks round exactly as Hamlet's do.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "FITNESS",
     "HEALTH",
     "HYGIENE",
+    "METER_DTYPE",
     "METER_INITIAL",
     "METER_NAMES",
     "MONEY",
@@ -44,12 +46,15 @@ METER_NAMES: tuple[str, ...] = (
 NUM_METERS = len(METER_NAMES)
 ENERGY, HYGIENE, SATIATION, MONEY, MOOD, SOCIAL, HEALTH, FITNESS = range(NUM_METERS)
 
+#: dtype of every meter array and every rate applied to meters (Hamlet keeps meters in float32 tensors).
+METER_DTYPE = np.float32
+
 #: Initial meter values; money is overridden per level (``LevelConfig.initial_money``).
-METER_INITIAL = np.array([1.0, 1.0, 1.0, 0.5, 1.0, 1.0, 1.0, 1.0])
+METER_INITIAL = np.array([1.0, 1.0, 1.0, 0.5, 1.0, 1.0, 1.0, 1.0], dtype=METER_DTYPE)
 METER_INITIAL.setflags(write=False)
 
 #: Base depletion per step, before the curriculum multiplier.
-BASE_DEPLETION = np.array([0.005, 0.003, 0.004, 0.0, 0.001, 0.006, 0.0, 0.002])
+BASE_DEPLETION = np.array([0.005, 0.003, 0.004, 0.0, 0.001, 0.006, 0.0, 0.002], dtype=METER_DTYPE)
 BASE_DEPLETION.setflags(write=False)
 
 #: Steps after which an agent retires (+1.0 reward, done). Upstream constructor default, not in YAML.

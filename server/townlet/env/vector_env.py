@@ -35,7 +35,7 @@ from townlet.env.dynamics import (
 from townlet.env.errors import InvalidActionError, LevelConfigError, StateError
 from townlet.env.interactions import apply_instant_interactions, apply_multi_tick_interactions, cancel_progress
 from townlet.env.layout import draw_layouts, layout_from_positions, layout_positions
-from townlet.env.meters import METER_INITIAL, MONEY, NUM_METERS
+from townlet.env.meters import METER_DTYPE, METER_INITIAL, MONEY, NUM_METERS
 from townlet.env.observation import (
     affordance_under_agents,
     encode_extras,
@@ -52,7 +52,7 @@ class EnvState:
 
     layouts: np.ndarray  # [N, g, g] int, vocabulary index per cell (NO_AFFORDANCE = empty)
     positions: np.ndarray  # [N, 2] int (x, y)
-    meters: np.ndarray  # [N, 8] float64 in [0, 1]
+    meters: np.ndarray  # [N, 8] float32 in [0, 1] (Hamlet's dtype: rounding and price checks match)
     step_counts: np.ndarray  # [N] int, steps taken this episode
     time_of_day: np.ndarray  # [N] int in 0..23
     interaction_progress: np.ndarray  # [N] int, ticks done on the interaction in progress
@@ -77,7 +77,7 @@ class EnvState:
         return EnvState(**{f.name: getattr(self, f.name).copy() for f in dataclasses.fields(self)})
 
 
-_STATE_DTYPES = {"meters": np.float64, "dead": np.bool_, "retired": np.bool_, "truncated": np.bool_}
+_STATE_DTYPES = {"meters": METER_DTYPE, "dead": np.bool_, "retired": np.bool_, "truncated": np.bool_}
 
 
 class Transition(NamedTuple):
@@ -90,7 +90,7 @@ class Transition(NamedTuple):
 
 
 def initial_meters(level: LevelConfig, count: int) -> np.ndarray:
-    """``[count, 8]`` starting meters of ``level``."""
+    """``[count, 8]`` float32 starting meters of ``level``."""
     meters = np.tile(METER_INITIAL, (count, 1))
     meters[:, MONEY] = level.initial_money
     return meters
@@ -132,7 +132,8 @@ def transition(
 
     died = active & terminal_mask(meters)
     step_counts = state.step_counts + active
-    retired = active & ~died & (step_counts >= level.agent_lifespan)
+    # Hamlet retires (and pays the bonus to) an agent reaching its lifespan even if it died on that step.
+    retired = active & (step_counts >= level.agent_lifespan)
     truncated = active & ~died & ~retired & (step_counts >= level.max_steps_per_episode)
     reward = np.where(active, compute_reward(meters, died, retired), np.float32(0.0))
 
