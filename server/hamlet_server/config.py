@@ -38,7 +38,7 @@ class ServerConfig:
     backend: str = _opt(
         "torch",
         "torch (eager PyTorch, any device; Q-values exactly HamletModel.predict's) or onnx (exported at load "
-        "and run by onnxruntime on the CPU: several times faster at small batch, equal to ~1e-6)",
+        "and run by onnxruntime on the CPU: several times faster at small batch, within 1e-5 + 1e-5 x |Q|)",
     )
     default_model: str = _opt("", "model used when a request names none (empty: the first name in sorted order)")
     max_sessions: int = _opt(1024, "most concurrent StreamEpisode streams; more get RESOURCE_EXHAUSTED")

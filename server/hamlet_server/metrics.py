@@ -8,8 +8,9 @@
 | hamlet_batch_size                       | histogram | model          |
 | hamlet_active_sessions                  | gauge     |                |
 | hamlet_loaded_model_versions            | gauge     |                |
-| hamlet_model_load_failures_total        | counter   | model          |
+| hamlet_model_load_failures_total        | counter   | model, reason  |
 
+A refused file is counted once per change of the file (it is not read again until it changes).
 `StreamEpisode` is counted once per stream (its final code) and its latency is per step, under the method
 label `StreamEpisode.step`.
 """
@@ -44,8 +45,10 @@ class ServerMetrics:
                                     buckets=_BATCH_BUCKETS, registry=r)  # fmt: skip
         self.active_sessions = Gauge("hamlet_active_sessions", "Open StreamEpisode streams", registry=r)
         self.loaded_versions = Gauge("hamlet_loaded_model_versions", "Model versions held in memory", registry=r)
-        self.load_failures = Counter("hamlet_model_load_failures", "Checkpoint files that failed to load",
-                                     ["model"], registry=r)  # fmt: skip
+        self.load_failures = Counter("hamlet_model_load_failures",
+                                     "Checkpoint files not promoted: reason load_error (unreadable, non-finite "
+                                     "weights, ...) or canary (non-finite outputs)",
+                                     ["model", "reason"], registry=r)  # fmt: skip
         self._http: object | None = None
 
     def bind_gauges(self, sessions: Callable[[], float], loaded: Callable[[], float]) -> None:

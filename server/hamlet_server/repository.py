@@ -2,13 +2,17 @@
 
 Layout: `<root>/<name>/model_epNNNNN.pt` or `checkpoint_epNNNNN.pt` (a version is the training episode in
 the file name; an inference file wins over a training file of the same episode), or a single file
-`<root>/<name>.pt` (version = its `_epN` or 0). The newest version that loads is the default; new work
-gets it, running streams keep the version they started on. A file that fails to load is logged and
-skipped (retried only when it changes) and the previous version keeps serving. A version that is no
-longer the newest and that nothing holds is unloaded at the next poll.
+`<root>/<name>.pt` (version = its `_epN` or 0).
 
-Thread model: `scan_and_load()` does the file system work and the loading (run it on a worker thread);
-`apply()` and everything else run on the event loop.
+Promotion: a file is loaded (non-finite weights are refused by the loader), then run through the canary
+forward (`hamlet_server.canary`); only a version that passes both is servable. The served "latest" of a
+model is always the newest version on disk that is servable: a new good file rolls forward at the next
+poll, a deleted or refused newest file rolls back to the previous servable one. A file that fails is logged
+once and not read again until its (mtime, size) changes. Running streams keep the version they started on,
+even if its file is deleted; a version that is no longer the latest and that nothing holds is unloaded.
+
+Thread model: `scan_and_load()` does the file system work, the loading and the canary (run it on a worker
+thread); `apply()` and everything else run on the event loop.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hamlet_server.batcher import StepBatcher
+from hamlet_server.canary import canary_problem
 from hamlet_server.sessions import SlotAllocator
 
 __all__ = [
@@ -47,7 +52,7 @@ class UnknownVersionError(LookupError):
 
 
 class ModelLoadError(RuntimeError):
-    """The requested version's file exists but does not load (maps to FAILED_PRECONDITION)."""
+    """The requested version's file exists but does not load or was refused (maps to FAILED_PRECONDITION)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,9 @@ class _Loaded:
     file: ModelFile
     model: Any = None
     error: str | None = None
+    """Why the file is not servable, without server paths (it may reach clients)."""
+    reason: str = ""
+    """Metric label of a failure: ``load_error`` (unreadable, non-finite weights, ...) or ``canary``."""
 
 
 def _default_loader(path: Path, device: str) -> Any:
@@ -148,7 +156,7 @@ class ModelRepository:
         default_model: str = "",
         loader: Callable[[Path, str], Any] = _default_loader,
         on_batch: Callable[[str, int], None] | None = None,
-        on_load_failure: Callable[[str], None] | None = None,
+        on_load_failure: Callable[[str, str], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.device = device
@@ -164,6 +172,7 @@ class ModelRepository:
         self._loaded: dict[tuple[str, int], ServedModel] = {}
         self._latest: dict[str, int] = {}
         self._failed: dict[Path, tuple[int, int]] = {}
+        self._errors: dict[tuple[str, int], str] = {}  # why a refused version is not servable (path-free)
         self._retired: list[ServedModel] = []
         self._lock = asyncio.Lock()
 
@@ -203,7 +212,7 @@ class ModelRepository:
         if version is None:
             if name not in self._latest:
                 raise ModelLoadError(
-                    f"model {name!r} has no loadable version: every file failed to load "
+                    f"model {name!r} has no servable version: every file failed to load or was refused "
                     f"(versions on disk: {self.versions_on_disk(name)}); see the server log"
                 )
             served = self.latest(name)
@@ -223,27 +232,28 @@ class ModelRepository:
         async with self._lock:
             if (name, version) in self._loaded:
                 return self._loaded[(name, version)]
-            loaded = await asyncio.get_running_loop().run_in_executor(None, self._load, file)
-            if loaded.model is None:
-                raise ModelLoadError(f"model {name!r} version {version} does not load: {loaded.error}")
-            return self._install(loaded)
+            if self._failed.get(file.path) != file.signature:
+                loaded = await asyncio.get_running_loop().run_in_executor(None, self._load, file)
+                if loaded.model is not None:
+                    return self._install(loaded)
+                self._refuse(loaded)
+        error = self._errors.get((name, version), "does not load")
+        raise ModelLoadError(f"model {name!r} version {version} is not servable: {error}")
 
     # ---- polling --------------------------------------------------------------------------------
     def scan_and_load(self) -> tuple[dict[str, dict[int, ModelFile]], list[_Loaded]]:
-        """File system scan plus loading of what changed; safe on a worker thread (reads state only)."""
+        """File system scan, then loading (and the canary) of each model's newest versions, newest first,
+        until one is servable; safe on a worker thread (reads state only)."""
         on_disk = scan_models(self.root)
         loaded: list[_Loaded] = []
-        for name, versions in on_disk.items():
-            have = self._latest.get(name)
+        for versions in on_disk.values():
             for version in sorted(versions, reverse=True):
                 file = versions[version]
-                current = self._loaded.get((name, version))
+                current = self._loaded.get((file.name, version))
                 if current is not None and current.file.signature == file.signature:
-                    break  # the newest loadable version is already loaded and unchanged
-                if have is not None and version < have:
-                    break
+                    break  # the newest servable version is loaded and unchanged
                 if self._failed.get(file.path) == file.signature:
-                    continue  # known bad; retried when it changes
+                    continue  # known bad; read again only when it changes
                 result = self._load(file)
                 loaded.append(result)
                 if result.model is not None:
@@ -251,43 +261,82 @@ class ModelRepository:
         return on_disk, loaded
 
     def _load(self, file: ModelFile) -> _Loaded:
+        """Load one file and run the canary; never raises (a bad hosted file must not stop the server)."""
         try:
             model = self._loader(file.path, self.device)
-        except Exception as exc:  # any failure of a hosted file must not stop the server
+        except Exception as exc:
+            error = self._without_paths(getattr(exc, "reason", None) or str(exc), file)
             log.error("model %r version %d: failed to load %s: %s", file.name, file.version, file.path, exc)
-            return _Loaded(file, error=f"{type(exc).__name__}: {exc}")
+            return _Loaded(file, error=f"{type(exc).__name__}: {error}", reason="load_error")
+        try:
+            problem = canary_problem(model)
+        except Exception as exc:
+            problem = f"canary forward raised {type(exc).__name__}: {self._without_paths(str(exc), file)}"
+        if problem is not None:
+            log.warning("model %r version %d: refused %s, not promoted: %s", file.name, file.version,
+                        file.path, problem)  # fmt: skip
+            return _Loaded(file, error=f"refused: {problem}", reason="canary")
         log.info(
-            "model %r version %d: loaded %s (%s, obs_dim=%s, action_dim=%s, device=%s)",
+            "model %r version %d: loaded %s (%s, obs_dim=%s, action_dim=%s, device=%s), canary passed",
             file.name, file.version, file.path.name,
             "recurrent" if model.is_recurrent else "simple", model.obs_dim, model.action_dim, model.device,
         )  # fmt: skip
         return _Loaded(file, model=model)
 
+    def _without_paths(self, text: str, file: ModelFile) -> str:
+        """``text`` with the server's paths replaced (by the file name, or ``<models>`` for the root):
+        messages built from it can reach clients."""
+        for path, shown in ((file.path.resolve(), file.path.name), (file.path, file.path.name),
+                            (self.root.resolve(), "<models>"), (self.root, "<models>")):  # fmt: skip
+            text = text.replace(str(path), shown)
+        return text
+
     def apply(self, on_disk: dict[str, dict[int, ModelFile]], loaded: list[_Loaded]) -> None:
-        """Install what `scan_and_load` produced and unload what nobody uses (event loop)."""
+        """Install what `scan_and_load` produced, re-point each model's latest at its newest servable
+        version (forward or back), and unload what nobody uses (event loop)."""
         self._on_disk = on_disk
         for result in loaded:
             if result.model is None:
-                self._failed[result.file.path] = result.file.signature
-                if self._on_load_failure is not None:
-                    self._on_load_failure(result.file.name)
-                continue
-            self._failed.pop(result.file.path, None)
-            self._install(result)
-            name, version = result.file.name, result.file.version
-            if version >= self._latest.get(name, -1) or self._latest_gone(name):
-                if name in self._latest and self._latest[name] != version:
-                    log.info("model %r: new episodes now get version %d (was %d)", name, version,
-                             self._latest[name])  # fmt: skip
-                self._latest[name] = version
-        for name in list(self._latest):
-            if name not in on_disk:
-                log.warning("model %r: its files are gone; no new work is routed to it", name)
-                del self._latest[name]
+                self._refuse(result)
+            else:
+                self._failed.pop(result.file.path, None)
+                self._install(result)
+        for name in sorted(set(self._latest) | set(on_disk)):
+            self._set_latest(name, self._newest_servable(name))
         self._unload_unused()
 
-    def _latest_gone(self, name: str) -> bool:
-        return name in self._latest and self._latest[name] not in self._on_disk.get(name, {})
+    def _refuse(self, result: _Loaded) -> None:
+        file = result.file
+        self._failed[file.path] = file.signature
+        self._errors[(file.name, file.version)] = result.error or "does not load"
+        stale = self._loaded.pop((file.name, file.version), None)
+        if stale is not None:  # the file changed into something bad: running streams keep the old copy
+            self._retired.append(stale)
+        if self._on_load_failure is not None:
+            self._on_load_failure(file.name, result.reason)
+
+    def _newest_servable(self, name: str) -> int | None:
+        """The newest version on disk whose loaded copy is of the file now on disk."""
+        for version, file in sorted(self._on_disk.get(name, {}).items(), reverse=True):
+            served = self._loaded.get((name, version))
+            if served is not None and served.file.signature == file.signature:
+                return version
+        return None
+
+    def _set_latest(self, name: str, version: int | None) -> None:
+        before = self._latest.get(name)
+        if version == before:
+            return
+        if version is None:
+            del self._latest[name]
+            why = "its files are gone" if name not in self._on_disk else "no version on disk is servable"
+            log.warning("model %r: %s; no new work is routed to it (was version %s)", name, why, before)
+        else:
+            self._latest[name] = version
+            if before is not None:
+                direction = "rolled forward" if version > before else "rolled back"
+                log.info("model %r: %s to version %d (was %d); new episodes get it", name, direction, version,
+                         before)  # fmt: skip
 
     def _install(self, loaded: _Loaded) -> ServedModel:
         key = (loaded.file.name, loaded.file.version)

@@ -31,10 +31,15 @@ from hamlet_server.security import BearerTokenInterceptor, read_token, server_cr
 from hamlet_server.servicer import InferenceServicer
 from hamlet_server.sessions import Session, SessionTable
 
-__all__ = ["SERVICE_NAME", "HamletServer", "resolve_device"]
+__all__ = ["SERVICE_NAME", "HamletServer", "model_health_name", "resolve_device"]
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+def model_health_name(model: str) -> str:
+    """The grpc.health.v1 service name that follows one model: SERVING while it has a servable version."""
+    return f"{SERVICE_NAME}/{model}"
 
 
 def resolve_device(device: str) -> str:
@@ -85,7 +90,7 @@ class HamletServer:
             default_model=config.default_model,
             loader=functools.partial(load_backend, backend=config.backend, threads=config.threads),
             on_batch=lambda name, n: self.metrics.batch_size.labels(name).observe(n),
-            on_load_failure=lambda name: self.metrics.load_failures.labels(name).inc(),
+            on_load_failure=lambda name, reason: self.metrics.load_failures.labels(name, reason).inc(),
         )  # fmt: skip
         self.metrics.bind_gauges(lambda: len(self.sessions), self.repository.loaded_count)
         self.servicer = InferenceServicer(self.repository, self.sessions, config, self.metrics)
@@ -95,6 +100,7 @@ class HamletServer:
         self.port = 0
         self.metrics_port = 0
         self._stopped = asyncio.Event()
+        self._health_names: set[str] = set()
 
     async def start(self) -> int:
         """Load the models, bind, serve. Returns the gRPC port."""
@@ -102,8 +108,8 @@ class HamletServer:
         await self.repository.refresh()
         names = self.repository.names()
         if not names:
-            log.warning("no loadable model under %s; serving anyway, new files are picked up as they appear",
-                        self.config.models)  # fmt: skip
+            log.warning("no servable model under %s: health is NOT_SERVING until a file loads and passes the "
+                        "canary; new files are picked up as they appear", self.config.models)  # fmt: skip
         token = read_token(self.config.token_file)
         credentials = server_credentials(self.config.tls_cert, self.config.tls_key)
         interceptors = [BearerTokenInterceptor(token)] if token else []
@@ -120,8 +126,7 @@ class HamletServer:
             raise OSError(f"cannot bind {address}")
         await server.start()
         self._server = server
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._update_health()
         if self.config.metrics_port:
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
         loop = asyncio.get_running_loop()
@@ -141,8 +146,23 @@ class HamletServer:
             await asyncio.sleep(self.config.poll_interval)
             try:
                 await self.repository.refresh()
+                await self._update_health()
             except Exception:
                 log.exception("polling the model repository failed; retrying at the next interval")
+
+    async def _update_health(self) -> None:
+        """Health says what is servable: "" and the service are SERVING while at least one model has a
+        servable version; `model_health_name(m)` follows model m (NOT_SERVING once it has none)."""
+        if self.servicer.draining:
+            return
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        names = set(self.repository.names())
+        for name in sorted(names | self._health_names):
+            await self.health.set(model_health_name(name), serving if name in names else not_serving)
+        self._health_names |= names
+        overall = serving if names else not_serving
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, overall)
 
     async def _sweep(self) -> None:
         """End streams that sent nothing for `session_ttl` seconds (their state is freed at once)."""

@@ -49,7 +49,9 @@ def test_verify_onnx_passes_and_prints_json(tmp_path: Path, capsys: pytest.Captu
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] is True and report["opset"] == 18
     assert set(report["max_abs_diff"]) == {"q_values", "new_hidden_h", "new_hidden_c"}
-    assert max(report["max_abs_diff"].values()) <= 1e-5
+    assert set(report["max_rel_diff"]) == set(report["max_tolerance_ratio"]) == set(report["max_abs_diff"])
+    assert max(report["max_tolerance_ratio"].values()) <= 1.0
+    assert report["atol"] == 1e-5 and report["rtol"] == 1e-5
 
 
 def test_verify_onnx_against_another_checkpoint_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,7 +73,8 @@ def test_verify_onnx_against_another_checkpoint_exits_1(tmp_path: Path, capsys: 
         (["export-onnx", "{ckpt}", "{out}", "--opset", "13"], "opset: expected an int from 17 to 20, got 13"),
         (["verify-onnx", "{missing_onnx}", "{ckpt}"], "no such file"),
         (["verify-onnx", "{existing}", "{missing}"], "no such file"),
-        (["verify-onnx", "{existing}", "{ckpt}", "--tolerance", "0"], "--tolerance: expected a positive number"),
+        (["verify-onnx", "{existing}", "{ckpt}", "--atol", "-1"], "atol: expected a number >= 0, got -1.0"),
+        (["export-onnx", "{ckpt}", "{out}", "--verify", "--atol", "0", "--rtol", "0"], "atol and rtol are both 0"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(
@@ -107,7 +110,7 @@ def test_add_onnx_commands_registers_both_with_help(capsys: pytest.CaptureFixtur
     args = parser.parse_args(["export-onnx", "a.pt", "b.onnx", "--verify", "--opset", "18", "--trust"])
     assert callable(args.func) and args.verify and args.opset == 18 and args.trust
     args = parser.parse_args(["verify-onnx", "b.onnx", "a.pt"])
-    assert callable(args.func) and args.tolerance == 1e-5
+    assert callable(args.func) and args.atol == 1e-5 and args.rtol == 1e-5
     with pytest.raises(SystemExit):
         parser.parse_args(["--help"])
     usage = capsys.readouterr().out

@@ -159,8 +159,9 @@ def test_verification_report_numbers(exported: tuple[HamletModel, Path]) -> None
     assert list(report.diffs_by_check) == ["batch=1", "batch=7", "batch=256", "rollout=50"]
     for diffs in report.diffs_by_check.values():
         assert list(diffs) == outputs
-    assert list(report.max_abs_diff) == outputs
-    assert all(0.0 <= diff <= 1e-5 for diff in report.max_abs_diff.values())
+    assert list(report.max_abs_diff) == list(report.max_rel_diff) == list(report.max_tolerance_ratio) == outputs
+    assert all(0.0 <= ratio <= 1.0 for ratio in report.max_tolerance_ratio.values())
+    assert (report.atol, report.rtol) == (1e-5, 1e-5)
     assert "PASSED" in report.summary() and "rollout=50" in report.summary()
 
 
@@ -183,11 +184,11 @@ def test_modified_initializer_with_forged_fingerprint_fails_on_numbers(
                 prop.value = graph_weights_sha256(proto)
 
     forged = _rewrite(path, tmp_path / "forged.onnx", forge)
-    with pytest.raises(ExportVerificationError, match=r"q_values: max abs diff .* > tolerance 1e-05") as caught:
+    with pytest.raises(ExportVerificationError, match=r"q_values: [\d.]+x the tolerance \(max abs diff") as caught:
         verify_onnx_export(forged, model)
     report = caught.value.report
     assert report is not None and not report.passed
-    assert report.max_abs_diff["q_values"] > 1e-5
+    assert report.max_abs_diff["q_values"] > 1e-5 and report.max_tolerance_ratio["q_values"] > 1.0
     assert "FAILED" in report.summary()
 
 

@@ -346,6 +346,7 @@ def _build_or_fail(path: str | Path, params: Any) -> nn.Module:
 
 
 def _load_weights(path: str | Path, network: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
+    _refuse_non_finite(path, state_dict)
     try:
         network.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
@@ -353,6 +354,27 @@ def _load_weights(path: str | Path, network: nn.Module, state_dict: Mapping[str,
         raise CheckpointError(path, f"weights do not match the network rebuilt from {source}: {detail}") from None
     device = next(iter(state_dict.values())).device
     network.to(device).eval()
+
+
+def _refuse_non_finite(path: str | Path, state_dict: Mapping[str, Tensor]) -> None:
+    """A diverged training run writes NaN or Inf weights; such a model answers NaN Q-values and action 0."""
+    bad = [_non_finite_count(name, t) for name, t in state_dict.items() if t.is_floating_point()]
+    found = [text for text in bad if text]
+    if found:
+        more = f"; and {len(found) - 3} more tensor(s)" if len(found) > 3 else ""
+        raise CheckpointError(
+            path, f"non-finite weights (a diverged training run?): {'; '.join(found[:3])}{more}; refusing to load"
+        )
+
+
+def _non_finite_count(name: str, tensor: Tensor) -> str:
+    """``""`` when every value is finite, else e.g. ``"net.0.weight: 4096 of 4096 values are NaN"``."""
+    if bool(torch.isfinite(tensor).all()):
+        return ""
+    nan = int(torch.isnan(tensor).sum())
+    inf = int(torch.isinf(tensor).sum())
+    kind = "NaN" if not inf else "Inf" if not nan else f"NaN or Inf ({nan} NaN, {inf} Inf)"
+    return f"{name}: {nan + inf} of {tensor.numel()} values are {kind}"
 
 
 def _complete_metadata(meta: dict[str, Any], network: nn.Module, path: str | Path, sha256: str) -> dict[str, Any]:

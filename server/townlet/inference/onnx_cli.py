@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from townlet.inference.errors import InferenceError
+from townlet.inference.validation import ONNX_ATOL, ONNX_RTOL
 
 if TYPE_CHECKING:
     from townlet.inference.onnx_export import ExportVerificationError, OnnxVerificationReport
@@ -46,9 +47,10 @@ def add_onnx_commands(subparsers: Any) -> None:
     export.add_argument(
         "--verify",
         action="store_true",
-        help="then compare onnxruntime with PyTorch (batch 1/7/256 and a 50-step rollout); exit 1 if any "
-        "output differs by more than 1e-5",
+        help="compare onnxruntime with PyTorch (batch 1/7/256 and a 50-step rollout) before writing OUT.onnx; "
+        "if any element has |onnx - torch| > atol + rtol * |torch|, write nothing and exit 1",
     )
+    _add_tolerance(export)
     export.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset, 17 to 20 (default 17)")
     export.add_argument("--overwrite", action="store_true", help="replace OUT.onnx if it exists")
     _add_trust(export)
@@ -56,73 +58,85 @@ def add_onnx_commands(subparsers: Any) -> None:
 
     verify = subparsers.add_parser(
         "verify-onnx",
-        help="check that an .onnx file reproduces a checkpoint (metadata, weights, outputs within 1e-5)",
+        help="check that an .onnx file reproduces a checkpoint (metadata, weights, outputs within tolerance)",
         description="Run onnx.checker, compare the file's metadata_props and weight fingerprints with the "
         "checkpoint, then compare onnxruntime with PyTorch for every output at batch 1, 7 and 256 and over "
-        "a 50-step rollout. Exit 0 if it matches, 1 if it does not, 2 on a user error.",
+        "a 50-step rollout: every element must have |onnx - torch| <= atol + rtol * |torch|. Exit 0 if it "
+        "matches, 1 if it does not, 2 on a user error.",
     )
     verify.add_argument("onnx", type=Path, metavar="OUT.onnx", help="an .onnx file written by export-onnx")
     verify.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="the checkpoint it was exported from")
-    verify.add_argument(
-        "--tolerance", type=float, default=1e-5, metavar="TOL", help="largest allowed abs diff (default 1e-5)"
-    )
+    _add_tolerance(verify)
     verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
     _add_trust(verify)
     verify.set_defaults(func=verify_onnx_command)
 
 
 def export_onnx_command(args: argparse.Namespace) -> int:
-    """``hamlet-model export-onnx CHECKPOINT OUT.onnx [--verify] [--opset N] [--trust] [--overwrite]``."""
+    """``hamlet-model export-onnx CHECKPOINT OUT.onnx [--verify [--atol A] [--rtol R]] [--opset N] [--trust]
+    [--overwrite]``."""
     from townlet.inference.model import HamletModel
-    from townlet.inference.onnx_export import ExportVerificationError, export_to_onnx, verify_onnx_export
+    from townlet.inference.onnx_export import ExportVerificationError, export_to_onnx, export_verified
 
     if args.out.exists() and not args.overwrite:
         return _user_error(f"{args.out} exists; pass --overwrite to replace it")
     if args.out.suffix != ".onnx":
         return _user_error(f"OUT should end in .onnx, got {str(args.out)!r}")
+    report = None
     try:
         model = HamletModel.load(args.checkpoint, "cpu", trust_pickle=args.trust)
         started = time.perf_counter()
-        path = export_to_onnx(model, args.out, opset=args.opset)
+        if args.verify:
+            path, report = export_verified(model, args.out, opset=args.opset, atol=args.atol, rtol=args.rtol)
+        else:
+            path = export_to_onnx(model, args.out, opset=args.opset)
         elapsed = time.perf_counter() - started
+    except ExportVerificationError as exc:
+        print(f"{PROG}: verification failed; {args.out} was not written", file=sys.stderr)
+        return _failed(exc)
     except InferenceError as exc:
         return _user_error(str(exc))
     print(
         f"wrote {path} ({model.metadata['network_type']}, obs_dim {model.obs_dim}, action_dim {model.action_dim}, "
         f"{path.stat().st_size / 1024:.0f} KiB, opset {args.opset}) in {elapsed:.2f}s"
+        + (" including verification" if report is not None else "")
     )
-    if not args.verify:
-        return 0
-    try:
-        report = verify_onnx_export(path, model)
-    except ExportVerificationError as exc:
-        return _failed(exc)
-    print(report.summary())
+    if report is not None:
+        print(report.summary())
     return 0
 
 
 def verify_onnx_command(args: argparse.Namespace) -> int:
-    """``hamlet-model verify-onnx OUT.onnx CHECKPOINT [--tolerance TOL] [--json] [--trust]``."""
+    """``hamlet-model verify-onnx OUT.onnx CHECKPOINT [--atol A] [--rtol R] [--json] [--trust]``."""
     from townlet.inference.model import HamletModel
     from townlet.inference.onnx_export import ExportVerificationError, verify_onnx_export
 
     if not args.onnx.is_file():
         return _user_error(f"{args.onnx}: no such file")
-    if not args.tolerance > 0:
-        return _user_error(f"--tolerance: expected a positive number, got {args.tolerance}")
     try:
         model = HamletModel.load(args.checkpoint, "cpu", trust_pickle=args.trust)
-    except InferenceError as exc:
-        return _user_error(str(exc))
-    try:
-        report = verify_onnx_export(args.onnx, model, tolerance=args.tolerance)
+        report = verify_onnx_export(args.onnx, model, atol=args.atol, rtol=args.rtol)
     except ExportVerificationError as exc:
         return _failed(exc, as_json=args.json)
+    except InferenceError as exc:
+        return _user_error(str(exc))
     if args.json:
         print(json.dumps(_report_dict(report), indent=2))
     else:
         print(report.summary())
     return 0
+
+
+def _add_tolerance(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--atol", type=float, default=ONNX_ATOL, metavar="A",
+        help=f"absolute part of the tolerance (default {ONNX_ATOL:g})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rtol", type=float, default=ONNX_RTOL, metavar="R",
+        help=f"relative part: an element passes when |onnx - torch| <= atol + rtol * |torch| "
+        f"(default {ONNX_RTOL:g}; trained agents' |Q| of 50-100 need it)",
+    )  # fmt: skip
 
 
 def _add_trust(parser: argparse.ArgumentParser) -> None:

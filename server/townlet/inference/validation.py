@@ -16,6 +16,8 @@ import numpy as np
 from townlet.inference.errors import InvalidInputError
 
 __all__ = [
+    "ONNX_ATOL",
+    "ONNX_RTOL",
     "all_finite",
     "check_epsilon",
     "check_hidden_pair",
@@ -25,6 +27,12 @@ __all__ = [
     "reject_reset_tuple",
     "reject_rows",
 ]
+
+
+ONNX_ATOL = 1e-5
+"""How far an ONNX export may be from PyTorch, absolute part: the Hamlet spec's 1e-5 (matters near Q = 0)."""
+ONNX_RTOL = 1e-5
+"""Relative part (~80 float32 ULPs of |torch|): an element passes when |onnx - torch| <= atol + rtol * |torch|."""
 
 
 def all_finite(values: np.ndarray) -> bool:

@@ -1,0 +1,59 @@
+"""The canary forward a model version must pass before the server promotes it.
+
+A diverged training run can write weights that load (finite or not) but answer NaN or Inf: served, such a
+version returns NaN Q-values and action 0 to every caller. `canary_problem` runs the loaded backend the way
+the batcher will (its `forward(obs [B, obs_dim], hidden) -> (q, hidden')`) on zero and random observations
+at batch 1 and 8, and for a recurrent model one more step from the state the first step returned, and
+says what came out non-finite.
+
+    problem = canary_problem(model)      # None: promote; else a one-line reason for the log and the metric
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["CANARY_BATCHES", "canary_problem"]
+
+CANARY_BATCHES = (1, 8)
+
+
+def canary_problem(model: Any, *, seed: int = 0) -> str | None:
+    """None if every output of every canary forward is finite, else what was not (one line).
+
+    ``model`` is what a backend loader returns: ``forward``, ``obs_dim``, ``is_recurrent``, ``device``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for batch in CANARY_BATCHES:
+        inputs = {
+            "zero": torch.zeros(batch, int(model.obs_dim)),
+            "random": torch.rand(batch, int(model.obs_dim), generator=generator),
+        }
+        for label, obs in inputs.items():
+            problem = _run(model, obs.to(model.device), f"{label} observations at batch {batch}")
+            if problem:
+                return problem
+    return None
+
+
+def _run(model: Any, obs: torch.Tensor, what: str) -> str | None:
+    with torch.inference_mode():
+        q, hidden = model.forward(obs, None)
+        problem = _non_finite(q, hidden, what)
+        if problem or not model.is_recurrent:
+            return problem
+        q, hidden = model.forward(obs, hidden)
+        return _non_finite(q, hidden, f"{what}, second recurrent step")
+
+
+def _non_finite(q: torch.Tensor, hidden: Any, what: str) -> str | None:
+    outputs = {"q_values": q}
+    if hidden is not None:
+        outputs.update(hidden_h=hidden[0], hidden_c=hidden[1])
+    for name, value in outputs.items():
+        if not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            return f"canary forward on {what}: {bad} of {value.numel()} {name} values are NaN or Inf"
+    return None
