@@ -7,22 +7,23 @@ the affordance underfoot (15 = 14 types + "none") and 4 temporal extras (ignored
 foraging world fills that layout: the window marks food, meter 0 is energy, and actions are Hamlet's six
 (0 up, 1 down, 2 left, 3 right, 4 interact, 5 wait) with an action mask like Hamlet's.
 
-    python examples/custom_env.py                      # an untrained seeded model, written to a temp dir
+    python examples/custom_env.py                      # the trained L2 demo model in models/
     python examples/custom_env.py --checkpoint model_ep10000.pt --episodes 5 --epsilon 0.05
+
+The demo model learned Townlet, not this world: it reads the layout, its choices are Townlet habits.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from townlet.agent.networks import RecurrentSpatialQNetwork
 from townlet.inference import HamletModel
 
+DEMO_L2 = Path(__file__).resolve().parent.parent / "models" / "townlet-L2-lstm" / "model_ep00200.pt"
 UP, DOWN, LEFT, RIGHT, INTERACT, WAIT = range(6)
 MOVES = {UP: (-1, 0), DOWN: (1, 0), LEFT: (0, -1), RIGHT: (0, 1)}
 
@@ -81,12 +82,6 @@ class ForagingWorld:
         return self.observation(), reward, done
 
 
-def demo_checkpoint(folder: Path) -> Path:
-    """An untrained, seeded recurrent network saved as an inference checkpoint (stands in for a trained one)."""
-    torch.manual_seed(0)
-    return HamletModel(RecurrentSpatialQNetwork()).save(folder / "demo_model.pt")
-
-
 def run(model: HamletModel, episodes: int, max_steps: int, epsilon: float, seed: int) -> list[float]:
     world = ForagingWorld(seed=seed)
     generator = torch.Generator().manual_seed(seed)
@@ -107,15 +102,16 @@ def run(model: HamletModel, episodes: int, max_steps: int, epsilon: float, seed:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, help="a recurrent (L2/L3) checkpoint; default: a demo model")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=DEMO_L2, help="an L2/L3 checkpoint (default: the trained demo model)"
+    )
     parser.add_argument("--episodes", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument("--epsilon", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as scratch:
-        model = HamletModel.load(args.checkpoint or demo_checkpoint(Path(scratch)))
+    model = HamletModel.load(args.checkpoint)
     if model.obs_dim != 54 or model.action_dim != 6:
         parser.error(f"this world speaks Hamlet's L2 layout (obs 54, 6 actions); the model has {model!r}")
     returns = run(model, args.episodes, args.max_steps, args.epsilon, args.seed)

@@ -4,7 +4,7 @@
 Export first (``hamlet-model export-onnx model_ep10000.pt agent.onnx --verify``), then:
 
     python examples/onnx_inference.py --onnx agent.onnx --steps 20
-    python examples/onnx_inference.py            # exports a seeded demo model to a temp dir first (needs torch)
+    python examples/onnx_inference.py            # exports the trained L2 demo model to a temp dir (needs torch)
 
 With ``--onnx`` this script never imports torch; it prints whether torch got loaded to prove it.
 """
@@ -50,16 +50,14 @@ def rollout(session: ort.InferenceSession, meta: dict[str, str], steps: int, bat
     return np.stack(chosen)
 
 
-def export_demo(folder: Path) -> Path:
-    """Export an untrained, seeded recurrent network (stands in for your trained checkpoint). Imports torch."""
-    import torch
+DEMO_L2 = Path(__file__).resolve().parent.parent / "models" / "townlet-L2-lstm" / "model_ep00200.pt"
 
-    from townlet.agent.networks import RecurrentSpatialQNetwork
+
+def export_demo(folder: Path) -> Path:
+    """Export (and verify) the trained L2 demo model from models/. Imports torch."""
     from townlet.inference import HamletModel
 
-    torch.manual_seed(0)
-    model = HamletModel.load(HamletModel(RecurrentSpatialQNetwork()).save(folder / "demo.pt"))
-    return model.export_to_onnx(folder / "demo.onnx", verify=True)
+    return HamletModel.load(DEMO_L2).export_to_onnx(folder / "demo.onnx", verify=True)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ The recurrent network's CNN (``vision_encoder``) learned to read the 5x5 window;
 observation layout can keep it and re-learn the LSTM and Q-head. Here the "new task" is a few DQN-style
 regression steps towards fixed targets (in practice: your replay buffer and TD targets).
 
-    python examples/transfer_learning.py                       # a seeded demo model, written to a temp dir
+    python examples/transfer_learning.py                       # the trained L2 demo model in models/
     python examples/transfer_learning.py --checkpoint model_ep10000.pt --steps 200 --out finetuned.pt
 """
 
@@ -18,14 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from townlet.agent.networks import RecurrentSpatialQNetwork
 from townlet.inference import HamletModel
 
-
-def demo_checkpoint(folder: Path) -> Path:
-    """An untrained, seeded recurrent network saved as an inference checkpoint (stands in for a trained one)."""
-    torch.manual_seed(0)
-    return HamletModel(RecurrentSpatialQNetwork()).save(folder / "pretrained.pt")
+DEMO_L2 = Path(__file__).resolve().parent.parent / "models" / "townlet-L2-lstm" / "model_ep00200.pt"
 
 
 def freeze(module: nn.Module) -> int:
@@ -57,7 +52,9 @@ def fine_tune(network: nn.Module, steps: int, batch: int, lr: float, seed: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, help="a recurrent (L2/L3) checkpoint; default: a demo model")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=DEMO_L2, help="an L2/L3 checkpoint (default: the trained demo model)"
+    )
     parser.add_argument("--out", type=Path, help="where to save the fine-tuned model (default: a temp dir)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=64)
@@ -67,7 +64,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as scratch:
-        model = HamletModel.load(args.checkpoint or demo_checkpoint(Path(scratch)))
+        model = HamletModel.load(args.checkpoint)
         if not model.is_recurrent:
             parser.error("this example freezes the vision encoder of a recurrent (L2/L3) model")
         network = model.network
