@@ -33,7 +33,7 @@ from townlet.env.dynamics import (
     compute_reward,
     terminal_mask,
 )
-from townlet.env.errors import InvalidActionError, LevelConfigError, StateError, TownletEnvError
+from townlet.env.errors import InvalidActionError, InvalidStateError, LevelConfigError, StateError, TownletEnvError
 from townlet.env.evaluation import random_valid_actions, run_random_policy
 from townlet.env.interactions import apply_instant_interactions, apply_multi_tick_interactions
 from townlet.env.layout import draw_layouts, layout_from_positions, layout_positions
@@ -43,7 +43,8 @@ from townlet.env.observation import (
     encode_full_observation,
     encode_partial_observation,
 )
-from townlet.env.vector_env import EnvState, Transition, VectorTownletEnv, initial_meters, transition
+from townlet.env.state import EnvState, initial_meters, validate_state
+from townlet.env.vector_env import Transition, VectorTownletEnv, transition
 
 __all__ = [
     "ACTION_DIM",
@@ -65,6 +66,7 @@ __all__ = [
     "Cascade",
     "EnvState",
     "InvalidActionError",
+    "InvalidStateError",
     "LevelConfig",
     "LevelConfigError",
     "StateError",
@@ -94,4 +96,5 @@ __all__ = [
     "run_random_policy",
     "terminal_mask",
     "transition",
+    "validate_state",
 ]

@@ -6,7 +6,7 @@ that; callers that want to tell the cases apart catch the specific class.
 
 from __future__ import annotations
 
-__all__ = ["InvalidActionError", "LevelConfigError", "StateError", "TownletEnvError"]
+__all__ = ["InvalidActionError", "InvalidStateError", "LevelConfigError", "StateError", "TownletEnvError"]
 
 
 class TownletEnvError(ValueError):
@@ -23,3 +23,19 @@ class InvalidActionError(TownletEnvError):
 
 class StateError(TownletEnvError):
     """The simulator was used in the wrong order (e.g. ``step`` before ``reset``) or given a bad state."""
+
+
+class InvalidStateError(StateError):
+    """A state given to ``set_state`` (or built with ``EnvState.build``) that the simulator could never reach.
+
+    Attributes:
+        field: the :class:`~townlet.env.state.EnvState` field at fault (``"meters"``, ``"layouts"``, ...).
+        expected: what that field must hold.
+        got: what it held (the first offending value and the env it belongs to).
+    """
+
+    def __init__(self, field: str, expected: str, got: str) -> None:
+        self.field = field
+        self.expected = expected
+        self.got = got
+        super().__init__(f"state.{field}: expected {expected}, got {got}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -35,49 +34,15 @@ from townlet.env.dynamics import (
 from townlet.env.errors import InvalidActionError, LevelConfigError, StateError
 from townlet.env.interactions import apply_instant_interactions, apply_multi_tick_interactions, cancel_progress
 from townlet.env.layout import draw_layouts, layout_from_positions, layout_positions
-from townlet.env.meters import METER_DTYPE, METER_INITIAL, MONEY, NUM_METERS
 from townlet.env.observation import (
     affordance_under_agents,
     encode_extras,
     encode_full_observation,
     encode_partial_observation,
 )
+from townlet.env.state import EnvState, initial_meters, validate_state
 
 __all__ = ["EnvState", "Transition", "VectorTownletEnv", "initial_meters", "transition"]
-
-
-@dataclass(frozen=True)
-class EnvState:
-    """Everything that evolves in a batch of ``N`` envs. Arrays are never modified in place."""
-
-    layouts: np.ndarray  # [N, g, g] int, vocabulary index per cell (NO_AFFORDANCE = empty)
-    positions: np.ndarray  # [N, 2] int (x, y)
-    meters: np.ndarray  # [N, 8] float32 in [0, 1] (Hamlet's dtype: rounding and price checks match)
-    step_counts: np.ndarray  # [N] int, steps taken this episode
-    time_of_day: np.ndarray  # [N] int in 0..23
-    interaction_progress: np.ndarray  # [N] int, ticks done on the interaction in progress
-    interaction_target: np.ndarray  # [N] int, its affordance (NO_AFFORDANCE if none)
-    dead: np.ndarray  # [N] bool, health or energy reached 0
-    retired: np.ndarray  # [N] bool, reached the agent lifespan
-    truncated: np.ndarray  # [N] bool, reached max_steps_per_episode alive
-
-    @property
-    def done(self) -> np.ndarray:
-        """``[N]`` bool: the episode ended for good (death or retirement)."""
-        done: np.ndarray = self.dead | self.retired
-        return done
-
-    @property
-    def finished(self) -> np.ndarray:
-        """``[N]`` bool: done or truncated; such an env is frozen until it is reset."""
-        finished: np.ndarray = self.dead | self.retired | self.truncated
-        return finished
-
-    def copy(self) -> EnvState:
-        return EnvState(**{f.name: getattr(self, f.name).copy() for f in dataclasses.fields(self)})
-
-
-_STATE_DTYPES = {"meters": METER_DTYPE, "dead": np.bool_, "retired": np.bool_, "truncated": np.bool_}
 
 
 class Transition(NamedTuple):
@@ -87,13 +52,6 @@ class Transition(NamedTuple):
     reward: np.ndarray  # [N] float32
     interactions: np.ndarray  # [N] int, affordance used this step, -1 if none
     active: np.ndarray  # [N] bool, the env was stepped (it was not finished before the step)
-
-
-def initial_meters(level: LevelConfig, count: int) -> np.ndarray:
-    """``[count, 8]`` float32 starting meters of ``level``."""
-    meters = np.tile(METER_INITIAL, (count, 1))
-    meters[:, MONEY] = level.initial_money
-    return meters
 
 
 def transition(
@@ -330,20 +288,17 @@ class VectorTownletEnv:
         return self._require_state().copy()
 
     def set_state(self, state: EnvState) -> None:
-        """Replace the current state by a copy of ``state``, cast to the canonical dtypes (shapes must
-        match this env, positions lie on the grid)."""
-        n, g = self._num_envs, self._level.grid_size
-        expected = {"layouts": (n, g, g), "positions": (n, 2), "meters": (n, NUM_METERS)}
-        fields: dict[str, np.ndarray] = {}
-        for field in dataclasses.fields(EnvState):
-            value = getattr(state, field.name)
-            want = expected.get(field.name, (n,))
-            if np.shape(value) != want:
-                raise StateError(f"state.{field.name} has shape {np.shape(value)}, expected {want} for this env")
-            fields[field.name] = np.array(value, dtype=_STATE_DTYPES.get(field.name, np.int64))
-        if fields["positions"].min() < 0 or fields["positions"].max() >= g:
-            raise StateError(f"state.positions must lie in [0, {g}) on both axes")
-        self._state = EnvState(**fields)
+        """Replace the current state by a validated copy of ``state`` in the canonical dtypes.
+
+        Build one by hand with :meth:`EnvState.build` (positions, layout, meters; the rest defaulted) or
+        edit a :meth:`get_state` snapshot with ``dataclasses.replace``.
+
+        Raises:
+            InvalidStateError: a wrong shape, a NaN or out-of-range meter, an hour outside 0..23, an unknown
+                affordance index, a layout that does not hold exactly this level's affordances, ...; the
+                message names the field, what was expected and what arrived.
+        """
+        self._state = validate_state(self._level, state, self._num_envs)
         self._last_obs = None
 
     # --- internals ---------------------------------------------------------------------------------
