@@ -187,6 +187,10 @@ class ModelRepository:
         names = self.names()
         return names[0] if names else ""
 
+    def names_on_disk(self) -> list[str]:
+        """Every model with a file on disk, servable or not."""
+        return sorted(self._on_disk)
+
     def versions_on_disk(self, name: str) -> list[int]:
         return sorted(self._on_disk.get(name, {}))
 

@@ -31,10 +31,13 @@ from hamlet_server.security import BearerTokenInterceptor, read_token, server_cr
 from hamlet_server.servicer import InferenceServicer
 from hamlet_server.sessions import Session, SessionTable
 
-__all__ = ["SERVICE_NAME", "HamletServer", "model_health_name", "resolve_device"]
+__all__ = ["LIVENESS_NAME", "SERVICE_NAME", "HamletServer", "model_health_name", "resolve_device"]
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+LIVENESS_NAME = "hamlet.v1.Liveness"
+"""Health name that is SERVING while the process answers, servable models or not (for liveness probes: a pod
+with nothing servable yet must not be restarted, only kept out of traffic by readiness on "")."""
 
 
 def model_health_name(model: str) -> str:
@@ -126,6 +129,7 @@ class HamletServer:
             raise OSError(f"cannot bind {address}")
         await server.start()
         self._server = server
+        await self.health.set(LIVENESS_NAME, health_pb2.HealthCheckResponse.SERVING)
         await self._update_health()
         if self.config.metrics_port:
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
@@ -157,9 +161,10 @@ class HamletServer:
             return
         serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         names = set(self.repository.names())
-        for name in sorted(names | self._health_names):
+        known = names | self._health_names | set(self.repository.names_on_disk())
+        for name in sorted(known):
             await self.health.set(model_health_name(name), serving if name in names else not_serving)
-        self._health_names |= names
+        self._health_names = known
         overall = serving if names else not_serving
         for service in ("", SERVICE_NAME):
             await self.health.set(service, overall)

@@ -188,7 +188,7 @@ async def test_new_checkpoint_is_picked_up_while_running_stream_keeps_its_versio
 async def test_broken_checkpoint_is_skipped_and_previous_version_keeps_serving(stub, server, model_dir):
     bad = model_dir / LSTM / "model_ep00020.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    await _wait_for(lambda: server.metrics.load_failures.labels(LSTM)._value.get() >= 1)
+    await _wait_for(lambda: server.metrics.load_failures.labels(LSTM, "load_error")._value.get() >= 1)
     assert server.repository.latest(LSTM).version == 0
     response = await stub.Predict(
         pb.PredictRequest(

@@ -236,3 +236,45 @@ def test_v2_file_contains_only_weights_only_globals(training_checkpoint: Path) -
     torch.load(training_checkpoint, weights_only=True)  # raises if anything beyond tensors/containers is in it
     with pytest.raises(pickle.UnpicklingError):
         torch.load(_save(training_checkpoint.parent / "x.pt", {"e": _Evil()}), weights_only=True)
+
+
+def _poison(network: torch.nn.Module, name: str, count: int, value: float) -> None:
+    with torch.no_grad():
+        dict(network.named_parameters())[name].view(-1)[:count] = value
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path: Path, network_type: str, value: float) -> None:
+    """What a diverged training run writes must not load (it would answer NaN Q-values and action 0)."""
+    network = make_network(network_type, seed=1)
+    name = next(iter(dict(network.named_parameters())))
+    _poison(network, name, 3, value)
+    path = HamletModel(network).save(tmp_path / "model_ep00900.pt")
+    kind = "NaN" if value != value else "Inf"
+    total = dict(network.named_parameters())[name].numel()
+    with pytest.raises(CheckpointError, match=f"non-finite weights .*{name}: 3 of {total} values are {kind}"):
+        HamletModel.load(path)
+
+
+def test_inspect_exits_non_zero_on_a_diverged_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from townlet.inference import cli
+
+    network = make_network("simple", seed=1)
+    for param in network.parameters():
+        _poison(network, next(n for n, p in network.named_parameters() if p is param), param.numel(), float("nan"))
+    path = HamletModel(network).save(tmp_path / "model_ep00900.pt")
+    assert cli.main(["inspect", str(path)]) != 0
+    assert "values are NaN" in capsys.readouterr().err
+
+
+def test_a_nan_training_checkpoint_is_refused(tmp_path: Path) -> None:
+    path = write_training_checkpoint(tmp_path, "recurrent")
+    obj = torch.load(path, weights_only=True)
+    weights = obj["population_state"]["q_network"]
+    key = next(iter(weights))
+    weights[key] = torch.full_like(weights[key], float("nan"))
+    torch.save(obj, path)
+    with pytest.raises(
+        CheckpointError, match=f"{key}: {weights[key].numel()} of {weights[key].numel()} values are NaN"
+    ):
+        HamletModel.load(path)

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from hamlet_server.config import ENV_PREFIX, ServerConfig
+from hamlet_server.server import LIVENESS_NAME
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SETTINGS = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(ServerConfig)}
@@ -37,5 +38,7 @@ def test_k8s_probes_and_grace() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert pod["terminationGracePeriodSeconds"] > float(env["HAMLET_GRACE"])
     assert container["readinessProbe"]["grpc"]["port"] == 50051 == ServerConfig().port
+    assert container["readinessProbe"]["grpc"].get("service", "") == ""  # servable models, not just a process
+    assert container["livenessProbe"]["grpc"]["service"] == LIVENESS_NAME  # never restarts a pod for waiting
     service = next(d for d in docs if d["kind"] == "Service")
     assert {p["port"] for p in service["spec"]["ports"]} == {50051, ServerConfig().metrics_port}

@@ -144,7 +144,7 @@ async def test_a_nan_newest_version_is_never_served_and_not_reread(tmp_path, exe
     assert failures == [("m", "load_error")] and loader.calls == ["model_ep00002.pt", "model_ep00001.pt"]
     await repo.refresh()
     assert loader.calls == ["model_ep00002.pt", "model_ep00001.pt"]  # nothing changed: nothing read
-    with pytest.raises(ModelLoadError, match="version 2 is not servable: .*non-finite weights") as caught:
+    with pytest.raises(ModelLoadError, match=r"version 2 is not servable: .*non-finite weights") as caught:
         await repo.acquire("m", 2)
     assert str(tmp_path) not in str(caught.value)  # the client-facing message carries no server path
     assert "net.0.weight: 1024 of 1024 values are NaN" in str(caught.value)
