@@ -11,14 +11,37 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from townlet.inference.onnx_cli import add_onnx_commands
 
+COMMAND = "export-onnx"
+
+
+class _ExportOnly:
+    """Hands `add_onnx_commands` a subparsers stand-in that keeps only ``export-onnx``, named as this script,
+    so ``--help`` prints a usage line that works when followed."""
+
+    def __init__(self, prog: str) -> None:
+        self.prog = prog
+        self.parser: argparse.ArgumentParser | None = None
+        self._scratch = argparse.ArgumentParser().add_subparsers()
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if name != COMMAND:
+            return self._scratch.add_parser(name, **kwargs)  # verify-onnx: built, never used
+        kwargs.pop("help", None)  # a subcommand's one-line summary; the description says it in full
+        self.parser = argparse.ArgumentParser(prog=self.prog, **kwargs)
+        return self.parser
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export_onnx.py", add_help=False)
-    add_onnx_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["export-onnx", *(sys.argv[1:] if argv is None else argv)])
+    commands = _ExportOnly(Path(sys.argv[0]).name)
+    add_onnx_commands(commands)
+    if commands.parser is None:  # pragma: no cover - add_onnx_commands always defines export-onnx
+        raise SystemExit(f"export_onnx.py: the {COMMAND} command is missing from townlet.inference.onnx_cli")
+    args = commands.parser.parse_args(sys.argv[1:] if argv is None else argv)
     return int(args.func(args))
 
 

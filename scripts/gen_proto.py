@@ -6,6 +6,7 @@ The generated modules import each other as `hamlet.v1.x_pb2`; they are rewritten
 
 from __future__ import annotations
 
+import argparse
 import re
 import shutil
 import sys
@@ -16,7 +17,13 @@ PROTO_ROOT = ROOT / "proto"
 OUT = ROOT / "client" / "hamlet_client" / "_generated"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Regenerate the Python gRPC stubs: every .proto under proto/ -> "
+        "client/hamlet_client/_generated/ (replaced as a whole). Needs grpcio-tools. Takes no options.",
+        epilog="Usually run through `make proto`; the client's setup.py runs it when the stubs are missing.",
+    )
+    parser.parse_args(argv)
     from grpc_tools import protoc
 
     protos = sorted(PROTO_ROOT.rglob("*.proto"))

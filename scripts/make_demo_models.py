@@ -1,12 +1,12 @@
-"""Write the default model repository: seeded, UNTRAINED checkpoints of both Hamlet network types.
+"""Write a model repository of seeded, UNTRAINED checkpoints of both Hamlet network types, for experiments.
 
-    python scripts/make_demo_models.py [--out models] [--force]
+    python scripts/make_demo_models.py --out DIR [--force]
 
-Writes `<out>/untrained-mlp-L1/model_ep00000.pt` (SimpleQNetwork, obs 91, 6 actions, ~0.12 MB) and
-`<out>/untrained-lstm-L2/model_ep00000.pt` (RecurrentSpatialQNetwork, obs 54, 6 actions, ~2.6 MB) in the
-inference_v1 format. Their weights are random (seed 0 and 1): they exist so that `make serve` has something to
-host on a fresh clone. Their metadata says `untrained: True`; their actions mean nothing. Trained demo models
-replace them later. `make serve` runs this when the files are missing (they are git-ignored).
+Writes `DIR/untrained-mlp-L1/model_ep00000.pt` (SimpleQNetwork, obs 91, 6 actions, ~0.12 MB) and
+`DIR/untrained-lstm-L2/model_ep00000.pt` (RecurrentSpatialQNetwork, obs 54, 6 actions, ~2.6 MB) in the
+inference_v1 format. Their weights are random (seed 0 and 1) and their metadata says `untrained: True`:
+their actions mean nothing. Serve them with `hamlet-server serve --models DIR`. The trained demo models
+that `make serve` hosts are in models/ (see models/README.md); this script never writes there unless told.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
 from townlet.inference import HamletModel, save_inference_checkpoint
 
-ROOT = Path(__file__).resolve().parent.parent
+MODELS = Path(__file__).resolve().parent.parent / "models"
 DESCRIPTION = "UNTRAINED: seeded random weights for smoke tests and demos; actions are meaningless"
 
 
@@ -49,9 +49,11 @@ def write_demo_models(out: Path, *, force: bool = False, episode: int = 0) -> li
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "models", help="repository directory (default: models/)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="repository directory to write into")
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     args = parser.parse_args(argv)
+    if args.out.resolve() == MODELS.resolve():
+        parser.error(f"{args.out} holds the trained demo models that `make serve` hosts; pick another --out")
     for path in write_demo_models(args.out, force=args.force):
         print(f"make_demo_models: wrote {path} (untrained)")
     return 0

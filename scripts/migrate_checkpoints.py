@@ -3,12 +3,12 @@
 
     python scripts/migrate_checkpoints.py runs/L2_partial_observability/2025-11-05_123456/checkpoints/
 
-A thin wrapper around ``hamlet-model migrate``; every option of that command works here.
+The ``hamlet-model migrate`` command under this script's name: same options, output and exit codes.
 """
 
 import sys
 
-from townlet.inference.cli import main
+from townlet.inference.cli import migrate_main
 
 if __name__ == "__main__":
-    sys.exit(main(["migrate", *sys.argv[1:]]))
+    sys.exit(migrate_main())

@@ -13,7 +13,7 @@ from hamlet_runs import make_network, write_training_checkpoint
 
 from townlet.inference import HamletModel
 from townlet.inference.cli import main
-from townlet.inference.migration import inference_path_for, migrate_checkpoint, save_inference_beside
+from townlet.inference.migration import inference_path_for, migrate_checkpoint, plan_migration, save_inference_beside
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,12 +75,55 @@ def test_cli_migrate_folder_dry_run_then_real(tmp_path: Path, capsys: pytest.Cap
     out_dir = tmp_path / "models"
     assert main(["migrate", str(runs), "--out", str(out_dir)]) == 0
     captured = capsys.readouterr()
-    assert sorted(p.name for p in out_dir.iterdir()) == ["model_ep00000.pt", "model_ep00100.pt"]
+    mirrored = out_dir / "L1" / "2025-11-05_123456" / "checkpoints"  # the tree below runs/, mirrored
+    assert sorted(p.name for p in mirrored.iterdir()) == ["model_ep00000.pt", "model_ep00100.pt"]
     assert "migrated 2 checkpoint(s)" in captured.out and "x smaller" in captured.out
     assert "2/2" in captured.err  # progress
     assert main(["migrate", str(runs), "--out", str(out_dir)]) == 0
     assert "2 skipped" in capsys.readouterr().out
     assert main(["migrate", str(runs), "--out", str(out_dir), "--overwrite"]) == 0
+
+
+def test_cli_migrate_out_keeps_runs_that_share_episode_numbers_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    for run, network_type in (("L1/2025-11-05_1", "simple"), ("L2/2025-11-05_2", "recurrent")):
+        for episode in (0, 100):
+            write_training_checkpoint(runs / run / "checkpoints", network_type, episode=episode, seed=episode)
+    out_dir = tmp_path / "models"
+    assert main(["migrate", str(runs), "--out", str(out_dir)]) == 0
+    assert "migrated 4 checkpoint(s)" in capsys.readouterr().out
+    written = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("model_ep*.pt"))
+    assert written == [
+        "L1/2025-11-05_1/checkpoints/model_ep00000.pt",
+        "L1/2025-11-05_1/checkpoints/model_ep00100.pt",
+        "L2/2025-11-05_2/checkpoints/model_ep00000.pt",
+        "L2/2025-11-05_2/checkpoints/model_ep00100.pt",
+    ]
+    assert HamletModel.load(out_dir / written[0]).metadata["network_type"] == "simple"
+    assert HamletModel.load(out_dir / written[3]).metadata["network_type"] == "recurrent"
+    # one run's checkpoints/ folder stays flat under --out
+    single = tmp_path / "single"
+    assert main(["migrate", str(runs / "L1" / "2025-11-05_1" / "checkpoints"), "--out", str(single)]) == 0
+    assert sorted(p.name for p in single.iterdir()) == ["model_ep00000.pt", "model_ep00100.pt"]
+
+
+def test_cli_migrate_refuses_two_files_for_one_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = write_training_checkpoint(tmp_path / "a", "simple", episode=100)
+    b = write_training_checkpoint(tmp_path / "b", "simple", episode=100)
+    out_dir = tmp_path / "models"
+    assert main(["migrate", str(a), str(b), "--out", str(out_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{a} and {b} would both be written to {out_dir / 'model_ep00100.pt'}" in err
+    assert err.count("\n") == 1 and not out_dir.exists()  # nothing written, nothing dropped
+    assert main(["migrate", str(a), str(b), "--out", str(out_dir), "--dry-run"]) == 2
+
+
+def test_plan_migration_lists_a_file_given_twice_once(tmp_path: Path) -> None:
+    source = write_training_checkpoint(tmp_path / "run", "simple", episode=5)
+    plan = plan_migration([tmp_path / "run", source], tmp_path / "out")
+    assert plan == [(source, tmp_path / "out" / "model_ep00005.pt")]
 
 
 def test_cli_migrate_reports_a_bad_file_and_continues(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,6 +159,36 @@ def test_cli_user_errors_exit_2_with_one_line(
     assert err.startswith("hamlet-model: error: ") and message in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("agent.onnx", b"\x08\x08\x12\x07pytorch", "agent.onnx is an ONNX model, not a torch checkpoint; expected a"),
+        ("notes.pt", b"hello world\n", "notes.pt is a text file (it starts 'hello world'), not a torch checkpoint"),
+        ("empty.pt", b"", "empty.pt is empty, not a torch checkpoint"),
+        ("noise.pt", bytes([0xB0, 0x37, 0xE5, 0x7C]), "noise.pt is not a torch checkpoint (it starts with bytes b0 37"),
+    ],
+)
+def test_cli_inspect_names_what_a_foreign_file_is(
+    tmp_path: Path, name: str, content: bytes, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "model_ep*.pt or checkpoint_ep*.pt" in err
+    assert "weights_only" not in err and err.count("\n") == 1
+
+
+def test_cli_inspect_a_real_onnx_export_points_at_verify_onnx(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("onnxruntime")
+    path = HamletModel(make_network("simple")).export_to_onnx(tmp_path / "x.onnx", verify=False)
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "is an ONNX model" in err and f"hamlet-model verify-onnx {path} CHECKPOINT" in err
+
+
 def test_cli_unsafe_file_needs_trust(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "model.pt"
     network = make_network("simple")
@@ -138,6 +211,7 @@ def test_empty_folder_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "no checkpoint_ep*.pt found" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts Python processes
 def test_console_script_help_and_seed_wrapper(tmp_path: Path) -> None:
     for argv in (["--help"], ["inspect", "--help"], ["migrate", "--help"]):
         done = subprocess.run([sys.executable, "-m", "townlet.inference.cli", *argv], capture_output=True, text=True)

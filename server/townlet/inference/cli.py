@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from townlet.inference.errors import CheckpointError, InferenceError
 
-__all__ = ["main"]
+__all__ = ["main", "migrate_main"]
 
 PROG = "hamlet-model"
 
@@ -31,14 +31,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    return _run(args, PROG)
+
+
+def migrate_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """The ``migrate`` command as a program of its own (``scripts/migrate_checkpoints.py``): the same options,
+    output and exit codes, with ``prog`` (default: the script's file name) in its usage line and errors."""
+    parser = argparse.ArgumentParser(prog=prog, description=_MIGRATE_DESCRIPTION)
+    _add_migrate_arguments(parser)
+    return _run(parser.parse_args(argv), parser.prog)
+
+
+def _run(args: argparse.Namespace, prog: str) -> int:
     try:
         return int(args.func(args))
     except (UserError, InferenceError, FileNotFoundError, FileExistsError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+_MIGRATE_DESCRIPTION = (
+    "Convert Hamlet training checkpoints (v2) into inference checkpoints (inference_v1): only the online "
+    "Q-network and its metadata are kept. Folders are searched recursively for checkpoint_ep*.pt. Each output "
+    "goes beside its source unless --out is given; with --out, the folders below each PATH are mirrored under "
+    "DIR, so runs that share episode numbers never collide."
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,16 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser(
         "migrate",
         help="convert training checkpoints (files or run folders) into model_epNNNNN.pt inference checkpoints",
-        description="Convert Hamlet training checkpoints (v2) into inference checkpoints (inference_v1): only "
-        "the online Q-network and its metadata are kept. Folders are searched recursively for "
-        "checkpoint_ep*.pt. Each output goes beside its source unless --out is given.",
+        description=_MIGRATE_DESCRIPTION,
     )
-    migrate.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="checkpoint files or run folders")
-    migrate.add_argument("--out", type=Path, metavar="DIR", help="write all outputs into DIR")
-    migrate.add_argument("--dry-run", action="store_true", help="list what would be written; write nothing")
-    migrate.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
-    _add_trust(migrate)
-    migrate.set_defaults(func=_migrate)
+    _add_migrate_arguments(migrate)
 
     try:
         from townlet.inference.onnx_cli import add_onnx_commands
@@ -82,6 +95,17 @@ def _parser() -> argparse.ArgumentParser:
     else:
         add_onnx_commands(commands)
     return parser
+
+
+def _add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="checkpoint files or run folders")
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="write the outputs under DIR, mirroring the folders below each PATH"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list what would be written; write nothing")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    _add_trust(parser)
+    parser.set_defaults(func=_migrate)
 
 
 def _add_trust(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +122,9 @@ def _add_trust(parser: argparse.ArgumentParser) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     from townlet.inference.model import HamletModel
 
+    foreign = _not_a_torch_file(args.path)
+    if foreign:
+        raise UserError(foreign)
     model = HamletModel.load(args.path, "cpu", trust_pickle=args.trust)
     info: dict[str, Any] = {"path": str(args.path), "file_bytes": args.path.stat().st_size, **model.metadata}
     info.pop("source_path", None)
@@ -112,16 +139,49 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+_EXPECTED = "expected a model_ep*.pt or checkpoint_ep*.pt written by torch.save"
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """What ``path`` is when it is plainly not a torch checkpoint (an ONNX model, a text file), else None.
+
+    torch.save writes a zip archive (``PK``) or, in the legacy format, a pickle (``0x80``); anything else is
+    named here, before torch's own message (which suggests unsafe loading) can reach the user.
+    """
+    try:
+        with path.open("rb") as file:
+            head = file.read(512)
+    except OSError:
+        return None  # missing or unreadable: the loader's message names the problem
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return None
+    if not head:
+        return f"{path} is empty, not a torch checkpoint; {_EXPECTED}"
+    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"pytorch" in head):
+        return (
+            f"{path} is an ONNX model, not a torch checkpoint; {_EXPECTED}. To check an ONNX file against "
+            f"its checkpoint run '{PROG} verify-onnx {path} CHECKPOINT'; to run it, "
+            "townlet.inference.onnx_runtime.OnnxModel"
+        )
+    try:
+        first = head.decode("utf-8").strip().splitlines()[0][:40]
+    except (UnicodeDecodeError, IndexError):
+        return f"{path} is not a torch checkpoint (it starts with bytes {head[:8].hex(' ')}); {_EXPECTED}"
+    return f"{path} is a text file (it starts {first!r}), not a torch checkpoint; {_EXPECTED}"
+
+
 # --------------------------------------------------------------------------- migrate
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from townlet.inference.migration import find_training_checkpoints, inference_path_for, migrate_checkpoint
+    from townlet.inference.migration import MigrationConflictError, migrate_checkpoint, plan_migration
 
-    sources = find_training_checkpoints(args.paths)
-    if not sources:
+    try:
+        plan = plan_migration(args.paths, args.out)
+    except MigrationConflictError as exc:
+        raise UserError(str(exc)) from None
+    if not plan:
         raise UserError(f"no checkpoint_ep*.pt found under {', '.join(map(str, args.paths))}")
-    plan = [(src, inference_path_for(src, args.out)) for src in sources]
     if args.dry_run:
         for src, dst in plan:
             state = (

@@ -21,14 +21,20 @@ from torch import nn
 from townlet.inference.checkpoint import load_training_checkpoint, save_inference_checkpoint
 
 __all__ = [
+    "MigrationConflictError",
     "MigrationResult",
     "find_training_checkpoints",
     "inference_path_for",
     "migrate_checkpoint",
+    "plan_migration",
     "save_inference_beside",
 ]
 
 _TRAINING_NAME = re.compile(r"^checkpoint_ep(\d+)\.pt$")
+
+
+class MigrationConflictError(ValueError):
+    """Two training checkpoints would be written to one inference checkpoint; the message names both."""
 
 
 @dataclass(frozen=True)
@@ -55,16 +61,51 @@ def find_training_checkpoints(paths: Iterable[str | Path]) -> list[Path]:
 
     Raises FileNotFoundError for a path that does not exist.
     """
-    found: list[Path] = []
+    return list(dict.fromkeys(source for source, _ in _sources_with_roots(paths)))
+
+
+def plan_migration(paths: Iterable[str | Path], out_dir: str | Path | None = None) -> list[tuple[Path, Path]]:
+    """``(training checkpoint, inference checkpoint)`` pairs for files and run folders, in a stable order.
+
+    Without ``out_dir`` each output goes beside its source. With it, a checkpoint found in a folder argument
+    keeps its place relative to that folder, so runs that share episode numbers stay apart
+    (``runs/a/checkpoints/checkpoint_ep00100.pt`` given as ``runs`` -> ``OUT/a/checkpoints/model_ep00100.pt``;
+    one run's ``checkpoints/`` folder -> ``OUT/model_ep00100.pt``), and a file argument goes straight into
+    ``out_dir``. Raises `MigrationConflictError` naming both sources when two would still share a target
+    (two file arguments with one name), and FileNotFoundError for a path that does not exist.
+    """
+    plan: dict[Path, Path] = {}
+    owners: dict[Path, Path] = {}
+    for source, root in _sources_with_roots(paths):
+        if source in plan:
+            continue
+        if out_dir is None:
+            target = inference_path_for(source)
+        else:
+            relative = source.parent.relative_to(root) if root is not None else Path()
+            target = inference_path_for(source, Path(out_dir) / relative)
+        if target in owners:
+            raise MigrationConflictError(
+                f"{owners[target]} and {source} would both be written to {target}; migrate them into "
+                "different --out folders, or pass their common parent folder so that --out mirrors the tree"
+            )
+        plan[source] = target
+        owners[target] = source
+    return list(plan.items())
+
+
+def _sources_with_roots(paths: Iterable[str | Path]) -> list[tuple[Path, Path | None]]:
+    """Each training checkpoint with the folder argument it was found in (None for a file argument)."""
+    found: list[tuple[Path, Path | None]] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(path.rglob("checkpoint_ep*.pt")))
+            found.extend((source, path) for source in sorted(path.rglob("checkpoint_ep*.pt")))
         elif path.is_file():
-            found.append(path)
+            found.append((path, None))
         else:
             raise FileNotFoundError(f"{path}: no such file or directory")
-    return list(dict.fromkeys(found))
+    return found
 
 
 def migrate_checkpoint(
