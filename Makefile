@@ -19,12 +19,16 @@ help:  ## list the targets
 install: $(STAMP)  ## create .venv with torch (TORCH_SPEC) and the project in editable mode
 
 $(STAMP): pyproject.toml client/pyproject.toml Makefile
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q "grpcio-tools>=1.85.1"
+	@test -x $(PY) || { echo "== [1/4] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "== [2/4] torch ($(TORCH_SPEC)): the big one, a minute or two on a first install"
+	$(PIP) install "$(TORCH_SPEC)"
+	@echo "== [3/4] grpcio-tools and the gRPC stubs (make proto)"
+	$(PIP) install "grpcio-tools>=1.85.1"
 	$(MAKE) --no-print-directory proto
-	$(PIP) install -q -e ./client -e ".[dev]"
+	@echo "== [4/4] the client and the project, editable, with the dev tools"
+	$(PIP) install -e ./client -e ".[dev]"
 	@touch $@
+	@echo "== installed: source $(VENV)/bin/activate (or run .venv/bin/python)"
 
 proto: $(GEN_STAMP)  ## generate the Python gRPC stubs from proto/ into the client package
 
