@@ -54,3 +54,12 @@ def test_light_modules_do_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_viewer_builds_on_client_env_and_inference_only_and_nothing_imports_it() -> None:
+    imported = _imports(ROOT / "server" / "hamlet_viewer")
+    ours = {n for n in imported if _top({n}) & {"townlet", "hamlet_server", "hamlet_client", "hamlet_viewer"}}
+    allowed = ("hamlet_client", "townlet.env", "townlet.inference", "hamlet_viewer")
+    assert not {n for n in ours if not n.startswith(allowed)}
+    for folder in ("server/townlet", "server/hamlet_server", "client/hamlet_client", "examples", "scripts", "bench"):
+        assert "hamlet_viewer" not in _top(_imports(ROOT / folder)), folder

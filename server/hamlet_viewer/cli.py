@@ -1,0 +1,121 @@
+"""``hamlet-viewer``: serve the live viewer page (default http://127.0.0.1:8765) for a Hamlet Serve server
+(default localhost:50051) or, with ``--checkpoint``, for a local checkpoint (no server needed)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hamlet_viewer.app import MAX_SPEED, create_app
+from hamlet_viewer.brains import Brain, LocalBrain, RemoteBrain
+from hamlet_viewer.errors import ViewerError
+from hamlet_viewer.session import MAX_ENVS, SessionSettings
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger("hamlet_viewer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hamlet-viewer",
+        description="Watch a Hamlet agent play Townlet live in the browser. Actions come from a served model "
+        "through an episode stream (the server keeps the LSTM state), or from a local checkpoint.",
+    )
+    source = parser.add_argument_group("where actions come from")
+    source.add_argument(
+        "--target", default="localhost:50051", help="Hamlet Serve server host:port (default %(default)s)"
+    )
+    source.add_argument("--token-file", default="", help="file holding the server's bearer token (as hamlet-server's)")
+    source.add_argument("--tls", action="store_true", help="TLS to the server with the system's root certificates")
+    source.add_argument(
+        "--checkpoint", default="", help="run this local checkpoint (model_epNNNNN.pt or a folder of them) instead "
+        "of a server; its sibling *_epNNNNN.pt files are its versions",
+    )  # fmt: skip
+    web = parser.add_argument_group("the page")
+    web.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
+    web.add_argument("--port", type=int, default=8765, help="port (default %(default)s; 0 picks a free one)")
+    start = parser.add_argument_group("what each page starts with (all changeable on the page)")
+    start.add_argument("--model", default=None, help="model name (default: the server's default model)")
+    start.add_argument("--version", type=int, default=None, help="model version (default: the latest)")
+    start.add_argument("--level", default=None, help="Townlet level (default: the one the model trained on)")
+    start.add_argument(
+        "--envs", type=int, default=1, help=f"environments shown side by side, 1..{MAX_ENVS} (default 1)"
+    )
+    start.add_argument("--epsilon", type=float, default=0.0, help="exploration rate (default 0: greedy)")
+    start.add_argument("--seed", type=int, default=0, help="seed of layouts, start cells and exploration (default 0)")
+    start.add_argument(
+        "--layout", choices=("trained", "random"), default="trained",
+        help="trained: the layout the model trained on (from its metadata); random: a new one every episode",
+    )  # fmt: skip
+    start.add_argument("--speed", type=float, default=8.0, help=f"steps per second, 0.1..{MAX_SPEED:g} (default 8)")
+    start.add_argument("--follow-latest", action="store_true", help="switch to newer model versions as they appear")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+def _brain(args: argparse.Namespace) -> Brain:
+    if args.checkpoint:
+        return LocalBrain(Path(args.checkpoint))
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise ViewerError(f"--token-file {args.token_file}: {exc.strerror}") from None
+        if not token:
+            raise ViewerError(f"--token-file {args.token_file} is empty; put the server's bearer token in it")
+    return RemoteBrain(args.target, token=token, tls=args.tls)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ViewerError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
+    sock.listen(64)
+    return sock
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    try:
+        settings = SessionSettings(
+            model=args.model, version=args.version, level=args.level, num_envs=args.envs, epsilon=args.epsilon,
+            seed=args.seed, follow_latest=args.follow_latest, layout=args.layout,
+        ).checked()  # fmt: skip
+        brain = _brain(args)
+        app = create_app(brain, settings, speed=args.speed)
+        try:
+            names = [entry.name for entry in brain.models()]
+            logger.info("%s serves %s", brain.label, ", ".join(names))
+        except Exception as exc:  # the page retries; say now what is wrong
+            logger.warning("cannot list the models of %s yet (%s); is `make serve` running?", brain.label, exc)
+        sock = _bind(args.host, args.port)
+    except ViewerError as exc:
+        print(f"hamlet-viewer: {exc}", file=sys.stderr)
+        return 2
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"READY http://{shown}:{port}/", flush=True)
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=False, ws_max_size=1 << 20)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down already
+        asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

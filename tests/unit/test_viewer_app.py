@@ -1,0 +1,129 @@
+"""hamlet_viewer's web app over a local checkpoint: the WebSocket protocol (one frame per step, play/pause,
+errors that keep the page usable), the same-origin check, and the assets (no CDN)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from hamlet_viewer import LocalBrain, SessionSettings
+from hamlet_viewer.app import STATIC_DIR, create_app
+from hamlet_viewer.cli import build_parser
+from townlet.agent.networks import SimpleQNetwork
+from townlet.inference import HamletModel, save_inference_checkpoint
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    torch.manual_seed(0)
+    path = tmp_path / "mlp" / "model_ep00004.pt"
+    path.parent.mkdir()
+    save_inference_checkpoint(HamletModel(SimpleQNetwork(91, 6)), path, metadata={"episode": 4})
+    app = create_app(LocalBrain(path), SessionSettings(num_envs=2), speed=120.0)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def receive_until(ws: Any, kind: str) -> list[dict[str, Any]]:
+    """Messages up to and including the first of type ``kind``."""
+    messages = []
+    while True:
+        messages.append(ws.receive_json())
+        if messages[-1]["type"] == kind:
+            return messages
+
+
+def test_page_and_assets_are_served_from_the_package(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "viewer.js" in page.text
+    for name in ("viewer.js", "viewer.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+    assert client.get("/frame-schema.json").json()["properties"]["type"] == {"const": "frame"}
+
+
+def test_assets_load_nothing_from_other_hosts() -> None:
+    for path in STATIC_DIR.iterdir():
+        urls = set(re.findall(r"https?://[^\s\"'`)]+", path.read_text()))
+        assert urls <= {"http://www.w3.org/2000/svg"}, f"{path.name} refers to {urls}"
+
+
+def test_each_step_command_sends_exactly_one_frame(client: TestClient) -> None:
+    with client.websocket_connect("/ws") as ws:
+        assert [m["type"] for m in receive_until(ws, "status")] == ["session", "status"]
+        ticks = []
+        for _ in range(3):
+            ws.send_json({"type": "step"})
+            messages = receive_until(ws, "status")
+            assert [m["type"] for m in messages] == ["frame", "status"]
+            assert messages[-1]["playing"] is False
+            ticks.append(messages[0]["tick"])
+        assert ticks == [1, 2, 3]
+
+
+def test_play_streams_frames_until_pause(client: TestClient) -> None:
+    with client.websocket_connect("/ws") as ws:
+        receive_until(ws, "status")
+        ws.send_json({"type": "play"})
+        frames = [m for m in (ws.receive_json() for _ in range(12)) if m["type"] == "frame"]
+        assert len(frames) >= 10
+        assert [f["tick"] for f in frames] == list(range(1, len(frames) + 1))
+        ws.send_json({"type": "pause"})
+        late = [m["tick"] for m in receive_until(ws, "status") if m["type"] == "frame"]
+        ws.send_json({"type": "step"})
+        after = receive_until(ws, "status")
+        # at most one step was in flight when the pause arrived; then the step command adds exactly one
+        stepped = late + [m["tick"] for m in after if m["type"] == "frame"]
+        assert stepped == list(range(frames[-1]["tick"] + 1, frames[-1]["tick"] + 1 + len(stepped)))
+        assert 1 <= len(stepped) <= 2 + len(late) and [m["type"] for m in after][-2:] == ["frame", "status"]
+
+
+def test_bad_commands_get_an_error_and_the_page_keeps_working(client: TestClient) -> None:
+    with client.websocket_connect("/ws") as ws:
+        receive_until(ws, "status")
+        for bad, text in [
+            ({"type": "jump"}, "unknown message type 'jump'"),
+            ({"type": "speed", "value": 1000}, "speed must be in"),
+            ({"type": "configure", "settings": {"colour": 1}}, "unknown setting 'colour'"),
+            ({"type": "configure", "settings": {"model": "nope"}}, "model 'nope': not served"),
+            ({"type": "configure", "settings": {"epsilon": 2}}, "epsilon must be in"),
+        ]:
+            ws.send_json(bad)
+            error = ws.receive_json()
+            assert error["type"] == "error" and text in error["message"], error
+        ws.send_text("not json")
+        assert ws.receive_json()["type"] == "error"
+        ws.send_json({"type": "step"})
+        assert receive_until(ws, "frame")[-1]["tick"] == 1
+
+
+def test_configure_and_new_episode_send_a_fresh_session(client: TestClient) -> None:
+    with client.websocket_connect("/ws") as ws:
+        receive_until(ws, "status")
+        ws.send_json({"type": "configure", "settings": {"num_envs": 4, "epsilon": 0.25}})
+        session = receive_until(ws, "session")[-1]
+        assert (session["num_envs"], session["epsilon"], len(session["envs"])) == (4, 0.25, 4)
+        ws.send_json({"type": "step"})
+        assert len(receive_until(ws, "frame")[-1]["envs"]) == 4
+        ws.send_json({"type": "new_episode"})
+        fresh = receive_until(ws, "session")[-1]
+        assert [env["step"] for env in fresh["envs"]] == [0, 0, 0, 0]
+        assert [env["episode"] for env in fresh["envs"]] == [6, 7, 8, 9]  # 0-1 first, 2-5 after configure
+
+
+def test_pages_of_other_sites_are_refused(client: TestClient) -> None:
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws", headers={"origin": "http://evil.example"}):
+        pass
+    with client.websocket_connect("/ws", headers={"origin": "http://testserver"}) as ws:
+        assert ws.receive_json()["type"] == "session"
+
+
+def test_cli_defaults_bind_loopback_and_target_the_default_server() -> None:
+    args = build_parser().parse_args([])
+    assert (args.host, args.port, args.target, args.checkpoint) == ("127.0.0.1", 8765, "localhost:50051", "")
