@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hamlet_runs import write_training_checkpoint
 
@@ -34,3 +35,6 @@ def test_inference_usage_snippets_run(
     assert "obs: expected shape [91] or [B, 91], got [1, 54]" in out
     assert "does_not_exist.pt: no such file" in out
     assert os.path.exists("model_ep00100.pt") and os.path.exists("model_spec.pt")
+    assert isinstance(namespace["q_values"], np.ndarray)  # "numpy in, numpy out", as the page says
+    hidden = namespace["hidden"]  # the episode_start block's state: numpy (h, c) each [1, 4, 256]
+    assert isinstance(hidden, tuple) and all(isinstance(t, np.ndarray) and t.shape == (1, 4, 256) for t in hidden)
