@@ -61,6 +61,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+@pytest.mark.slow  # starts openssl to make a certificate
 def test_tls(model_dir: Path, tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
     server = ThreadedServer(

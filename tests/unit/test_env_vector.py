@@ -238,6 +238,7 @@ def test_run_random_policy_is_seeded_and_bounded() -> None:
     assert ((a >= 1) & (a <= 500)).all()
 
 
+@pytest.mark.slow  # starts a Python process
 def test_env_package_does_not_import_torch() -> None:
     code = "import sys, townlet.env; assert 'torch' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,6 +10,7 @@ from types import ModuleType
 
 import gymnasium as gym
 import numpy as np
+import pytest
 
 from townlet.inference import HamletModel
 
@@ -38,6 +39,7 @@ def test_demo_model_survives_every_step_on_its_training_layout() -> None:
     np.testing.assert_array_equal(steps, [500] * 6)  # the README's evaluation: every episode reaches the limit
 
 
+@pytest.mark.slow  # starts a Python process
 def test_example_prints_model_and_random_rows() -> None:
     done = subprocess.run(
         [sys.executable, str(EXAMPLE), "--episodes", "4", "--seed", "1"], capture_output=True, text=True, check=True

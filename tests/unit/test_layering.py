@@ -49,6 +49,7 @@ def test_agent_networks_import_no_inference_model() -> None:
     }
 
 
+@pytest.mark.slow  # starts a Python process per module
 @pytest.mark.parametrize("module", ["townlet.inference.errors", "townlet.inference"])
 def test_light_modules_do_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; print('torch' in sys.modules)"

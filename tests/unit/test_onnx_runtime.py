@@ -28,6 +28,7 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return model, OnnxModel(path)
 
 
+@pytest.mark.slow  # starts a Python process
 def test_importing_the_predictor_does_not_import_torch() -> None:
     code = (
         "import sys, numpy as np\n"
