@@ -9,9 +9,10 @@ The simulator (`townlet.env`, numpy only) steps ``--envs`` environments in lock 
 as soon as it dies, until ``--episodes`` episodes have finished. One `StreamEpisode` carries all of them
 (or, with ``--streams``, one stream per environment); the server keeps each environment's LSTM state and
 zeroes it when the step's reset mask says the environment restarted; the action masks go with every step
-so the server's greedy pick is over valid actions. No torch is
-imported here. The level and the training layout come from the model's metadata (``level`` and ``seed``,
-written by ``hamlet-train``); ``--level`` / ``--layout seed`` override them for other models.
+so the server's greedy pick is over valid actions. No torch is imported here: ``pip install ./client ./sim``
+(the client SDK and the numpy-only simulator) is all it needs. The level and the training layout come from
+the model's metadata (``level`` and ``seed``, written by ``hamlet-train``); ``--level`` / ``--layout seed``
+override them for other models.
 
 Prints the survival steps and env steps per second of the served model and, on the same kind of rollout,
 of the random valid policy. (`rollout` plays one round of episodes, all started together.)
@@ -28,8 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from hamlet_client import Episode, HamletClient, HamletError
-from townlet.env import Action, VectorTownletEnv, random_valid_actions
-from townlet.training.config import training_layout
+from townlet.env import Action, VectorTownletEnv, random_valid_actions, training_layout
 
 Layout = dict[str, tuple[int, int]] | None
 Choose = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (obs, masks, reset) -> actions

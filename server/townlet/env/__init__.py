@@ -11,7 +11,8 @@ Quick start::
     obs, reward, done, info = env.step(random_valid_actions(env.action_masks(), rng))
     env.reset_envs(done | info["truncated"])
 
-This package never imports torch. See ``docs/ENVIRONMENT.md``.
+This package never imports torch: it needs numpy only (``pip install ./sim`` installs just this package;
+``townlet.env.gym`` also needs gymnasium). See ``docs/ENVIRONMENT.md``.
 """
 
 from townlet.env.actions import ACTION_DIM, Action, apply_movement, compute_action_masks
@@ -44,7 +45,7 @@ from townlet.env.observation import (
     encode_partial_observation,
 )
 from townlet.env.state import EnvState, initial_meters, validate_state
-from townlet.env.vector_env import Transition, VectorTownletEnv, transition
+from townlet.env.vector_env import Transition, VectorTownletEnv, training_layout, transition
 
 __all__ = [
     "ACTION_DIM",
@@ -95,6 +96,7 @@ __all__ = [
     "random_valid_actions",
     "run_random_policy",
     "terminal_mask",
+    "training_layout",
     "transition",
     "validate_state",
 ]

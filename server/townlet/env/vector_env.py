@@ -42,7 +42,7 @@ from townlet.env.observation import (
 )
 from townlet.env.state import EnvState, initial_meters, validate_state
 
-__all__ = ["EnvState", "Transition", "VectorTownletEnv", "initial_meters", "transition"]
+__all__ = ["EnvState", "Transition", "VectorTownletEnv", "initial_meters", "training_layout", "transition"]
 
 
 class Transition(NamedTuple):
@@ -367,3 +367,13 @@ class VectorTownletEnv:
                 f"got values in [{array.min()}, {array.max()}]"
             )
         return array.astype(np.int64, copy=False)
+
+
+def training_layout(level: str | LevelConfig, seed: int) -> dict[str, tuple[int, int]]:
+    """``{affordance: (x, y)}``: the layout that ``VectorTownletEnv(level, n, seed=seed)`` shares across its
+    envs, hence the fixed layout a ``hamlet-train`` run of ``level`` with ``seed`` trains on.
+
+    It depends on the level and the seed only, so a remote simulator can rebuild it from a model's metadata
+    (``level``, ``seed``) with nothing but numpy.
+    """
+    return VectorTownletEnv(level, 1, seed=seed).affordance_positions()

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from townlet.env import LEVELS, LevelConfig, VectorTownletEnv, get_level
+from townlet.env import LEVELS, LevelConfig, get_level, training_layout
 from townlet.training.errors import TrainingConfigError
 
 __all__ = ["TrainConfig", "network_type_for", "stage_for_multiplier", "training_layout"]
@@ -113,15 +113,6 @@ def stage_for_multiplier(multiplier: float) -> int:
         if multiplier <= value + 1e-9:
             return stage
     return len(_STAGE_MULTIPLIERS)
-
-
-def training_layout(level: str | LevelConfig, seed: int) -> dict[str, tuple[int, int]]:
-    """``{affordance: (x, y)}``: the fixed layout a run of ``level`` with ``seed`` trains on (no ``relayout``).
-
-    It depends on the level and the seed only, so a remote simulator can rebuild it from a model's
-    metadata (``level``, ``seed``) without torch.
-    """
-    return VectorTownletEnv(level, 1, seed=seed).affordance_positions()
 
 
 def _is_pack(name: str) -> bool:
