@@ -126,15 +126,14 @@ def migrate_checkpoint(
         raise FileExistsError(f"{target} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     loaded = load_training_checkpoint(source, "cpu", trust_pickle=trust_pickle)
     meta = loaded.metadata
-    metadata = {
-        "episode": meta["episode"],
-        "epsilon": meta["epsilon"],
-        "curriculum_stage": meta["curriculum_stage"],
-        "config_dir": meta["config_dir"],
-        "trained_at": meta["created_at"],
-        "source_checkpoint": source.name,
-        "source_sha256": meta["sha256"],
-    }
+    metadata = _provenance(
+        source,
+        meta["episode"],
+        meta["epsilon"],
+        meta["curriculum_stage"],
+        meta["config_dir"],
+        {"trained_at": meta["created_at"], "source_sha256": meta["sha256"]},
+    )
     save_inference_checkpoint(loaded.network, target, metadata)
     return MigrationResult(source, target, source.stat().st_size, target.stat().st_size, meta["episode"])
 
@@ -155,12 +154,25 @@ def save_inference_beside(
     Call it from a training loop right after saving the training checkpoint; ``q_network`` is the online
     network (its weights are copied to CPU, the live network is not touched).
     """
-    metadata = {
+    metadata = _provenance(training_path, episode, epsilon, curriculum_stage, config_dir, extra_metadata)
+    return save_inference_checkpoint(q_network, inference_path_for(training_path), metadata, brain_spec)
+
+
+def _provenance(
+    training_path: str | Path,
+    episode: int | None,
+    epsilon: float | None,
+    curriculum_stage: int | None,
+    config_dir: str | None,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The metadata every inference checkpoint made from a training checkpoint carries (one rule for both
+    entry points): where in training it came from, and which file."""
+    return {
         "episode": episode,
         "epsilon": epsilon,
         "curriculum_stage": curriculum_stage,
         "config_dir": config_dir,
         "source_checkpoint": Path(training_path).name,
-        **(extra_metadata or {}),
+        **(extra or {}),
     }
-    return save_inference_checkpoint(q_network, inference_path_for(training_path), metadata, brain_spec)
