@@ -11,7 +11,7 @@ PROTO_SRC  := $(wildcard proto/hamlet/v1/*.proto)
 GEN_DIR    := client/hamlet_client/_generated
 GEN_STAMP  := $(GEN_DIR)/.stamp
 
-.PHONY: help install proto test test-fast lint format bench serve clean
+.PHONY: help install proto test test-fast lint format bench serve view browser-deps clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ $(GEN_STAMP): $(PROTO_SRC) scripts/gen_proto.py
 	$(PY) scripts/gen_proto.py
 	@touch $@
 
-test: install proto  ## run the whole test suite
+test: install proto browser-deps  ## run the whole test suite
 	$(PY) -m pytest -q
 
 test-fast: install proto  ## skip tests marked slow
@@ -62,6 +62,18 @@ MODELS     ?= models
 SERVE_ARGS ?=
 serve: install proto  ## serve the model repository MODELS (default: models/, the trained demo models) on 127.0.0.1:50051
 	$(PY) -m hamlet_server.cli serve --models $(MODELS) $(SERVE_ARGS)
+
+VIEW_ARGS ?=
+view: install proto  ## live viewer on http://127.0.0.1:8765 against make serve's server (VIEW_ARGS="--envs 4 ...")
+	$(PY) -m hamlet_viewer.cli $(VIEW_ARGS)
+
+browser-deps:  ## Debian's chromium and chromium-driver, for the viewer's browser test (make test runs it)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  echo "== chromium and chromium-driver (Debian packages) for tests/e2e/test_viewer_browser.py"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; \
+	else echo "== no apt-get here: install Chromium and chromedriver, else the browser test is skipped"; fi
 
 clean:  ## remove the virtual environment and generated code
 	rm -rf $(VENV) $(GEN_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,7 @@
 """The Starlette app: the page and its assets, and one WebSocket per open page driving a `ViewerSession`.
 
-Page -> server messages (JSON, ``type``): ``play``, ``pause``, ``step`` (exactly one step; pauses first),
+Page -> server messages (JSON, ``type``): ``play``, ``pause`` (no frame follows its ``status`` answer),
+``step`` (exactly one step and one frame; pauses first),
 ``speed`` {value: steps per second}, ``new_episode``, ``configure`` {model, version, level, num_envs,
 epsilon, follow_latest, layout, seed: any subset}. Server -> page: see `hamlet_viewer.frames`.
 
@@ -77,7 +78,7 @@ class PagePlayer:
         self._wake = asyncio.Event()
 
     async def run(self) -> None:
-        await self._send(await self._call(self.session.start))
+        await self._call_and_send(self.session.start)
         await self._send(self._status())
         ticker = asyncio.create_task(self._tick_forever())
         try:
@@ -91,9 +92,11 @@ class PagePlayer:
             await asyncio.gather(ticker, return_exceptions=True)
             await asyncio.to_thread(self.session.close)
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _call_and_send(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` in a worker thread and send what it returns, holding the lock across both so that
+        messages leave in the order the session made them (a session message before its first frame)."""
         async with self._lock:
-            return await asyncio.to_thread(fn, *args)
+            await self._send(await asyncio.to_thread(fn, *args))
 
     async def _send(self, message: dict[str, Any] | list[dict[str, Any]]) -> None:
         for item in message if isinstance(message, list) else [message]:
@@ -109,12 +112,15 @@ class PagePlayer:
                 await self._wake.wait()
                 continue
             began = time.monotonic()
-            try:
-                await self._send(await self._call(self.session.step))
-            except ViewerError as exc:
-                self.playing = False
-                await self._send([{"type": "error", "message": str(exc)}, self._status()])
-                continue
+            async with self._lock:  # a step and its frame go out together; pause waits for both
+                if not self.playing:
+                    continue
+                try:
+                    await self._send(await asyncio.to_thread(self.session.step))
+                except ViewerError as exc:
+                    self.playing = False
+                    await self._send([{"type": "error", "message": str(exc)}, self._status()])
+                    continue
             await asyncio.sleep(max(0.0, 1.0 / self.speed - (time.monotonic() - began)))
 
     async def _handle(self, raw: str) -> None:
@@ -134,19 +140,21 @@ class PagePlayer:
             self._wake.set()
         elif kind == "pause":
             self.playing = False
+            async with self._lock:  # the step in flight (if any) has sent its frame: none follows the status
+                pass
         elif kind == "step":
             self.playing = False
-            await self._send(await self._call(self.session.step))
+            await self._call_and_send(self.session.step)
         elif kind == "speed":
             value = float(message.get("value", 0))
             if not 0.1 <= value <= MAX_SPEED:
                 raise ViewerError(f"speed must be in [0.1, {MAX_SPEED:g}] steps per second, got {value}")
             self.speed = value
         elif kind == "new_episode":
-            await self._send(await self._call(self.session.new_episode))
+            await self._call_and_send(self.session.new_episode)
         elif kind == "configure":
             changes = parse_settings(message.get("settings"))
-            await self._send(await self._call(self.session.configure, changes))
+            await self._call_and_send(self.session.configure, changes)
         else:
             raise ViewerError(
                 f"unknown message type {kind!r}; expected play, pause, step, speed, new_episode or configure"

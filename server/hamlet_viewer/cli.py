@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import sys
@@ -17,7 +18,7 @@ from hamlet_viewer.brains import Brain, LocalBrain, RemoteBrain
 from hamlet_viewer.errors import ViewerError
 from hamlet_viewer.session import MAX_ENVS, SessionSettings
 
-__all__ = ["build_parser", "main"]
+__all__ = ["brain_from_args", "build_parser", "main"]
 
 logger = logging.getLogger("hamlet_viewer")
 
@@ -60,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _brain(args: argparse.Namespace) -> Brain:
+def brain_from_args(args: argparse.Namespace) -> Brain:
+    """The `Brain` the flags name: a local checkpoint, else the server (with its token and TLS)."""
     if args.checkpoint:
+        import torch
+
+        torch.set_num_threads(1)  # small batches: one thread is several times faster than torch's default
         return LocalBrain(Path(args.checkpoint))
     token = None
     if args.token_file:
@@ -97,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model=args.model, version=args.version, level=args.level, num_envs=args.envs, epsilon=args.epsilon,
             seed=args.seed, follow_latest=args.follow_latest, layout=args.layout,
         ).checked()  # fmt: skip
-        brain = _brain(args)
+        brain = brain_from_args(args)
         app = create_app(brain, settings, speed=args.speed)
         try:
             names = [entry.name for entry in brain.models()]
@@ -109,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hamlet-viewer: {exc}", file=sys.stderr)
         return 2
     host, port = sock.getsockname()[:2]
+    if not ipaddress.ip_address(host).is_loopback:
+        logger.warning("listening on %s: anyone who reaches it can watch and drive the viewer (no login)", host)
     shown = f"[{host}]" if ":" in host else host
     print(f"READY http://{shown}:{port}/", flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, ws_max_size=1 << 20)

@@ -242,3 +242,27 @@ def test_random_baseline_starts_from_the_episode_start_and_is_reproducible() -> 
     np.testing.assert_array_equal(first, again)
     assert first.shape == (6,) and (first >= 1).all() and (first <= level.max_steps_per_episode).all()
     assert first.std() > 0  # different random episodes from one start
+
+
+def test_token_file_reaches_a_protected_server(mlp_path: Path, tmp_path: Path) -> None:
+    from hamlet_client import UnauthenticatedError
+    from hamlet_viewer.cli import brain_from_args, build_parser
+
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    server = ThreadedServer(
+        ServerConfig(models=mlp_path.parent.parent, port=0, metrics_port=0, poll_interval=0, token_file=str(token_file))
+    )
+    try:
+        without = brain_from_args(build_parser().parse_args(["--target", server.target]))
+        with pytest.raises(UnauthenticatedError):
+            ViewerSession(without, SessionSettings()).start()
+        without.close()
+        brain = brain_from_args(build_parser().parse_args(["--target", server.target, "--token-file", str(token_file)]))
+        session = ViewerSession(brain, SessionSettings())
+        assert session.start()["model"] == "mlp"
+        assert run_frames(session, 2)[-1]["tick"] == 2
+        session.close()
+        brain.close()
+    finally:
+        server.stop()

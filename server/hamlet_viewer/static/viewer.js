@@ -166,7 +166,12 @@
 
   // ------------------------------------------------------------------ frames
 
+  function count(kind) {  // message counters on <body data-*>, for people and browser tests alike
+    document.body.dataset[kind] = String(Number(document.body.dataset[kind] || 0) + 1);
+  }
+
   function onFrame(f) {
+    if (!view.session || f.envs.length !== view.session.num_envs) return;  // a frame of a session being replaced
     $("tick").textContent = f.tick;
     $("version-label").textContent = f.version;
     for (const e of f.envs) {
@@ -329,6 +334,7 @@
 
   function onStatus(st) {
     view.playing = st.playing;
+    document.body.dataset.playing = String(st.playing);
     $("play").classList.toggle("active", st.playing);
     $("pause").classList.toggle("active", !st.playing);
     $("speed").value = Math.min(60, Math.max(1, st.speed));
@@ -350,6 +356,8 @@
       if (message.type === "session") onSession(message);
       else if (message.type === "frame") onFrame(message);
       else if (message.type === "status") onStatus(message);
+      const counter = { session: "sessions", frame: "frames", status: "statuses", error: "errors" }[message.type];
+      if (counter) count(counter);
       else if (message.type === "error") { console.warn("viewer:", message.message); showError(message.message); }
     };
   }
