@@ -13,6 +13,7 @@ from hamlet_runs import make_network, write_training_checkpoint
 
 from townlet.inference import HamletModel
 from townlet.inference.cli import main
+from townlet.inference.file_kind import not_a_checkpoint
 from townlet.inference.migration import inference_path_for, migrate_checkpoint, plan_migration, save_inference_beside
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,6 +178,14 @@ def test_cli_inspect_names_what_a_foreign_file_is(
     err = capsys.readouterr().err
     assert message in err and "model_ep*.pt or checkpoint_ep*.pt" in err
     assert "weights_only" not in err and err.count("\n") == 1
+
+
+def test_real_checkpoints_are_left_to_torch(tmp_path: Path) -> None:
+    zipped = HamletModel(make_network("simple")).save(tmp_path / "m.pt")
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"x": 1}, legacy, _use_new_zipfile_serialization=False)
+    for path in (zipped, legacy):
+        assert not_a_checkpoint(path.name, path.read_bytes()[:512]) is None
 
 
 def test_cli_inspect_a_real_onnx_export_points_at_verify_onnx(

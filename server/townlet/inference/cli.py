@@ -139,35 +139,15 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-_EXPECTED = "expected a model_ep*.pt or checkpoint_ep*.pt written by torch.save"
-
-
 def _not_a_torch_file(path: Path) -> str | None:
-    """What ``path`` is when it is plainly not a torch checkpoint (an ONNX model, a text file), else None.
+    from townlet.inference.file_kind import not_a_checkpoint
 
-    torch.save writes a zip archive (``PK``) or, in the legacy format, a pickle (``0x80``); anything else is
-    named here, before torch's own message (which suggests unsafe loading) can reach the user.
-    """
     try:
         with path.open("rb") as file:
             head = file.read(512)
     except OSError:
         return None  # missing or unreadable: the loader's message names the problem
-    if head.startswith((b"PK\x03\x04", b"\x80")):
-        return None
-    if not head:
-        return f"{path} is empty, not a torch checkpoint; {_EXPECTED}"
-    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"pytorch" in head):
-        return (
-            f"{path} is an ONNX model, not a torch checkpoint; {_EXPECTED}. To check an ONNX file against "
-            f"its checkpoint run '{PROG} verify-onnx {path} CHECKPOINT'; to run it, "
-            "townlet.inference.onnx_runtime.OnnxModel"
-        )
-    try:
-        first = head.decode("utf-8").strip().splitlines()[0][:40]
-    except (UnicodeDecodeError, IndexError):
-        return f"{path} is not a torch checkpoint (it starts with bytes {head[:8].hex(' ')}); {_EXPECTED}"
-    return f"{path} is a text file (it starts {first!r}), not a torch checkpoint; {_EXPECTED}"
+    return not_a_checkpoint(str(path), head)
 
 
 # --------------------------------------------------------------------------- migrate
