@@ -28,7 +28,7 @@ class ThreadedServer:
         self.target = f"127.0.0.1:{self.server.port}"
 
     def sessions(self) -> int:
-        return len(self.server.sessions)
+        return len(self.server.streams)
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.server.drain(grace=0.5), self.loop).result(timeout=30)

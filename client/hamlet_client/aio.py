@@ -31,8 +31,15 @@ from hamlet_client.errors import (
     InternalError,
     error_for_code,
     from_rpc_error,
+    reason_in,
 )
-from hamlet_client.messages import episode_start_request, episode_step_request, metadata_request, predict_request
+from hamlet_client.messages import (
+    ended_error,
+    episode_start_request,
+    episode_step_request,
+    metadata_request,
+    predict_request,
+)
 from hamlet_client.results import (
     ModelInfo,
     ModelMetadata,
@@ -221,6 +228,9 @@ class AsyncEpisode:
         except BaseException:
             self._finish(cancel=True, reason="the start failed")
             raise
+        if response.WhichOneof("kind") == "ended":
+            self._finish(cancel=False, reason=f"the server ended the stream: {response.ended.message}")
+            raise ended_error(response.ended)
         if response.WhichOneof("kind") != "started":
             self._finish(cancel=True, reason="the server broke the protocol")
             raise InternalError(f"expected EpisodeStarted first, got {response.WhichOneof('kind')}")
@@ -248,10 +258,15 @@ class AsyncEpisode:
                 raise FailedPreconditionError(f"episode {self.session_id} is closed ({self._end_reason})")
             try:
                 await self._call.write(request)
-            except grpc.RpcError as exc:
-                self._finish(cancel=False, reason=f"the stream failed: {exc.code().name}")
-                raise from_rpc_error(exc) from exc
+            except (grpc.RpcError, asyncio.InvalidStateError) as exc:
+                # The server ended the stream while we were not looking (idle timeout, drain): its reason
+                # is in a response already received, or in the status.
+                self._finish(cancel=False, reason="the server ended the stream")
+                raise await self._why_ended("step") from exc
             response = await self._receive("step")
+        if response.WhichOneof("kind") == "ended":
+            self._finish(cancel=False, reason=f"the server ended the stream: {response.ended.message}")
+            raise ended_error(response.ended)
         if response.WhichOneof("kind") != "step":
             self._finish(cancel=True, reason="the server broke the protocol")
             raise InternalError(f"expected an EpisodeStepResult, got {response.WhichOneof('kind')}")
@@ -286,8 +301,19 @@ class AsyncEpisode:
         code = await self._call.code()
         if code is not None and code != grpc.StatusCode.OK:
             details = await self._call.details()
-            return error_for_code(code, details or f"episode stream ended with {code.name}")
+            message = details or f"episode stream ended with {code.name}"
+            return error_for_code(code, message, reason_in(await self._call.trailing_metadata()))
         return InternalError(f"the server ended the episode stream before answering the {what}")
+
+    async def _why_ended(self, what: str) -> HamletError:
+        """After a failed write: the server's in-band EpisodeEnded if it was received, else the status."""
+        try:
+            response = await asyncio.wait_for(self._call.read(), self._step_timeout)
+        except (grpc.RpcError, asyncio.InvalidStateError, asyncio.TimeoutError):
+            response = None
+        if response is not None and response is not grpc.aio.EOF and response.WhichOneof("kind") == "ended":
+            return ended_error(response.ended)
+        return await self._ended_error(what)
 
     def _on_timeout(self) -> None:
         if not self._closed:

@@ -31,8 +31,10 @@ from hamlet_client.errors import (
     InternalError,
     error_for_code,
     from_rpc_error,
+    reason_from_metadata,
 )
 from hamlet_client.messages import (
+    ended_error,
     episode_start_request,
     episode_step_request,
     metadata_request,
@@ -275,6 +277,9 @@ class Episode:
         except BaseException:
             self._finish(cancel=True, reason="the start failed")
             raise
+        if response.WhichOneof("kind") == "ended":
+            self._finish(cancel=False, reason=f"the server ended the stream: {response.ended.message}")
+            raise ended_error(response.ended)
         if response.WhichOneof("kind") != "started":
             self._finish(cancel=True, reason="the server broke the protocol")
             raise InternalError(
@@ -320,6 +325,9 @@ class Episode:
                 raise FailedPreconditionError(f"episode {self.session_id} is closed ({self._end_reason})")
             self._requests.put(request)
             response = self._receive("step")
+        if response.WhichOneof("kind") == "ended":
+            self._finish(cancel=False, reason=f"the server ended the stream: {response.ended.message}")
+            raise ended_error(response.ended)
         if response.WhichOneof("kind") != "step":
             self._finish(cancel=True, reason="the server broke the protocol")
             raise InternalError(f"expected an EpisodeStepResult, got {response.WhichOneof('kind')}")
@@ -345,7 +353,8 @@ class Episode:
     def _ended_error(self, what: str) -> HamletError:
         code = self._call.code()
         if code is not None and code != grpc.StatusCode.OK:
-            return error_for_code(code, self._call.details() or f"episode stream ended with {code.name}")
+            message = self._call.details() or f"episode stream ended with {code.name}"
+            return error_for_code(code, message, reason_from_metadata(self._call))
         return InternalError(f"the server ended the episode stream before answering the {what}")
 
     def _check_deadline(self, now: float) -> None:

@@ -26,6 +26,13 @@ same classes with the code the server would have used, so one ``except`` clause 
 | UNIMPLEMENTED        | `UnimplementedError`     |                    |
 | INTERNAL, UNKNOWN, DATA_LOSS | `InternalError`  |                    |
 | anything else        | `HamletError`            |                    |
+
+When the server ends an episode stream it says why in-band (an ``EpisodeEnded`` response); the next
+``step`` raises the class for that reason: `SessionExpiredError` (a `DeadlineExceededError`) for
+``idle_timeout`` and ``start_timeout``, `ServerDrainingError` (an `UnavailableError`) for
+``server_draining``, else the class of the status code. ``err.reason`` is the server's stable error reason
+(``IDLE_TIMEOUT``, ``OBS_WIDTH_MISMATCH``, ``SESSION_LIMIT``, ...; empty when it sent none) and
+``err.end_reason`` the stream's end reason (``idle_timeout``, ...; empty outside streams).
 """
 
 from __future__ import annotations
@@ -44,12 +51,20 @@ __all__ = [
     "InvalidArgumentError",
     "ModelNotFoundError",
     "PermissionDeniedError",
+    "ServerDrainingError",
+    "SessionExpiredError",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
     "error_for_code",
+    "error_for_ended",
     "from_rpc_error",
+    "reason_from_metadata",
+    "reason_in",
 ]
+
+REASON_METADATA_KEY = "hamlet-error-reason"
+"""Trailing metadata key under which the server sends its stable error reason."""
 
 
 class HamletError(Exception):
@@ -58,14 +73,20 @@ class HamletError(Exception):
     Attributes:
         message: the server's message (or the client's, for errors found before sending).
         code: the gRPC status code, or None when the error has none.
+        reason: the server's stable error reason (``UNKNOWN_MODEL``, ``IDLE_TIMEOUT``, ...), or "".
+        end_reason: for an episode the server ended, why (``idle_timeout``, ``server_draining``, ...), or "".
     """
 
     default_code: grpc.StatusCode | None = None
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+    def __init__(
+        self, message: str, code: grpc.StatusCode | None = None, *, reason: str = "", end_reason: str = ""
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code if code is not None else self.default_code
+        self.reason = reason
+        self.end_reason = end_reason
 
     def __str__(self) -> str:
         return self.message
@@ -75,7 +96,11 @@ class HamletError(Exception):
         return f"{type(self).__name__}({self.message!r}, code={code})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.message, self.code))
+        return (_rebuild, (type(self), self.message, self.code, self.reason, self.end_reason))
+
+
+def _rebuild(cls: type[HamletError], message: str, code: Any, reason: str, end_reason: str) -> HamletError:
+    return cls(message, code, reason=reason, end_reason=end_reason)
 
 
 class InvalidArgumentError(HamletError, ValueError):
@@ -140,6 +165,16 @@ class UnimplementedError(HamletError):
     default_code = grpc.StatusCode.UNIMPLEMENTED
 
 
+class SessionExpiredError(DeadlineExceededError):
+    """The server ended the episode for a time limit: ``idle_timeout`` (no message either way for its session
+    TTL) or ``start_timeout`` (no start in time). Its state is gone: open a new episode."""
+
+
+class ServerDrainingError(UnavailableError):
+    """The server is shutting down (``server_draining``); the episode's state is gone. Start it again,
+    on another replica."""
+
+
 class InternalError(HamletError):
     """INTERNAL, UNKNOWN or DATA_LOSS: a fault on the server; the message says what it knows."""
 
@@ -163,17 +198,52 @@ _BY_CODE: dict[grpc.StatusCode, type[HamletError]] = {
 }
 
 
-def error_for_code(code: grpc.StatusCode | None, message: str) -> HamletError:
+def error_for_code(code: grpc.StatusCode | None, message: str, reason: str = "") -> HamletError:
     """The `HamletError` subclass instance for a status code (the base class for unmapped codes)."""
     cls = _BY_CODE.get(code, HamletError) if code is not None else HamletError
-    return cls(message, code)
+    return cls(message, code, reason=reason)
+
+
+_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+_BY_END_REASON: dict[str, type[HamletError]] = {
+    "idle_timeout": SessionExpiredError,
+    "start_timeout": SessionExpiredError,
+    "server_draining": ServerDrainingError,
+}
+
+
+def error_for_ended(end_reason: str, message: str, status_code: int, reason: str) -> HamletError:
+    """The error for an in-band ``EpisodeEnded``: ``end_reason`` is the lower-case reason (``idle_timeout``),
+    ``status_code`` the number of the status the stream closes with."""
+    code = _CODE_BY_NUMBER.get(status_code)
+    cls = _BY_END_REASON.get(end_reason) or (_BY_CODE.get(code, HamletError) if code is not None else HamletError)
+    return cls(message, code, reason=reason, end_reason=end_reason)
 
 
 def from_rpc_error(error: grpc.RpcError) -> HamletError:
-    """Translate a `grpc.RpcError` (sync or aio) into its `HamletError`, keeping message and code."""
+    """Translate a `grpc.RpcError` (sync or aio) into its `HamletError`, keeping message, code and reason."""
     code_fn = getattr(error, "code", None)
     details_fn = getattr(error, "details", None)
     code = code_fn() if callable(code_fn) else None
     details = details_fn() if callable(details_fn) else None
     message = details or (f"gRPC call failed with {code.name}" if code is not None else str(error))
-    return error_for_code(code, message)
+    return error_for_code(code, message, reason_from_metadata(error))
+
+
+def reason_from_metadata(call: Any) -> str:
+    """The server's error reason from a sync call's (or RpcError's) trailing metadata; "" when absent."""
+    trailing_fn = getattr(call, "trailing_metadata", None)
+    try:
+        trailing = trailing_fn() if callable(trailing_fn) else None
+    except Exception:  # a call not finished yet, or a fake in tests
+        return ""
+    return reason_in(trailing)
+
+
+def reason_in(metadata: Any) -> str:
+    """The ``hamlet-error-reason`` value among ``(key, value)`` metadata pairs; "" when absent."""
+    for item in metadata or ():
+        key, value = item
+        if key == REASON_METADATA_KEY:
+            return str(value)
+    return ""

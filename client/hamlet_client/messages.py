@@ -9,7 +9,7 @@ import numbers
 from typing import Any
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as service_pb2
-from hamlet_client.errors import InvalidArgumentError
+from hamlet_client.errors import HamletError, InvalidArgumentError, error_for_ended
 from hamlet_client.tensors import encode_action_mask, encode_hidden, encode_observations, encode_reset
 
 __all__ = [
@@ -122,3 +122,11 @@ def episode_step_request(
     if action_mask is not None:
         step.action_mask.CopyFrom(encode_action_mask(action_mask, batch=num_envs))
     return service_pb2.StreamEpisodeRequest(step=step)
+
+
+def ended_error(ended: service_pb2.EpisodeEnded) -> HamletError:
+    """The typed error for the server's in-band ``EpisodeEnded`` (why it ended the stream)."""
+    name = service_pb2.EndReason.Name(ended.reason) if ended.reason in service_pb2.EndReason.values() else ""
+    end_reason = name.removeprefix("END_REASON_").lower() if name else "unspecified"
+    message = ended.message or f"the server ended the episode stream ({end_reason})"
+    return error_for_ended(end_reason, message, ended.status_code, ended.error_reason)

@@ -92,6 +92,7 @@ class StepBatcher:
         self._net_forward = network if isinstance(network, torch.nn.Module) else model.forward
         self.batches = 0
         self.rows = 0
+        self._compact_later: Callable[[], int] | None = None  # a shrink waiting for the forward in flight
 
     def start(self) -> None:
         """Bind to the running event loop (idempotent)."""
@@ -119,6 +120,17 @@ class StepBatcher:
             if item.future is not None and not item.future.done():
                 item.future.cancel()
         self._pending_rows = 0
+
+    def compact(self, rows_in_use: Callable[[], int]) -> None:
+        """Shrink the hidden-state table if the rows in use (read when the shrink happens) fill at most a
+        quarter of it (see `HiddenStateTable.shrink_to_fit`). Runs on the event loop, deferred to the end
+        of the forward in flight: that forward is the only code that touches the table off the loop."""
+        if self.table is None:
+            return
+        if self._busy:
+            self._compact_later = rows_in_use
+        elif self.table.shrink_to_fit(rows_in_use()):
+            log.debug("hidden-state table shrunk to %d rows", self.table.capacity)
 
     @property
     def mean_batch(self) -> float:
@@ -188,6 +200,9 @@ class StepBatcher:
     def _finish(self, batch: list[WorkItem], results: list[BatchResult] | None, error: BaseException | None) -> None:
         """Hand each item its result (or the batch's error; neither: cancelled), then schedule the next."""
         self._busy = False
+        if self._compact_later is not None:
+            rows_in_use, self._compact_later = self._compact_later, None
+            self.compact(rows_in_use)
         if error is not None:
             log.error("forward of a batch of %d items failed: %r", len(batch), error, exc_info=error)
         for i, item in enumerate(batch):

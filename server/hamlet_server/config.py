@@ -8,15 +8,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServerConfig", "add_arguments", "config_from_args"]
+__all__ = ["ServerConfig", "add_arguments", "config_from_args", "is_loopback"]
 
 ENV_PREFIX = "HAMLET_"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach: ``localhost``, 127.0.0.0/8, ``::1`` (brackets allowed)."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to any interface
+        return False
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -32,7 +46,11 @@ class ServerConfig:
         "model repository: one sub-directory per model holding model_ep*.pt "
         "/ checkpoint_ep*.pt, or single <name>.pt files",
     )
-    host: str = _opt("127.0.0.1", "address to bind (0.0.0.0 exposes the server to the network)")
+    host: str = _opt(
+        "127.0.0.1",
+        "address to bind; one other than 127.x, ::1 or localhost (e.g. 0.0.0.0, ::) needs --token-file or "
+        "--tls-cert/--tls-key, or --allow-insecure",
+    )
     port: int = _opt(50051, "gRPC port (0 picks a free one)")
     device: str = _opt("auto", "torch device for the models: auto (cuda when present), cpu, cuda, cuda:N")
     backend: str = _opt(
@@ -45,7 +63,17 @@ class ServerConfig:
     max_envs: int = _opt(1024, "most environments (num_envs) one stream may drive")
     max_predict_batch: int = _opt(4096, "most observations in one Predict call")
     session_ttl: float = _opt(
-        300.0, "seconds a stream may stay silent before its state is freed and it ends with DEADLINE_EXCEEDED"
+        300.0,
+        "seconds a stream may go without a message either way (the client sends no request, or reads no "
+        "response) before its state is freed and it ends with DEADLINE_EXCEEDED (reason idle_timeout)",
+    )
+    start_timeout: float = _opt(
+        5.0, "seconds a new stream has to send its EpisodeStart; then it ends with DEADLINE_EXCEEDED (start_timeout)"
+    )
+    max_slots: int = _opt(
+        65536,
+        "most environment rows (the sum of num_envs of its open streams) per model version; more get "
+        "RESOURCE_EXHAUSTED. Each row of a recurrent model holds (h, c): 2 KiB at H=256, so 65536 rows = 128 MiB",
     )
     max_batch: int = _opt(256, "most observations the batcher puts into one forward")
     max_delay_us: int = _opt(
@@ -62,13 +90,21 @@ class ServerConfig:
         "hop that dominates a lone stream's latency (0: always use the worker thread)",
     )
     poll_interval: float = _opt(2.0, "seconds between scans of the model repository (0 disables hot reload)")
-    metrics_port: int = _opt(9464, "Prometheus /metrics port on the same host (0 disables)")
+    metrics_port: int = _opt(9464, "Prometheus /metrics port (0 disables)")
+    metrics_host: str = _opt(
+        "127.0.0.1", "address /metrics binds (plain HTTP, no authentication: 0.0.0.0 only for a scraper you trust)"
+    )
     threads: int = _opt(1, "torch.set_num_threads: 1 is fastest for small batches on small CPUs")
     token_file: str = _opt(
         "", "file holding the bearer token every hamlet.v1 call must send (empty: no authentication)"
     )
     tls_cert: str = _opt("", "PEM certificate chain: serve TLS instead of plaintext (with --tls-key)")
     tls_key: str = _opt("", "PEM private key of --tls-cert")
+    allow_insecure: bool = _opt(
+        False,
+        "serve plaintext without a token on a non-loopback --host on purpose (e.g. in a container reachable only "
+        "through a port published on the host's loopback); without it such a bind is refused",
+    )
     max_message_mb: int = _opt(16, "largest gRPC message accepted or sent, MiB")
     grace: float = _opt(10.0, "seconds SIGTERM/SIGINT waits for in-flight work before exiting")
     log_level: str = _opt("INFO", "logging level: DEBUG, INFO, WARNING, ERROR")
@@ -79,6 +115,8 @@ class ServerConfig:
             (self.max_envs >= 1, "max_envs must be >= 1"),
             (self.max_predict_batch >= 1, "max_predict_batch must be >= 1"),
             (self.session_ttl > 0, "session_ttl must be > 0 seconds"),
+            (self.start_timeout > 0, "start_timeout must be > 0 seconds"),
+            (self.max_slots >= 1, "max_slots must be >= 1"),
             (self.max_batch >= 1, "max_batch must be >= 1"),
             (self.max_delay_us >= 0, "max_delay_us must be >= 0"),
             (self.inline_rows >= 0, "inline_rows must be >= 0"),
@@ -89,10 +127,27 @@ class ServerConfig:
             (self.max_message_mb >= 1, "max_message_mb must be >= 1"),
             (self.grace >= 0, "grace must be >= 0"),
             (self.backend in ("torch", "onnx"), f"backend must be torch or onnx, got {self.backend!r}"),
+            (
+                _DEVICE.fullmatch(self.device) is not None,
+                f"--device {self.device}: unknown device; use auto, cpu, cuda or cuda:N",
+            ),
+            (self.exposure_is_protected, self._insecure_bind_message()),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"invalid server setting: {message}")
+
+    @property
+    def exposure_is_protected(self) -> bool:
+        """A non-loopback bind needs a token or TLS, or an explicit --allow-insecure."""
+        return is_loopback(self.host) or bool(self.token_file or self.tls_cert or self.allow_insecure)
+
+    def _insecure_bind_message(self) -> str:
+        return (
+            f"--host {self.host} is reachable from other machines, but neither --token-file nor "
+            "--tls-cert/--tls-key is set, so anyone could call the server; add a token or TLS, or pass "
+            "--allow-insecure to serve without authentication on purpose"
+        )
 
     @property
     def max_message_bytes(self) -> int:
@@ -110,12 +165,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per ServerConfig field; defaults stay None so that the environment can fill them."""
     for f in dataclasses.fields(ServerConfig):
         env = ENV_PREFIX + f.name.upper()
+        # A bool flag alone means true (`--allow-insecure`); it also takes a value (`--forward-thread false`).
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if isinstance(f.default, bool) else {}
         parser.add_argument(
             _flag(f.name),
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
             help=f"{f.metadata['help']} (env {env}, default {f.default})",
+            **switch,
         )
 
 

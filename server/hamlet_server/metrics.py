@@ -7,6 +7,7 @@
 | hamlet_request_latency_seconds          | histogram | method         |
 | hamlet_batch_size                       | histogram | model          |
 | hamlet_active_sessions                  | gauge     |                |
+| hamlet_stream_ends_total                | counter   | reason         |
 | hamlet_loaded_model_versions            | gauge     |                |
 | hamlet_model_load_failures_total        | counter   | model, reason  |
 
@@ -30,7 +31,8 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 class ServerMetrics:
-    """The metric objects; `serve(port)` exposes them over HTTP at /metrics."""
+    """The metric objects; `serve(port, host)` exposes them over HTTP at /metrics (plain HTTP, no token: the
+    server binds it to 127.0.0.1 unless --metrics-host says otherwise)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -43,7 +45,10 @@ class ServerMetrics:
                                  ["method"], buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.batch_size = Histogram("hamlet_batch_size", "Rows per batched forward", ["model"],
                                     buckets=_BATCH_BUCKETS, registry=r)  # fmt: skip
-        self.active_sessions = Gauge("hamlet_active_sessions", "Open StreamEpisode streams", registry=r)
+        self.active_sessions = Gauge("hamlet_active_sessions", "Open StreamEpisode streams (started or not)",
+                                     registry=r)  # fmt: skip
+        self.stream_ends = Counter("hamlet_stream_ends", "StreamEpisode streams ended, by end reason",
+                                   ["reason"], registry=r)  # fmt: skip
         self.loaded_versions = Gauge("hamlet_loaded_model_versions", "Model versions held in memory", registry=r)
         self.load_failures = Counter("hamlet_model_load_failures",
                                      "Checkpoint files not promoted: reason load_error (unreadable, non-finite "
@@ -66,6 +71,14 @@ class ServerMetrics:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         self._http = server
         return int(server.server_address[1])
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) the /metrics endpoint listens on; None when it is not serving."""
+        if self._http is None:
+            return None
+        host, port = self._http.server_address[:2]  # type: ignore[attr-defined]
+        return str(host), int(port)
 
     def stop(self) -> None:
         if self._http is not None:

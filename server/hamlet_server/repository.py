@@ -118,6 +118,12 @@ class ServedModel:
         self.refs += 1
         return self
 
+    def free_rows(self, slots: list[int]) -> None:
+        """Give a closed stream's table rows back; the table shrinks once use falls far enough."""
+        if slots:
+            self.slots.free(slots)
+            self.batcher.compact(lambda: self.slots.high_water)
+
     def release(self) -> None:
         self.refs = max(0, self.refs - 1)
 

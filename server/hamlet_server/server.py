@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -22,14 +21,14 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
 from hamlet_server.backends import load_backend
 from hamlet_server.config import ServerConfig
 from hamlet_server.metrics import ServerMetrics
 from hamlet_server.repository import ModelRepository
 from hamlet_server.security import BearerTokenInterceptor, read_token, server_credentials
-from hamlet_server.servicer import InferenceServicer
-from hamlet_server.sessions import Session, SessionTable
+from hamlet_server.servicer import InferenceServicer, add_to_server
+from hamlet_server.startup import bind_grpc, grpc_address, serve_metrics
+from hamlet_server.streams import Ending, StreamTable
 
 __all__ = ["LIVENESS_NAME", "SERVICE_NAME", "HamletServer", "model_health_name", "resolve_device"]
 
@@ -79,7 +78,10 @@ class HamletServer:
         if config.backend == "onnx" and self.device != "cpu":
             raise ValueError(f"--backend onnx runs on the CPU; got --device {config.device} (resolved {self.device})")
         self.metrics = ServerMetrics()
-        self.sessions = SessionTable(config.max_sessions)
+        self.streams = StreamTable(
+            config.max_sessions, ttl=config.session_ttl, start_timeout=config.start_timeout,
+            max_slots=config.max_slots,
+        )  # fmt: skip
         # torch's intra-op thread count is per OS thread (OpenMP): set it in the worker that runs the forwards.
         self._executor = ThreadPoolExecutor(
             max_workers=1,
@@ -95,8 +97,8 @@ class HamletServer:
             on_batch=lambda name, n: self.metrics.batch_size.labels(name).observe(n),
             on_load_failure=lambda name, reason: self.metrics.load_failures.labels(name, reason).inc(),
         )  # fmt: skip
-        self.metrics.bind_gauges(lambda: len(self.sessions), self.repository.loaded_count)
-        self.servicer = InferenceServicer(self.repository, self.sessions, config, self.metrics)
+        self.metrics.bind_gauges(lambda: len(self.streams), self.repository.loaded_count)
+        self.servicer = InferenceServicer(self.repository, self.streams, config, self.metrics)
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -117,22 +119,16 @@ class HamletServer:
         credentials = server_credentials(self.config.tls_cert, self.config.tls_key)
         interceptors = [BearerTokenInterceptor(token)] if token else []
         server = grpc.aio.server(options=_grpc_options(self.config), interceptors=interceptors)
-        pb_grpc.add_InferenceServiceServicer_to_server(self.servicer, server)
+        add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection([SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
-        address = f"{self.config.host}:{self.config.port}"
-        if credentials is None:
-            self.port = server.add_insecure_port(address)
-        else:
-            self.port = server.add_secure_port(address, credentials)
-        if self.port == 0:
-            raise OSError(f"cannot bind {address}")
+        self.port = bind_grpc(server, self.config.host, self.config.port, credentials)
+        if self.config.metrics_port:  # before the gRPC server starts, so a taken port leaves nothing running
+            self.metrics_port = serve_metrics(self.metrics, self.config.metrics_host, self.config.metrics_port)
         await server.start()
         self._server = server
         await self.health.set(LIVENESS_NAME, health_pb2.HealthCheckResponse.SERVING)
         await self._update_health()
-        if self.config.metrics_port:
-            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
         loop = asyncio.get_running_loop()
         if self.config.poll_interval > 0:
             self._tasks.append(loop.create_task(self._poll(), name="hamlet-poll"))
@@ -141,9 +137,14 @@ class HamletServer:
             "serving %s on %s:%d (device %s, %d torch thread(s), max batch %d, max delay %d us)%s",
             ", ".join(f"{n} v{self.repository.latest(n).version}" for n in names) or "no models",
             self.config.host, self.port, self.device, self.config.threads, self.config.max_batch,
-            self.config.max_delay_us, f"; metrics on :{self.metrics_port}/metrics" if self.metrics_port else "",
+            self.config.max_delay_us, self._metrics_note(),
         )  # fmt: skip
         return self.port
+
+    def _metrics_note(self) -> str:
+        if not self.metrics_port:
+            return ""
+        return f"; metrics on http://{grpc_address(self.config.metrics_host, self.metrics_port)}/metrics"
 
     async def _poll(self) -> None:
         while True:
@@ -170,25 +171,11 @@ class HamletServer:
             await self.health.set(service, overall)
 
     async def _sweep(self) -> None:
-        """End streams that sent nothing for `session_ttl` seconds (their state is freed at once)."""
-        ttl = self.config.session_ttl
+        """End streams that broke a time limit (see `StreamTable.overdue`); their state is freed at once."""
+        period = min(1.0, self.config.session_ttl / 4, self.config.start_timeout / 4)
         while True:
-            await asyncio.sleep(min(1.0, ttl / 4))
-            now = time.monotonic()
-            for session in self.sessions.all():
-                if not session.reading or session.end_reason is not None:
-                    continue
-                if now - session.last_active > ttl:
-                    log.info("stream %s idle for more than %g s: freeing its state", session.session_id, ttl)
-                    self._end(session, "DEADLINE_EXCEEDED", f"stream idle for more than {ttl:g} s; its state was freed")
-                    self.sessions.close(session.session_id)
-
-    @staticmethod
-    def _end(session: Session, code: str, message: str) -> None:
-        session.end_reason = (code, message)
-        task = session.task
-        if task is not None:
-            task.cancel()
+            await asyncio.sleep(period)
+            self.streams.sweep()
 
     async def drain(self, grace: float | None = None) -> None:
         """Stop taking work, let in-flight steps finish (at most `grace` seconds), shut everything down."""
@@ -198,16 +185,14 @@ class HamletServer:
         log.info("draining: NOT_SERVING, refusing new work, finishing in-flight steps (grace %.1f s)", grace)
         self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
-        for session in self.sessions.all():
-            if session.reading:  # waiting for the client: nothing in flight
-                self._end(session, "UNAVAILABLE", "server is shutting down; the episode state is gone")
+        self.streams.end_all(Ending.draining())  # waiting ones at once, stepping ones after their step
         await self._server.stop(grace)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.sessions.close_all()
+        self.streams.free_all()
         await self.repository.close()
         self._executor.shutdown(wait=True)
         self.metrics.stop()

@@ -1,8 +1,12 @@
 """The hamlet.v1.InferenceService servicer: protobuf <-> domain, and domain errors -> gRPC status codes.
 
-The work lives below: `ModelRepository` (which version), `SessionTable` (per-stream state), `StepBatcher`
-(one forward for many requests) and `tensor_codec` (validated tensors). A bad request ends only its own
-call or stream, with a status whose message says what was expected and what came.
+The work lives below: `ModelRepository` (which version), `StreamTable` (a stream's whole life: limits,
+timeouts, typed endings, freeing), `StepBatcher` (one forward for many requests), `tensor_codec`
+(validated tensors) and `status` (exception -> code, message, error reason). A bad request ends only its
+own call or stream, with a status whose message says what was expected and what came.
+
+`add_to_server` registers the service with deserializers that turn undecodable bytes into a `Malformed`
+marker, so garbage gets INVALID_ARGUMENT (MALFORMED_MESSAGE) instead of grpc's UNKNOWN/INTERNAL.
 """
 
 from __future__ import annotations
@@ -10,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import torch
+from google.protobuf.message import DecodeError
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
@@ -21,16 +28,10 @@ from hamlet_client._generated.hamlet.v1 import model_pb2
 from hamlet_server.batcher import WorkItem
 from hamlet_server.config import ServerConfig
 from hamlet_server.metrics import ServerMetrics
-from hamlet_server.repository import (
-    ModelLoadError,
-    ModelRepository,
-    ServedModel,
-    UnknownModelError,
-    UnknownVersionError,
-)
-from hamlet_server.sessions import Session, SessionLimitError, SessionTable
+from hamlet_server.repository import ModelRepository, ServedModel
+from hamlet_server.status import RequestError, status_for
+from hamlet_server.streams import Ending, EndReason, EpisodeStream, Phase, SessionLimitError, StreamTable
 from hamlet_server.tensor_codec import (
-    InvalidTensorError,
     decode_action_mask,
     decode_hidden,
     decode_observations,
@@ -39,34 +40,62 @@ from hamlet_server.tensor_codec import (
 )
 from townlet.inference.validation import check_epsilon
 
-__all__ = ["InferenceServicer", "RequestError", "metadata_to_proto"]
+__all__ = ["InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto"]
 
 log = logging.getLogger(__name__)
 SC = grpc.StatusCode
+_FINAL_WRITE_TIMEOUT = 1.0  # seconds the in-band EpisodeEnded may wait for a client that does not read
 
 
-class RequestError(Exception):
-    """A request the servicer refuses: carries the status code to answer with."""
+@dataclass(frozen=True)
+class Malformed:
+    """What a request deserializer returns for bytes that do not parse as the expected message."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    message_type: str
+    error: str
 
 
-def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, RequestError):
-        return exc.code, exc.message
-    if isinstance(exc, InvalidTensorError | ValueError):
-        return SC.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, UnknownModelError | UnknownVersionError):
-        return SC.NOT_FOUND, str(exc)
-    if isinstance(exc, ModelLoadError):
-        return SC.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, SessionLimitError):
-        return SC.RESOURCE_EXHAUSTED, str(exc)
-    log.exception("internal error while serving a request", exc_info=exc)
-    return SC.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+def _lenient(parse: Callable[[bytes], Any], message_type: str) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Malformed(message_type, str(exc))
+
+    return deserialize
+
+
+def _reject_malformed(request: Any) -> None:
+    if isinstance(request, Malformed):
+        raise RequestError(
+            SC.INVALID_ARGUMENT,
+            f"the request bytes are not a valid hamlet.v1.{request.message_type} ({request.error}); "
+            "send messages serialized from the hamlet.v1 protos",
+            "MALFORMED_MESSAGE",
+        )
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register hamlet.v1.InferenceService on `server` with lenient request deserializers."""
+    unary: dict[str, Any] = {"ListModels": pb.ListModelsRequest, "GetModelMetadata": pb.GetModelMetadataRequest,
+                             "Predict": pb.PredictRequest}  # fmt: skip
+    responses: dict[str, Any] = {"ListModels": pb.ListModelsResponse, "GetModelMetadata": pb.GetModelMetadataResponse,
+                 "Predict": pb.PredictResponse}  # fmt: skip
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=_lenient(request.FromString, request.__name__),
+            response_serializer=responses[name].SerializeToString,
+        )
+        for name, request in unary.items()
+    }
+    handlers["StreamEpisode"] = grpc.stream_stream_rpc_method_handler(
+        servicer.StreamEpisode,
+        request_deserializer=_lenient(pb.StreamEpisodeRequest.FromString, "StreamEpisodeRequest"),
+        response_serializer=pb.StreamEpisodeResponse.SerializeToString,
+    )
+    service = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
@@ -124,10 +153,10 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
     """hamlet.v1.InferenceService on grpc.aio."""
 
     def __init__(
-        self, repository: ModelRepository, sessions: SessionTable, config: ServerConfig, metrics: ServerMetrics
+        self, repository: ModelRepository, streams: StreamTable, config: ServerConfig, metrics: ServerMetrics
     ) -> None:
         self.repository = repository
-        self.sessions = sessions
+        self.streams = streams
         self.config = config
         self.metrics = metrics
         self.draining = False
@@ -136,22 +165,24 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
 
     # ---- helpers ---------------------------------------------------------------------------------
     async def _fail(self, context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
-        code, message = _status_of(exc)
+        code, message, reason = status_for(exc)
         self.metrics.record(method, code.name)
-        await context.abort(code, message)
+        log.log(logging.ERROR if code is SC.INTERNAL else logging.DEBUG, "%s: %s %s", method, code.name, message)
+        await context.abort(code, message, trailing_metadata=(("hamlet-error-reason", reason),))
 
     def _refuse_if_draining(self) -> None:
         if self.draining:
-            raise RequestError(SC.UNAVAILABLE, "server is shutting down; retry on another replica")
+            raise RequestError(SC.UNAVAILABLE, "server is shutting down; retry on another replica", "SERVER_DRAINING")
 
     async def _acquire(self, model: str, version: int | None) -> ServedModel:
-        try:
-            return await self.repository.acquire(model, version)
-        except UnknownModelError as exc:
-            raise RequestError(SC.NOT_FOUND, str(exc)) from exc
+        return await self.repository.acquire(model, version)
 
     # ---- ListModels / GetModelMetadata -----------------------------------------------------------
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def ListModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            _reject_malformed(request)
+        except RequestError as exc:
+            await self._fail(context, "ListModels", exc)
         repo = self.repository
         response = pb.ListModelsResponse(default_model=repo.default_model)
         for name in repo.names():
@@ -164,8 +195,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         self.metrics.record("ListModels", "OK")
         return response
 
-    async def GetModelMetadata(self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            _reject_malformed(request)
             version = request.version if request.HasField("version") else None
             served = await self._acquire(request.model, version)
             try:
@@ -178,9 +210,10 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         return response
 
     # ---- Predict ---------------------------------------------------------------------------------
-    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         try:
+            _reject_malformed(request)
             self._refuse_if_draining()
             epsilon = check_epsilon(request.epsilon, "epsilon")
             served = await self._acquire(request.model, request.version if request.HasField("version") else None)
@@ -206,6 +239,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
             raise RequestError(
                 SC.INVALID_ARGUMENT,
                 f"observations: at most {self.config.max_predict_batch} rows per Predict, got {batch}; split the batch",
+                "BATCH_LIMIT",
             )
         mask = decode_action_mask(
             request.action_mask if request.HasField("action_mask") else None, batch=batch, action_dim=served.action_dim
@@ -216,6 +250,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
                 raise RequestError(
                     SC.INVALID_ARGUMENT,
                     f"hidden: model {served.name!r} is a feed-forward (simple) network and takes no hidden state",
+                    "UNEXPECTED_HIDDEN",
                 )
             hidden = decode_hidden(request.hidden.h, request.hidden.c, batch=batch, hidden_dim=served.hidden_dim)
         seed = request.seed if request.HasField("seed") else None
@@ -223,86 +258,120 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
 
     # ---- StreamEpisode ---------------------------------------------------------------------------
     async def StreamEpisode(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        session: Session | None = None
         try:
-            while True:
-                if session is not None:
-                    session.reading = True
-                try:
-                    request = await context.read()
-                finally:
-                    if session is not None:
-                        session.reading = False
-                if request is grpc.aio.EOF:
-                    break
-                kind = request.WhichOneof("kind")
-                if kind == "step":
-                    if session is None:
-                        raise RequestError(SC.FAILED_PRECONDITION, "step before start: send an EpisodeStart first")
-                    await context.write(await self._step(session, request.step))
-                    if self.draining:
-                        raise RequestError(SC.UNAVAILABLE, "server is shutting down; the episode state is gone")
-                elif kind == "start":
-                    if session is not None:
-                        raise RequestError(
-                            SC.FAILED_PRECONDITION,
-                            f"second start on stream {session.session_id}: one stream is one episode run; "
-                            "open a new stream",
-                        )
-                    session = await self._start(request.start)
-                    session.task = asyncio.current_task()
-                    await context.write(self._started(session))
-                else:
-                    raise RequestError(SC.INVALID_ARGUMENT, "empty StreamEpisodeRequest: set start or step")
-        except asyncio.CancelledError:
-            reason = session.end_reason if session is not None else None
-            if reason is None:  # the client went away
-                self.metrics.record("StreamEpisode", "CANCELLED")
-                raise
-            self._close(session)
-            await self._fail(context, "StreamEpisode", RequestError(SC[reason[0]], reason[1]))
-        except Exception as exc:
-            self._close(session)  # free the state before answering
+            self._refuse_if_draining()
+            stream = self.streams.open(asyncio.current_task())
+        except (RequestError, SessionLimitError) as exc:
             await self._fail(context, "StreamEpisode", exc)
-        finally:
-            self._close(session)
-        self.metrics.record("StreamEpisode", "OK")
+        try:
+            ending = await self._run(stream, context)
+        except asyncio.CancelledError:
+            ending = Ending.client_cancelled()
+            self._ended(stream, ending)
+            raise
+        self._ended(stream, ending)
+        if ending.in_band:
+            await self._send_end(context, ending)
 
-    def _close(self, session: Session | None) -> None:
-        if session is not None:
-            self.sessions.close(session.session_id)
+    async def _run(self, stream: EpisodeStream, context: grpc.aio.ServicerContext) -> Ending:
+        """Serve the stream until it ends; returns how. Raises CancelledError only when the client left."""
+        try:
+            while stream.ending is None:
+                stream.enter(Phase.READING if stream.started else Phase.OPENED)
+                request = await context.read()
+                stream.enter(Phase.STEPPING)
+                if request is grpc.aio.EOF:
+                    return Ending.client_cancelled() if context.cancelled() else Ending.client_closed()
+                response = await self._handle(stream, request)  # a step in flight is answered even if the
+                stream.enter(Phase.WRITING)  # stream was ended meanwhile (drain); then the loop stops
+                await context.write(response)
+                if self.draining:
+                    self.streams.end(stream, Ending.draining())
+            return stream.ending
+        except asyncio.CancelledError:
+            if stream.ending is None:
+                raise
+            return stream.ending
+        except Exception as exc:
+            code, message, reason = status_for(exc)
+            why = EndReason.SERVER_ERROR if code is SC.INTERNAL else EndReason.BAD_REQUEST
+            if code is SC.RESOURCE_EXHAUSTED:
+                why = EndReason.EVICTED_CAPACITY
+            return Ending(why, code, message, reason)
 
-    async def _start(self, start: pb.EpisodeStart) -> Session:
+    async def _handle(self, stream: EpisodeStream, request: Any) -> pb.StreamEpisodeResponse:
+        _reject_malformed(request)
+        kind = request.WhichOneof("kind")
+        if kind == "step":
+            if stream.session is None:
+                raise RequestError(SC.FAILED_PRECONDITION, "step before start: send an EpisodeStart first",
+                                   "STEP_BEFORE_START")  # fmt: skip
+            return await self._step(stream, request.step)
+        if kind == "start":
+            if stream.session is not None:
+                raise RequestError(
+                    SC.FAILED_PRECONDITION,
+                    f"second start on stream {stream.stream_id}: one stream is one episode run; open a new stream",
+                    "SECOND_START",
+                )
+            await self._start(stream, request.start)
+            return self._started(stream)
+        raise RequestError(SC.INVALID_ARGUMENT, "empty StreamEpisodeRequest: set start or step", "EMPTY_REQUEST")
+
+    def _ended(self, stream: EpisodeStream, ending: Ending) -> None:
+        """Free the stream's state (before anything is sent), count and log how it ended."""
+        self.streams.free(stream)
+        self.metrics.record("StreamEpisode", ending.code.name)
+        self.metrics.stream_ends.labels(ending.reason.value).inc()
+        log.log(ending.log_level, "stream %s ended: %s (%s) %s", stream.stream_id, ending.reason.value,
+                ending.code.name, ending.message)  # fmt: skip
+
+    async def _send_end(self, context: grpc.aio.ServicerContext, ending: Ending) -> None:
+        """The in-band EpisodeEnded, then the status. A client that reads nothing does not hold us up."""
+        ended = pb.EpisodeEnded(
+            reason=pb.EndReason.Value(f"END_REASON_{ending.reason.name}"), message=ending.message,
+            status_code=ending.code.value[0], error_reason=ending.error_reason,
+        )  # fmt: skip
+        try:
+            await asyncio.wait_for(context.write(pb.StreamEpisodeResponse(ended=ended)), _FINAL_WRITE_TIMEOUT)
+        except (asyncio.TimeoutError, asyncio.CancelledError, grpc.RpcError, RuntimeError) as exc:
+            log.debug("EpisodeEnded not delivered: %r", exc)
+        await context.abort(
+            ending.code, ending.message, trailing_metadata=(("hamlet-error-reason", ending.error_reason),)
+        )
+
+    async def _start(self, stream: EpisodeStream, start: pb.EpisodeStart) -> None:
         self._refuse_if_draining()
         epsilon = check_epsilon(start.epsilon, "start.epsilon")
         if not 1 <= start.num_envs <= self.config.max_envs:
             raise RequestError(
                 SC.INVALID_ARGUMENT,
-                f"start.num_envs: expected 1..{self.config.max_envs} environments, got {start.num_envs}",
+                f"start.num_envs: expected 1..{self.config.max_envs} environments (--max-envs), got {start.num_envs}",
+                "ENV_LIMIT",
             )
         served = await self._acquire(start.model, start.version if start.HasField("version") else None)
         try:
-            session = self.sessions.open(
-                served, start.num_envs, epsilon, start.seed if start.HasField("seed") else None
-            )
+            self.streams.start(stream, served, start.num_envs, epsilon, start.seed if start.HasField("seed") else None)
         except BaseException:
             served.release()
             raise
-        log.debug("stream %s started on %s v%d with %d envs", session.session_id, served.name, served.version,
+        log.debug("stream %s started on %s v%d with %d envs", stream.stream_id, served.name, served.version,
                   start.num_envs)  # fmt: skip
-        return session
 
-    def _started(self, session: Session) -> pb.StreamEpisodeResponse:
-        m = session.model
+    def _started(self, stream: EpisodeStream) -> pb.StreamEpisodeResponse:
+        assert stream.session is not None
+        m = stream.session.model
         return pb.StreamEpisodeResponse(
             started=pb.EpisodeStarted(
-                session_id=session.session_id, model=m.name, version=m.version, num_envs=session.num_envs,
+                session_id=stream.stream_id, model=m.name, version=m.version, num_envs=stream.session.num_envs,
                 obs_dim=m.obs_dim, action_dim=m.action_dim, recurrent=m.is_recurrent,
             )
         )  # fmt: skip
 
-    async def _step(self, session: Session, step: pb.EpisodeStep) -> pb.StreamEpisodeResponse:
+    async def _step(self, stream: EpisodeStream, step: pb.EpisodeStep) -> pb.StreamEpisodeResponse:
         began = time.perf_counter()
+        session = stream.session
+        assert session is not None
         served, n = session.model, session.num_envs
         obs = decode_observations(step.observations, obs_dim=served.obs_dim, batch=n)
         reset = None
@@ -310,6 +379,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
             raise RequestError(
                 SC.INVALID_ARGUMENT,
                 f"step.reset: expected {n} flags (one per environment) or none, got {len(step.reset)}",
+                "BAD_RESET",
             )
         if session.fresh:
             reset = torch.ones(n, dtype=torch.bool)
@@ -326,7 +396,6 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
             is_cancelled=lambda: session.closed,
         )  # fmt: skip
         result = await served.batcher.submit(item)
-        session.touch()
         response = pb.StreamEpisodeResponse()
         out = response.step
         out.step_index = session.step_index

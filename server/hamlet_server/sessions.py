@@ -1,53 +1,59 @@
 """Per-stream state: which rows of a model version's hidden-state table belong to which stream.
 
-- `SlotAllocator` hands out row indices of one model version's `[slots, H]` table (pure bookkeeping).
-- `HiddenStateTable` owns the (h, c) rows on the model's device; only the batcher's worker thread touches it.
-- `SessionTable` holds the open streams, enforces `max_sessions` and frees a stream's rows the moment it
-  closes. It runs on the event loop; nothing here blocks.
+- `SlotAllocator` hands out row indices of one model version's `[slots, H]` table (pure bookkeeping). Rows
+  freed at the top give the high-water mark back, so the table can shrink after a burst.
+- `HiddenStateTable` owns the (h, c) rows on the model's device; only the batcher touches it. It grows by
+  doubling and shrinks with hysteresis (see `StepBatcher.compact`).
+- `Session` is the started part of a stream: its model version, rows and random stream. The stream's whole
+  life (open, start, limits, timeouts, end reasons, freeing) belongs to `hamlet_server.streams`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
-import itertools
 import threading
-import time
-import uuid
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:
     from hamlet_server.repository import ServedModel
 
-__all__ = ["HiddenStateTable", "Session", "SessionLimitError", "SessionTable", "SlotAllocator"]
-
-
-class SessionLimitError(RuntimeError):
-    """The server already holds `max_sessions` streams (maps to RESOURCE_EXHAUSTED)."""
+__all__ = ["HiddenStateTable", "Session", "SlotAllocator"]
 
 
 class SlotAllocator:
     """Row indices of a hidden-state table: the lowest free rows first, so the table stays compact."""
 
     def __init__(self) -> None:
-        self._free: list[int] = []
+        self._heap: list[int] = []  # free rows below the high-water mark (may hold stale entries)
+        self._free: set[int] = set()
         self._next = 0
         self._lock = threading.Lock()
 
     def allocate(self, n: int) -> list[int]:
         with self._lock:
-            taken = [heapq.heappop(self._free) for _ in range(min(n, len(self._free)))]
+            taken: list[int] = []
+            while self._heap and len(taken) < n:
+                row = heapq.heappop(self._heap)
+                if row in self._free:  # skip rows trimmed off the top since they were freed
+                    self._free.discard(row)
+                    taken.append(row)
             fresh = list(range(self._next, self._next + n - len(taken)))
             self._next += len(fresh)
             return taken + fresh
 
     def free(self, slots: list[int]) -> None:
         with self._lock:
-            for s in slots:
-                heapq.heappush(self._free, s)
+            for row in slots:
+                self._free.add(row)
+                heapq.heappush(self._heap, row)
+            while self._next > 0 and (self._next - 1) in self._free:  # give back the free top
+                self._next -= 1
+                self._free.discard(self._next)
+            if not self._free:
+                self._heap.clear()
 
     @property
     def in_use(self) -> int:
@@ -55,13 +61,16 @@ class SlotAllocator:
 
     @property
     def high_water(self) -> int:
+        """1 + the highest row in use (0 when none is): the rows the table must keep."""
         return self._next
 
 
 class HiddenStateTable:
     """(h, c) rows `[capacity, H]` on one device; grows by doubling. Not thread-safe: one worker owns it."""
 
-    def __init__(self, hidden_dim: int, device: torch.device | str, capacity: int = 64) -> None:
+    MIN_CAPACITY = 64
+
+    def __init__(self, hidden_dim: int, device: torch.device | str, capacity: int = MIN_CAPACITY) -> None:
         self.hidden_dim = hidden_dim
         self.device = torch.device(device)
         self.h = torch.zeros(capacity, hidden_dim, device=self.device)
@@ -71,15 +80,31 @@ class HiddenStateTable:
     def capacity(self) -> int:
         return int(self.h.shape[0])
 
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.h.numel() * self.h.element_size()
+
     def ensure_capacity(self, rows: int) -> None:
         if rows <= self.capacity:
             return
-        new_cap = max(rows, 2 * self.capacity)
+        self._resize(max(rows, 2 * self.capacity))
+
+    def shrink_to_fit(self, rows_in_use: int) -> bool:
+        """Hysteresis: shrink to twice the rows in use (at least MIN_CAPACITY) once they fill at most a
+        quarter of the table, so a table at steady use never flaps between sizes. True if it shrank."""
+        target = max(self.MIN_CAPACITY, 2 * rows_in_use)
+        if self.capacity <= self.MIN_CAPACITY or 4 * rows_in_use > self.capacity or target >= self.capacity:
+            return False
+        self._resize(target)
+        return True
+
+    def _resize(self, capacity: int) -> None:
+        keep = min(capacity, self.capacity)
         for name in ("h", "c"):
             old = getattr(self, name)
-            grown = torch.zeros(new_cap, self.hidden_dim, device=self.device)
-            grown[: old.shape[0]] = old
-            setattr(self, name, grown)
+            new = torch.zeros(capacity, self.hidden_dim, device=self.device)
+            new[:keep] = old[:keep]
+            setattr(self, name, new)
 
     def gather(self, index: torch.Tensor, reset: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows `index` [B] as (h, c) each `[1, B, H]`; rows where `reset` [B] is true come back as zeros."""
@@ -98,9 +123,8 @@ class HiddenStateTable:
 
 @dataclass(eq=False)
 class Session:
-    """One StreamEpisode: the model version it started on, its table rows and its random stream."""
+    """The started part of a stream: the model version it runs on, its table rows and its random stream."""
 
-    session_id: str
     model: ServedModel
     num_envs: int
     epsilon: float
@@ -113,45 +137,10 @@ class Session:
     step_index: int = 0
     fresh: bool = True  # the first step zeroes every row (rows may be reused from a closed stream)
     closed: bool = False
-    last_active: float = field(default_factory=time.monotonic)
-    # Set by the servicer: the stream's handler task, whether it is waiting for the client, and why the
-    # server ended the stream (a status code name and message) when the client did not.
-    task: asyncio.Task[Any] | None = None
-    reading: bool = False
-    end_reason: tuple[str, str] | None = None
 
-    def touch(self) -> None:
-        self.last_active = time.monotonic()
-
-
-class SessionTable:
-    """The open streams. Opening beyond `max_sessions` raises SessionLimitError; closing is idempotent."""
-
-    def __init__(self, max_sessions: int) -> None:
-        if max_sessions < 1:
-            raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
-        self.max_sessions = max_sessions
-        self._sessions: dict[str, Session] = {}
-        self._ids = itertools.count(1)
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def __contains__(self, session_id: object) -> bool:
-        return session_id in self._sessions
-
-    def all(self) -> list[Session]:
-        return list(self._sessions.values())
-
-    def get(self, session_id: str) -> Session | None:
-        return self._sessions.get(session_id)
-
-    def open(self, model: ServedModel, num_envs: int, epsilon: float, seed: int | None) -> Session:
-        """Open a stream on `model` (whose reference the caller already holds and hands over)."""
-        if len(self._sessions) >= self.max_sessions:
-            raise SessionLimitError(
-                f"the server holds its maximum of {self.max_sessions} streams; close one or retry later"
-            )
+    @classmethod
+    def open(cls, model: ServedModel, num_envs: int, epsilon: float, seed: int | None) -> Session:
+        """Take `num_envs` rows of `model`'s table (recurrent models only) and seed the random stream."""
         generator = None
         if seed is not None:
             generator = torch.Generator(device="cpu")
@@ -161,32 +150,12 @@ class SessionTable:
         if model.is_recurrent:
             slots = model.slots.allocate(num_envs)
             index = torch.tensor(slots, dtype=torch.int64, device=model.device)
-        session_id = f"s{next(self._ids)}-{uuid.uuid4().hex[:8]}"
-        session = Session(
-            session_id, model, num_envs, epsilon, generator, slots, index, slot_limit=max(slots, default=-1) + 1
-        )
-        self._sessions[session_id] = session
-        return session
+        return cls(model, num_envs, epsilon, generator, slots, index, slot_limit=max(slots, default=-1) + 1)
 
-    def close(self, session_id: str) -> bool:
-        """Free the stream's rows and release its model version; False if it was not open."""
-        session = self._sessions.pop(session_id, None)
-        if session is None:
-            return False
-        session.closed = True
-        if session.slots:
-            session.model.slots.free(session.slots)
-        session.model.release()
-        return True
-
-    def expire_idle(self, ttl: float, now: float | None = None) -> list[str]:
-        """Close every stream silent for more than `ttl` seconds; return their ids."""
-        now = time.monotonic() if now is None else now
-        expired = [sid for sid, s in self._sessions.items() if now - s.last_active > ttl]
-        for sid in expired:
-            self.close(sid)
-        return expired
-
-    def close_all(self) -> None:
-        for sid in list(self._sessions):
-            self.close(sid)
+    def close(self) -> None:
+        """Give the rows back and release the model version; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.model.free_rows(self.slots)
+        self.model.release()

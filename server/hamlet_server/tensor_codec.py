@@ -40,7 +40,12 @@ _DTYPE_BY_TORCH = {
 
 
 class InvalidTensorError(ValueError):
-    """A tensor in a request does not fit: the message names the field, what was expected and what came."""
+    """A tensor in a request does not fit: the message names the field, what was expected and what came;
+    ``reason`` is the stable error reason sent to clients (``BAD_TENSOR``, ``OBS_WIDTH_MISMATCH``)."""
+
+    def __init__(self, message: str, reason: str = "BAD_TENSOR") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _dtype_name(dtype: int) -> str:
@@ -91,7 +96,8 @@ def decode_observations(msg: tensor_pb2.Tensor, *, obs_dim: int, batch: int | No
     if array.shape[1] != obs_dim:
         raise InvalidTensorError(
             f"observations: expected width obs_dim={obs_dim}, got shape {list(array.shape)} "
-            f"(is this observation for another model or level?)"
+            f"(is this observation for another model or level?)",
+            "OBS_WIDTH_MISMATCH",
         )
     if array.shape[0] == 0:
         raise InvalidTensorError(f"observations: expected a non-empty batch [{want_b}, {obs_dim}], got 0 rows")

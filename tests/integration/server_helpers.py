@@ -68,3 +68,26 @@ def start_msg(model: str, num_envs: int, **kw: Any) -> pb.StreamEpisodeRequest:
 
 def step_msg(obs: np.ndarray, reset: list[bool] | None = None, **kw: Any) -> pb.StreamEpisodeRequest:
     return pb.StreamEpisodeRequest(step=pb.EpisodeStep(observations=enc(obs), reset=reset or [], **kw))
+
+
+async def read_to_end(call: Any) -> tuple[list[pb.StreamEpisodeResponse], Any]:
+    """Read a stream until it ends: (responses, the AioRpcError it ended with, or None for OK)."""
+    import grpc
+
+    responses = []
+    try:
+        while (response := await call.read()) is not grpc.aio.EOF:
+            responses.append(response)
+    except grpc.aio.AioRpcError as error:
+        return responses, error
+    return responses, None
+
+
+def assert_ended(response: pb.StreamEpisodeResponse, reason: str, code: Any, error_reason: str = "") -> None:
+    """`response` is the server's in-band EpisodeEnded with this reason (``idle_timeout``), code, error reason."""
+    assert response.WhichOneof("kind") == "ended", response
+    ended = response.ended
+    assert pb.EndReason.Name(ended.reason) == f"END_REASON_{reason.upper()}", ended
+    assert ended.status_code == code.value[0], ended
+    if error_reason:
+        assert ended.error_reason == error_reason, ended

@@ -260,7 +260,7 @@ async def test_async_client_predict_and_concurrent_episodes(
 
         await asyncio.gather(*(simulate() for _ in range(6)))
         for _ in range(100):
-            if len(server.sessions) == 0:
+            if len(server.streams) == 0:
                 break
             await asyncio.sleep(0.02)
-        assert len(server.sessions) == 0
+        assert len(server.streams) == 0

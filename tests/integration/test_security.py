@@ -80,7 +80,7 @@ def test_tls(model_dir: Path, tmp_path: Path) -> None:
 def test_bad_security_settings_fail_at_start(model_dir: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("  \n")
-    with pytest.raises(ValueError, match=r"token file .* is empty"):
+    with pytest.raises(ValueError, match=r"--token-file .*: the token file is empty"):
         ThreadedServer(ServerConfig(models=model_dir, port=0, metrics_port=0, poll_interval=0, token_file=str(empty)))
-    with pytest.raises(ValueError, match="both --tls-cert and --tls-key"):
+    with pytest.raises(ValueError, match=r"both --tls-cert and --tls-key .* only --tls-cert is set"):
         ThreadedServer(ServerConfig(models=model_dir, port=0, metrics_port=0, poll_interval=0, tls_cert="x.pem"))

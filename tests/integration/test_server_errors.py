@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from server_helpers import LSTM, MLP, dec, enc, obs_batch, start_msg, step_msg
+from server_helpers import LSTM, MLP, assert_ended, dec, enc, obs_batch, read_to_end, start_msg, step_msg
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
@@ -126,15 +126,13 @@ async def test_bad_stream_gets_a_precise_status_and_frees_state(stub, server, ca
     call = stub.StreamEpisode()
     for request in requests:
         await call.write(request)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        while True:
-            response = await call.read()
-            if response is grpc.aio.EOF:
-                break
-    assert info.value.code() == code, info.value.details()
+    responses, error = await read_to_end(call)
+    assert error is not None and error.code() == code, error
     for fragment in fragments:
-        assert fragment in info.value.details(), (fragment, info.value.details())
-    assert len(server.sessions) == 0
+        assert fragment in error.details(), (fragment, error.details())
+    assert_ended(responses[-1], "bad_request", code)  # said in-band first, with the same message
+    assert responses[-1].ended.message == error.details() and responses[-1].ended.error_reason
+    assert len(server.streams) == 0
 
 
 @pytest.fixture
@@ -161,10 +159,9 @@ async def test_a_bad_stream_does_not_harm_a_good_one(stub, server, local_models)
         hidden = expected.hidden
         np.testing.assert_allclose(dec(response.q_values), expected.q_values.numpy(), rtol=1e-5, atol=1e-6)
         assert response.step_index == t
-        assert (await bad.read()).WhichOneof("kind") == "started"
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await bad.read()
-        assert info.value.code() == IA
+        responses, error = await read_to_end(bad)
+        assert responses[0].WhichOneof("kind") == "started" and error.code() == IA
+        assert_ended(responses[-1], "bad_request", IA, "BAD_TENSOR")
     await good.done_writing()
     assert await good.code() == grpc.StatusCode.OK
-    assert len(server.sessions) == 0
+    assert len(server.streams) == 0

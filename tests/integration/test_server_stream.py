@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from server_helpers import LSTM, MLP, dec, obs_batch, start_msg, step_msg, write_model
+from server_helpers import LSTM, MLP, assert_ended, dec, obs_batch, read_to_end, start_msg, step_msg, write_model
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
 
@@ -82,11 +82,11 @@ async def test_concurrent_streams_never_mix_state(stub, server, local_models):
             hiddens[i] = expected.hidden
             # batched with other streams the forward's batch size differs: equal up to float rounding
             np.testing.assert_allclose(dec(response.q_values), expected.q_values.numpy(), rtol=1e-5, atol=1e-6)
-    assert len(server.sessions) == 3
+    assert len(server.streams) == 3
     for call, _ in streams:
         await call.done_writing()
         assert await call.code() == grpc.StatusCode.OK
-    assert len(server.sessions) == 0
+    assert len(server.streams) == 0
 
 
 async def test_cancelled_stream_frees_its_state(stub, server):
@@ -94,9 +94,9 @@ async def test_cancelled_stream_frees_its_state(stub, server):
     await call.write(step_msg(obs_batch(LSTM, 4, np.random.default_rng(3))))
     await call.read()
     served = server.repository.latest(LSTM)
-    assert len(server.sessions) == 1 and served.slots.in_use == 4 and served.refs == 1
+    assert len(server.streams) == 1 and served.slots.in_use == 4 and served.refs == 1
     call.cancel()
-    await _wait_for(lambda: len(server.sessions) == 0)
+    await _wait_for(lambda: len(server.streams) == 0)
     assert served.slots.in_use == 0 and served.refs == 0
 
 
@@ -137,7 +137,7 @@ async def test_stream_beyond_max_sessions_is_resource_exhausted(server_factory):
         for call in (again, held[1][0]):
             await call.done_writing()
             await call.code()
-    assert len(server.sessions) == 0
+    assert len(server.streams) == 0
 
 
 async def test_idle_stream_is_ended_and_freed_after_ttl(server_factory):
@@ -146,12 +146,12 @@ async def test_idle_stream_is_ended_and_freed_after_ttl(server_factory):
         from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
 
         call, _ = await _open(pb_grpc.InferenceServiceStub(channel), LSTM, 2)
-        assert len(server.sessions) == 1
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await call.read()  # the server ends the silent stream
-        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "idle" in info.value.details()
-    assert len(server.sessions) == 0
+        assert len(server.streams) == 1
+        responses, error = await read_to_end(call)  # the server ends the silent stream
+        assert_ended(responses[-1], "idle_timeout", grpc.StatusCode.DEADLINE_EXCEEDED, "IDLE_TIMEOUT")
+        assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "idle" in error.details() and "send a request" in error.details()
+    assert len(server.streams) == 0
 
 
 async def test_new_checkpoint_is_picked_up_while_running_stream_keeps_its_version(stub, server, model_dir):
@@ -254,7 +254,7 @@ async def test_streams_cancelled_mid_step_leak_nothing(stub, server):
     await asyncio.sleep(0.05)
     for call in calls:
         call.cancel()
-    await _wait_for(lambda: len(server.sessions) == 0)
+    await _wait_for(lambda: len(server.streams) == 0)
     for name in (LSTM, MLP):
         served = server.repository.latest(name)
         assert served.refs == 0 and served.slots.in_use == 0

@@ -1,15 +1,21 @@
-"""Slot allocation, the hidden-state table and the session table, without a network."""
+"""Slot allocation, the hidden-state table (grow and shrink) and the stream table (limits from the moment a
+stream opens, start timeout, idle timeout whichever side stalled, typed endings, freeing), without a network."""
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
 import pytest
 import torch
 
-from hamlet_server.sessions import HiddenStateTable, SessionLimitError, SessionTable, SlotAllocator
+from hamlet_server.sessions import HiddenStateTable, SlotAllocator
+from hamlet_server.streams import EndReason, Ending, Phase, SessionLimitError, SlotLimitError, StreamTable
 
 
 class _FakeServed:
     def __init__(self, recurrent=True):
+        self.name, self.version = "m", 3
         self.is_recurrent = recurrent
         self.device = torch.device("cpu")
         self.slots = SlotAllocator()
@@ -22,15 +28,33 @@ class _FakeServed:
     def release(self):
         self.refs -= 1
 
+    def free_rows(self, slots):
+        self.slots.free(slots)
 
-def test_slot_allocator_reuses_the_lowest_free_rows():
+
+class _Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_slot_allocator_reuses_the_lowest_free_rows_and_gives_back_the_top():
     alloc = SlotAllocator()
     a, b = alloc.allocate(3), alloc.allocate(2)
     assert (a, b) == ([0, 1, 2], [3, 4])
     alloc.free(a)
-    assert alloc.in_use == 2
+    assert alloc.in_use == 2 and alloc.high_water == 5
     assert alloc.allocate(4) == [0, 1, 2, 5]
     assert alloc.high_water == 6
+    alloc.free([5])
+    assert alloc.high_water == 5  # the free top row is given back
+    alloc.free([3, 4])
+    assert alloc.high_water == 3 and alloc.in_use == 3  # rows 0-2 still held
+    alloc.free([0, 1, 2])
+    assert alloc.high_water == 0 and alloc.in_use == 0
+    assert alloc.allocate(2) == [0, 1]  # no stale free entries survive the trim
 
 
 def test_table_gather_scatter_reset_and_grow():
@@ -49,25 +73,84 @@ def test_table_gather_scatter_reset_and_grow():
     assert torch.equal(table.h[1], h[0, 1])
 
 
-def test_session_table_limits_and_frees():
+def test_table_shrinks_with_hysteresis_and_keeps_the_rows_in_use():
+    table = HiddenStateTable(hidden_dim=4, device="cpu")
+    table.ensure_capacity(4096)
+    table.scatter(torch.tensor([10]), torch.ones(1, 1, 4), torch.ones(1, 1, 4))
+    assert not table.shrink_to_fit(1500)  # more than a quarter in use: keep the size (no flapping)
+    assert table.shrink_to_fit(600) and table.capacity == 1200
+    assert torch.equal(table.h[10], torch.ones(4))  # rows in use survive
+    assert table.shrink_to_fit(0) and table.capacity == HiddenStateTable.MIN_CAPACITY
+    assert not table.shrink_to_fit(0)
+
+
+def test_streams_count_from_open_and_free_everything():
     served = _FakeServed()
-    table = SessionTable(max_sessions=2)
-    s1 = table.open(served.acquire(), num_envs=3, epsilon=0.1, seed=5)
-    s2 = table.open(served.acquire(), num_envs=2, epsilon=0.0, seed=None)
-    assert s1.slots == [0, 1, 2] and s2.slots == [3, 4] and s1.generator is not None and s2.generator is None
-    with pytest.raises(SessionLimitError, match="maximum of 2 streams"):
-        table.open(served, num_envs=1, epsilon=0.0, seed=None)
-    assert table.close(s1.session_id) and not table.close(s1.session_id)
-    assert s1.closed and served.slots.in_use == 2 and served.refs == 1 and len(table) == 1
-    table.close_all()
-    assert len(table) == 0 and served.refs == 0 and served.slots.in_use == 0
+    table = StreamTable(max_streams=2)
+    s1, s2 = table.open(), table.open()  # not started: they count already
+    with pytest.raises(SessionLimitError, match="maximum of 2 streams .*not yet started"):
+        table.open()
+    session = table.start(s1, served.acquire(), num_envs=3, epsilon=0.1, seed=5)
+    assert session.slots == [0, 1, 2] and session.generator is not None and s1.started and not s2.started
+    table.free(s1)
+    table.free(s1)  # idempotent
+    assert session.closed and served.slots.in_use == 0 and served.refs == 0 and len(table) == 1
+    table.open()  # the freed place is available again
+    table.free_all()
+    assert len(table) == 0
 
 
-def test_feed_forward_sessions_take_no_rows_and_idle_ones_expire():
-    served = _FakeServed(recurrent=False)
-    table = SessionTable(max_sessions=4)
-    s = table.open(served.acquire(), num_envs=8, epsilon=0.0, seed=None)
-    assert s.slots == [] and s.slot_index is None
-    assert table.expire_idle(ttl=10.0, now=s.last_active + 5) == []
-    assert table.expire_idle(ttl=10.0, now=s.last_active + 11) == [s.session_id]
-    assert len(table) == 0 and served.refs == 0
+def test_slot_limit_names_the_limit_and_the_use():
+    served = _FakeServed()
+    table = StreamTable(max_streams=8, max_slots=8)
+    table.start(table.open(), served.acquire(), num_envs=6, epsilon=0.0, seed=None)
+    with pytest.raises(SlotLimitError, match=r"serves 6 of its 8 environment rows \(--max-slots\); .* asks for 4"):
+        table.start(table.open(), served, num_envs=4, epsilon=0.0, seed=None)
+    feed_forward = _FakeServed(recurrent=False)  # no rows, no row limit
+    session = table.start(table.open(), feed_forward.acquire(), num_envs=64, epsilon=0.0, seed=None)
+    assert session.slots == [] and session.slot_index is None
+
+
+def test_start_timeout_and_idle_timeout_whichever_side_stalled():
+    clock = _Clock()
+    table = StreamTable(max_streams=8, ttl=10.0, start_timeout=2.0, clock=clock)
+    never_starts = table.open()
+    waits_for_request, waits_for_read, stepping = table.open(), table.open(), table.open()
+    for stream, phase in ((waits_for_request, Phase.READING), (waits_for_read, Phase.WRITING),
+                          (stepping, Phase.STEPPING)):  # fmt: skip
+        stream.enter(phase)
+    clock.now += 3.0
+    assert [(s, e.reason) for s, e in table.overdue()] == [(never_starts, EndReason.START_TIMEOUT)]
+    clock.now += 8.0
+    found = {s.stream_id: e for s, e in table.overdue()}
+    assert set(found) == {never_starts.stream_id, waits_for_request.stream_id, waits_for_read.stream_id}
+    assert "send a request" in found[waits_for_request.stream_id].message
+    assert "read a response" in found[waits_for_read.stream_id].message
+    assert found[waits_for_read.stream_id].code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert stepping.stream_id not in found  # the server's own work never times out a stream
+
+
+async def test_end_interrupts_a_waiting_handler_but_not_a_step():
+    table = StreamTable(max_streams=4)
+
+    async def handler() -> None:
+        await asyncio.sleep(60)
+
+    waiting_task = asyncio.get_running_loop().create_task(handler())
+    stepping_task = asyncio.get_running_loop().create_task(handler())
+    waiting, stepping = table.open(waiting_task), table.open(stepping_task)
+    waiting.enter(Phase.READING)
+    stepping.enter(Phase.STEPPING)
+    table.end_all(Ending.draining())
+    await asyncio.sleep(0)
+    assert waiting_task.cancelled() or waiting_task.cancelling()
+    assert not stepping_task.done() and stepping.ending is not None  # it sees the ending after its step
+    table.end(waiting, Ending.start_timeout(1.0))
+    assert waiting.ending.reason is EndReason.SERVER_DRAINING  # the first ending wins
+    stepping_task.cancel()
+
+
+def test_endings_say_what_goes_in_band():
+    assert not Ending.client_closed().in_band and not Ending.client_cancelled().in_band
+    assert Ending.draining().in_band and Ending.draining().code == grpc.StatusCode.UNAVAILABLE
+    assert Ending.idle(5, "send a request").error_reason == "IDLE_TIMEOUT"

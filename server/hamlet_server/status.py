@@ -1,0 +1,66 @@
+"""Errors -> gRPC status: one rule for the unary RPCs and the streams.
+
+`status_for(exc)` maps any exception raised while serving a request to ``(code, message, error_reason)``:
+the status code, a message safe to send (echoed input truncated, no server paths), and a stable
+machine-readable reason (``UNKNOWN_MODEL``, ``OBS_WIDTH_MISMATCH``, ``SESSION_LIMIT``, ...) that the
+proto comments list. An exception nobody expected is a fault on the server: INTERNAL, logged with its
+traceback, never reported as the client's mistake.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from hamlet_server.repository import ModelLoadError, UnknownModelError, UnknownVersionError
+from hamlet_server.streams import SessionLimitError, SlotLimitError
+from hamlet_server.tensor_codec import InvalidTensorError
+from townlet.inference.errors import InvalidInputError
+
+__all__ = ["MAX_MESSAGE_CHARS", "RequestError", "status_for", "truncate"]
+
+log = logging.getLogger(__name__)
+SC = grpc.StatusCode
+MAX_MESSAGE_CHARS = 1000
+"""Longest status message sent: a message that echoes a huge input (a 100 KB model name) must not push
+the status past the metadata limit, which the client would see as RESOURCE_EXHAUSTED."""
+
+
+class RequestError(Exception):
+    """A request the servicer refuses: carries the status code, the message and the error reason."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, error_reason: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.error_reason = error_reason
+
+
+def truncate(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
+    """``(code, message, error_reason)`` for an exception raised while serving a request."""
+    if isinstance(exc, RequestError):
+        found = (exc.code, exc.message, exc.error_reason)
+    elif isinstance(exc, InvalidTensorError):
+        found = (SC.INVALID_ARGUMENT, str(exc), exc.reason)
+    elif isinstance(exc, InvalidInputError):
+        found = (SC.INVALID_ARGUMENT, str(exc), "BAD_EPSILON" if "epsilon" in str(exc) else "BAD_ARGUMENT")
+    elif isinstance(exc, UnknownModelError):
+        found = (SC.NOT_FOUND, str(exc), "UNKNOWN_MODEL")
+    elif isinstance(exc, UnknownVersionError):
+        found = (SC.NOT_FOUND, str(exc), "UNKNOWN_VERSION")
+    elif isinstance(exc, ModelLoadError):
+        found = (SC.FAILED_PRECONDITION, str(exc), "MODEL_NOT_SERVABLE")
+    elif isinstance(exc, SessionLimitError):
+        found = (SC.RESOURCE_EXHAUSTED, str(exc), "SESSION_LIMIT")
+    elif isinstance(exc, SlotLimitError):
+        found = (SC.RESOURCE_EXHAUSTED, str(exc), "SLOT_LIMIT")
+    else:
+        log.error("internal error while serving a request", exc_info=exc)
+        found = (SC.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "INTERNAL")
+    code, message, reason = found
+    return code, truncate(message), reason
