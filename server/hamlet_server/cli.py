@@ -1,6 +1,8 @@
 """`hamlet-server serve --models DIR ...`: run the gRPC server until SIGTERM/SIGINT, then drain.
 
 Every flag can also come from the environment as HAMLET_<FLAG> (e.g. HAMLET_MODELS, HAMLET_PORT).
+A setting it cannot start with (a taken port, a missing token file, a public --host without a token or TLS,
+an unknown device, ...) is one line on stderr, ``hamlet-server: <what to change>``, and exit status 2.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from hamlet_server.config import ServerConfig, add_arguments, config_from_args
+from hamlet_server.config import ServerConfig, add_arguments, config_from_args, is_loopback
+from hamlet_server.startup import StartupError, check_startup, grpc_address
 
 __all__ = ["main"]
 
@@ -35,9 +38,12 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(config: ServerConfig) -> None:
     from hamlet_server.server import HamletServer
 
-    server = HamletServer(config)
-    await server.start()
-    print(f"READY {config.host}:{server.port}", flush=True)
+    try:
+        server = HamletServer(config)
+        await server.start()
+    except (ValueError, OSError) as exc:  # a setting that passed check_startup but still cannot work
+        raise StartupError(str(exc)) from None
+    print(f"READY {grpc_address(config.host, server.port)}", flush=True)
     loop = asyncio.get_running_loop()
     drain_task: list[asyncio.Task[None]] = []
 
@@ -57,21 +63,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = config_from_args(args)
-    except ValueError as exc:
-        print(f"hamlet-server: {exc}", file=sys.stderr)
-        return 2
+        check_startup(config)
+    except ValueError as exc:  # StartupError included
+        return _refuse(exc)
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    if not config.models.is_dir():
-        print(f"hamlet-server: --models {config.models}: not a directory", file=sys.stderr)
-        return 2
+    if config.allow_insecure and not is_loopback(config.host) and not (config.token_file or config.tls_cert):
+        log.warning("--allow-insecure: serving plaintext without a token on %s; anyone who reaches it can call it",
+                    config.host)  # fmt: skip
     try:
         asyncio.run(_serve(config))
-    except ValueError as exc:  # e.g. --device cuda without CUDA
-        print(f"hamlet-server: {exc}", file=sys.stderr)
-        return 2
+    except StartupError as exc:
+        return _refuse(exc)
     return 0
+
+
+def _refuse(exc: ValueError) -> int:
+    """One line on stderr, exit status 2: the setting to change is in the message."""
+    message = " ".join(str(exc).split())
+    print(f"hamlet-server: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
 
-from hamlet_server.config import ServerConfig, add_arguments, config_from_args, parse_flags
+from hamlet_server.config import ServerConfig, add_arguments, config_from_args, is_loopback, parse_flags
 
 
 def test_defaults_bind_loopback_with_one_thread():
@@ -32,3 +33,45 @@ def test_flags_beat_environment_which_beats_defaults():
 def test_bad_settings_are_refused(flags, message):
     with pytest.raises(ValueError, match=message):
         parse_flags(flags)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"])
+def test_loopback_binds_need_no_protection(host):
+    assert is_loopback(host)
+    assert ServerConfig(host=host).host == host
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::]", "192.0.2.7", "fd00::2", "example.org", ""])
+def test_public_bind_without_token_or_tls_is_refused_naming_the_flag_that_allows_it(host):
+    assert not is_loopback(host)
+    with pytest.raises(ValueError, match=rf"--host {re.escape(host)} is reachable .* pass --allow-insecure"):
+        ServerConfig(host=host)
+    for protection in ({"token_file": "token"}, {"tls_cert": "c.pem", "tls_key": "k.pem"}, {"allow_insecure": True}):
+        assert ServerConfig(host=host, **protection).host == host
+
+
+def test_allow_insecure_is_a_switch_and_an_environment_variable():
+    assert parse_flags(["--host", "0.0.0.0", "--allow-insecure"]).allow_insecure is True
+    assert parse_flags(["--host", "0.0.0.0", "--allow-insecure", "yes"]).allow_insecure is True
+    assert parse_flags(["--forward-thread", "false"]).forward_thread is False  # bool flags still take a value
+    env = {"HAMLET_HOST": "0.0.0.0", "HAMLET_ALLOW_INSECURE": "true"}
+    assert config_from_args(None, environ=env).allow_insecure is True
+    with pytest.raises(ValueError, match="--allow-insecure"):
+        config_from_args(None, environ={"HAMLET_HOST": "0.0.0.0", "HAMLET_ALLOW_INSECURE": "false"})
+
+
+def test_metrics_bind_loopback_whatever_the_grpc_host():
+    config = ServerConfig(host="0.0.0.0", token_file="token")
+    assert config.metrics_host == "127.0.0.1"
+    assert config_from_args(None, environ={"HAMLET_METRICS_HOST": "0.0.0.0"}).metrics_host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("device", ["tpu", "mps", "cuda:", "cuda:x", "CPU", "gpu"])
+def test_unknown_devices_are_refused(device):
+    with pytest.raises(ValueError, match=rf"--device {re.escape(device)}: unknown device; use auto, cpu, cuda"):
+        ServerConfig(device=device)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1"])
+def test_known_devices_pass_the_config(device):
+    assert ServerConfig(device=device).device == device
