@@ -117,9 +117,11 @@ class PagePlayer:
                     continue
                 try:
                     await self._send(await asyncio.to_thread(self.session.step))
-                except ViewerError as exc:
+                except Exception as exc:  # e.g. the server went away: pause and say why; Play retries
+                    logger.warning("step failed: %s", exc)
                     self.playing = False
-                    await self._send([{"type": "error", "message": str(exc)}, self._status()])
+                    message = str(exc) if isinstance(exc, ViewerError) else f"{type(exc).__name__}: {exc}"
+                    await self._send([{"type": "error", "message": message}, self._status()])
                     continue
             await asyncio.sleep(max(0.0, 1.0 / self.speed - (time.monotonic() - began)))
 

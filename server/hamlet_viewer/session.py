@@ -156,6 +156,8 @@ class ViewerSession:
         if unknown:
             raise ViewerConfigError(f"unknown settings {sorted(unknown)}")
         updated = dataclasses.replace(self.settings, **changes).checked()
+        if changes.get("version") is not None and "follow_latest" not in changes:
+            updated = dataclasses.replace(updated, follow_latest=False)  # pinning a version stops following
         if "model" in changes and changes["model"] != self.settings.model:
             if "version" not in changes:
                 updated = dataclasses.replace(updated, version=None)

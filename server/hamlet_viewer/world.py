@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hamlet_viewer.errors import ViewerConfigError
-from townlet.env import LEVELS, LevelConfig, VectorTownletEnv, get_level
+from townlet.env import LEVELS, LevelConfig, get_level, training_layout
 
 __all__ = ["choose_level", "compatible_levels", "trained_layout"]
 
@@ -51,7 +51,7 @@ def trained_layout(meta: Mapping[str, Any], level: LevelConfig) -> Layout | None
     trained on redrawn layouts, or on another level).
 
     Local checkpoints carry ``affordance_layout``; a server's metadata carries the scalar ``level``,
-    ``seed`` and ``relayout`` (as strings), from which the layout is redrawn exactly as the trainer drew it.
+    ``seed`` and ``relayout`` (as strings), from which `training_layout` redraws it exactly as the trainer drew it.
     """
     if str(meta.get("level", "")) != level.name or str(meta.get("relayout", "")).lower() in ("true", "1"):
         return None
@@ -70,4 +70,4 @@ def trained_layout(meta: Mapping[str, Any], level: LevelConfig) -> Layout | None
         return None
     if seed_int is None or seed_int < 0:
         return None
-    return VectorTownletEnv(level, 1, seed=seed_int).affordance_positions()
+    return training_layout(level, seed_int)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,7 @@ def test_follow_latest_switches_to_a_newer_version(tmp_path: Path) -> None:
     assert message["version"] == 20 and message["models"][0]["versions"] == [10, 20]
     assert run_frames(session, 1)[0]["version"] == 20
     pinned = session.configure({"version": 10})
-    assert pinned["version"] == 10 and not pinned["follow_version"]
+    assert pinned["version"] == 10 and not pinned["follow_version"] and not pinned["follow_latest"]
 
 
 def test_trained_layout_from_server_metadata_matches_the_checkpoint() -> None:
@@ -265,4 +266,28 @@ def test_token_file_reaches_a_protected_server(mlp_path: Path, tmp_path: Path) -
         session.close()
         brain.close()
     finally:
+        server.stop()
+
+
+def test_a_stream_the_server_dropped_is_reopened(mlp_path: Path) -> None:
+    """A page paused past the server's --session-ttl: the next step reopens the stream and says so."""
+    server = ThreadedServer(
+        ServerConfig(models=mlp_path.parent.parent, port=0, metrics_port=0, poll_interval=0, session_ttl=0.2)
+    )
+    brain = RemoteBrain(server.target)
+    try:
+        session = ViewerSession(brain, SessionSettings(num_envs=2))
+        session.start()
+        run_frames(session, 2)
+        deadline = time.monotonic() + 30
+        while server.sessions():  # the server frees the idle stream
+            assert time.monotonic() < deadline, "the server kept an idle stream past its TTL"
+            time.sleep(0.05)
+        error, restarted = session.step()
+        assert error["type"] == "error" and "reopened" in error["message"]
+        assert restarted["type"] == "session" and [env["step"] for env in restarted["envs"]] == [0, 0]
+        assert run_frames(session, 1)[0]["envs"][0]["step"] == 1
+        session.close()
+    finally:
+        brain.close()
         server.stop()
