@@ -13,7 +13,7 @@ import torch
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from hamlet_viewer import LocalBrain, SessionSettings
+from hamlet_viewer import LocalBrain, SessionSettings, StreamLostError
 from hamlet_viewer.app import STATIC_DIR, create_app
 from hamlet_viewer.cli import build_parser
 from townlet.agent.networks import SimpleQNetwork
@@ -128,3 +128,45 @@ def test_pages_of_other_sites_are_refused(client: TestClient) -> None:
 def test_cli_defaults_bind_loopback_and_target_the_default_server() -> None:
     args = build_parser().parse_args([])
     assert (args.host, args.port, args.target, args.checkpoint) == ("127.0.0.1", 8765, "localhost:50051", "")
+
+
+class _FailingBrain(LocalBrain):
+    """A local brain whose streams break after ``ok_steps`` steps, and that cannot reopen them (a server gone)."""
+
+    def __init__(self, path: Path, ok_steps: int) -> None:
+        super().__init__(path)
+        self.ok_steps = ok_steps
+        self.opened = 0
+
+    def open(self, model: str, version: int | None, num_envs: int, seed: int | None) -> Any:
+        self.opened += 1
+        if self.opened > 1:
+            raise ConnectionError("server unreachable")
+        stream = super().open(model, version, num_envs, seed)
+        step, brain = stream.step, self
+
+        def failing_step(*args: Any) -> Any:
+            if brain.ok_steps == 0:
+                raise StreamLostError("the episode stream ended: UNAVAILABLE")
+            brain.ok_steps -= 1
+            return step(*args)
+
+        stream.step = failing_step  # type: ignore[method-assign]
+        return stream
+
+
+def test_a_failing_step_pauses_the_page_with_the_reason(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "mlp" / "model_ep00001.pt"
+    path.parent.mkdir()
+    save_inference_checkpoint(HamletModel(SimpleQNetwork(91, 6)), path, metadata={"episode": 1})
+    app = create_app(_FailingBrain(path, ok_steps=3), SessionSettings(), speed=120.0)
+    with TestClient(app) as test_client, test_client.websocket_connect("/ws") as ws:
+        receive_until(ws, "status")
+        ws.send_json({"type": "play"})
+        messages = receive_until(ws, "error")
+        assert [m["tick"] for m in messages if m["type"] == "frame"] == [1, 2, 3]
+        assert "server unreachable" in messages[-1]["message"]
+        assert ws.receive_json() == {"type": "status", "playing": False, "speed": 120.0}
+        ws.send_json({"type": "step"})  # the page stays connected and keeps answering
+        assert "server unreachable" in receive_until(ws, "error")[-1]["message"]
