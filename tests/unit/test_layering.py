@@ -64,3 +64,7 @@ def test_viewer_builds_on_client_env_and_inference_only_and_nothing_imports_it()
     assert not {n for n in ours if not n.startswith(allowed)}
     for folder in ("server/townlet", "server/hamlet_server", "client/hamlet_client", "examples", "scripts", "bench"):
         assert "hamlet_viewer" not in _top(_imports(ROOT / folder)), folder
+    # against a server the viewer needs no torch: only --checkpoint loads it
+    code = "import sys, hamlet_viewer.cli, hamlet_viewer.app; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
