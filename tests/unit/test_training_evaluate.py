@@ -10,10 +10,17 @@ import pytest
 import torch
 
 from townlet.agent.networks import SimpleQNetwork
-from townlet.env import Action, run_random_policy
+from townlet.env import (
+    AFFORDANCE_NAMES,
+    NO_AFFORDANCE,
+    Action,
+    layout_from_positions,
+    run_random_policy,
+    training_layout,
+)
 from townlet.inference import HamletModel, save_inference_checkpoint
 from townlet.training.cli import main
-from townlet.training.evaluate import SurvivalStats, evaluate_model, evaluate_random, run_episodes
+from townlet.training.evaluate import SurvivalStats, evaluate_model, evaluate_random, run_episodes, unseen_layouts
 
 
 @pytest.fixture
@@ -102,3 +109,57 @@ def test_train_help_comes_from_the_config_docs(capsys: pytest.CaptureFixture[str
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "hard copy online -> target every this many gradient steps (default: 500)" in text
+
+
+# --- unseen layouts ---------------------------------------------------------------------------------------
+
+
+def test_unseen_layouts_never_repeat_the_trained_layout() -> None:
+    # L0_0 has only 9 layouts (one Bed on a 3x3 grid): 60 draws hit the trained one unless it is excluded.
+    trained = training_layout("L0_0", 0)
+    grid = layout_from_positions(trained, 3, ("Bed",))
+    free = unseen_layouts("L0_0", 60, seed=0)
+    assert any(np.array_equal(layout, grid) for layout in free)
+    unseen = unseen_layouts("L0_0", 60, seed=0, exclude=[trained])
+    assert unseen.shape == (60, 3, 3)
+    assert not any(np.array_equal(layout, grid) for layout in unseen)
+    assert len({layout.tobytes() for layout in unseen}) == 8  # every other layout turns up
+    np.testing.assert_array_equal(unseen, unseen_layouts("L0_0", 60, seed=0, exclude=[trained]))
+
+
+def test_unseen_layouts_hold_the_level_affordances_and_differ_from_the_seed_layout() -> None:
+    layouts = unseen_layouts("L1", 20, seed=3)
+    for layout in layouts:
+        assert sorted(layout[layout != NO_AFFORDANCE].tolist()) == list(range(14))
+    seed_layout = layout_from_positions(training_layout("L1", 3), 8, AFFORDANCE_NAMES)
+    assert not any(np.array_equal(layout, seed_layout) for layout in layouts)
+
+
+def test_each_episode_plays_on_its_own_given_layout() -> None:
+    layouts = unseen_layouts("L1", 5, seed=1)
+    first_obs: list[np.ndarray] = []
+
+    def record(obs: np.ndarray, masks: np.ndarray, carry: object) -> tuple[np.ndarray, object]:
+        if carry is None:
+            first_obs.append(obs.copy())
+        return np.full(len(obs), Action.WAIT), True
+
+    run_episodes("L1", record, 5, seed=2, layouts=layouts, max_parallel=2)  # batches of 2, 2, 1 (wrapped)
+    seen = np.concatenate(first_obs)[:5]  # batches of 2 envs: rows 0-4 are episodes 0-4
+    for obs, layout in zip(seen, layouts, strict=True):
+        grid, expected = obs[:64], layout.reshape(64) != NO_AFFORDANCE
+        assert grid.sum() == 15  # 14 affordances + the agent
+        assert (grid[expected] >= 1).all()  # every affordance of this episode's layout is where it should be
+        assert (grid[~expected] >= 1).sum() <= 1  # elsewhere at most the agent's cell
+
+
+def test_evaluate_compare_prints_trained_and_unseen_rows(wait_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["evaluate", str(wait_model), "--level", "L1", "--episodes", "4", "--layout", "compare"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split()[:2] for line in lines if line.startswith(("trained", "unseen"))]
+    assert rows == [["trained", "model"], ["trained", "random"], ["unseen", "model"], ["unseen", "random"]]
+    assert "ratio of mean survival, model to random: trained" in lines[-1] and "unseen" in lines[-1]
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) >= {"trained", "unseen"} and report["unseen"]["model_stats"]["episodes"] == 4

@@ -70,8 +70,8 @@ def _train_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         default=False,
-        help="continue from the latest checkpoint in --out with its saved settings (only --episodes and "
-        "--checkpoint-every may change)",
+        help="continue from the latest checkpoint in --out with its saved settings (only --episodes, "
+        "--checkpoint-every and --keep-last may change)",
     )
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bar")
     parser.add_argument("--verbose", action="store_true", default=False, help="log every 10 episodes (INFO)")
@@ -105,8 +105,10 @@ def _train(args: argparse.Namespace) -> int:
         bar.close()
     elapsed = time.perf_counter() - started
     print(f"trained {config.network_type} network on {config.level} to episode {result.episode} in {elapsed:.0f} s")
+    removed = set(result.removed)
     for training_path, model_path in zip(result.checkpoints, result.models, strict=True):
-        print(f"  {training_path}  {model_path.name}")
+        note = "  (training checkpoint removed: --keep-last)" if training_path in removed else ""
+        print(f"  {training_path}  {model_path.name}{note}")
     return 0
 
 
@@ -154,11 +156,12 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seeds start cells and the random policy (default: 0)")
     parser.add_argument(
         "--layout",
-        choices=("trained", "seed", "relayout"),
+        choices=("trained", "seed", "relayout", "unseen", "compare"),
         default="trained",
         help="trained: the affordance layout the model was trained on (recorded in the file; falls back to "
-        "'seed' if absent); seed: one layout drawn from --seed; relayout: a fresh layout per episode "
-        "(default: trained)",
+        "'seed' if absent); seed: one layout drawn from --seed; relayout: a fresh layout per episode; "
+        "unseen: one layout per episode from a random stream no training run uses, never the trained "
+        "layout; compare: trained and unseen side by side, each against random (default: trained)",
     )
     parser.add_argument(
         "--depletion-multiplier", type=float, default=1.0, help="curriculum depletion scale (default: 1.0, full)"
@@ -171,34 +174,59 @@ def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from townlet.inference.model import HamletModel
-    from townlet.training.evaluate import SurvivalStats, evaluate_model, evaluate_random
+    from townlet.training.evaluate import SurvivalStats, evaluate_model, evaluate_random, unseen_layouts
 
     torch.set_num_threads(1)
     model = HamletModel.load(args.model)
-    layout, layout_name = None, args.layout
-    if args.layout == "trained":
-        layout = _trained_layout(args.model, model.metadata)
-        layout_name = "trained" if layout is not None else "seed (the model records no training layout)"
-    env = {"layout": layout, "relayout": args.layout == "relayout", "depletion_multiplier": args.depletion_multiplier}
+    trained_layout = _trained_layout(args.model, model.metadata)
+    common = {"depletion_multiplier": args.depletion_multiplier}
+    settings: dict[str, tuple[str, dict[str, Any]]] = {}  # row label -> (layout description, run_episodes kwargs)
+    if args.layout in ("trained", "compare"):
+        name = "trained" if trained_layout is not None else "seed (the model records no training layout)"
+        settings["trained"] = (name, {"layout": trained_layout})
+    if args.layout in ("seed", "relayout"):
+        settings[args.layout] = (args.layout, {"relayout": args.layout == "relayout"})
+    if args.layout in ("unseen", "compare"):
+        exclude = [trained_layout] if trained_layout is not None else []
+        layouts = unseen_layouts(args.level, args.episodes, args.seed, exclude=exclude)
+        settings["unseen"] = ("unseen (one per episode, never the trained one)", {"layouts": layouts})
     started = time.perf_counter()
-    trained = SurvivalStats.of(evaluate_model(model, args.level, args.episodes, args.seed, **env))
-    random = SurvivalStats.of(evaluate_random(args.level, args.episodes, args.seed, **env))
+    results = {
+        label: (
+            SurvivalStats.of(evaluate_model(model, args.level, args.episodes, args.seed, **kwargs, **common)),
+            SurvivalStats.of(evaluate_random(args.level, args.episodes, args.seed, **kwargs, **common)),
+        )
+        for label, (_, kwargs) in settings.items()
+    }
     elapsed = time.perf_counter() - started
     setting = {
         "model": str(args.model),
         "level": args.level,
         "episodes": args.episodes,
         "seed": args.seed,
-        "layout": layout_name,
+        "layout": " + ".join(name for name, _ in settings.values()),
         "depletion_multiplier": args.depletion_multiplier,
     }
     if args.json:
-        print(json.dumps({**setting, "model_stats": trained.to_dict(), "random_stats": random.to_dict()}, indent=2))
+        if len(results) == 1:
+            (trained, random), *_ = results.values()
+            print(json.dumps({**setting, "model_stats": trained.to_dict(), "random_stats": random.to_dict()}, indent=2))
+        else:
+            per_layout = {k: {"model_stats": m.to_dict(), "random_stats": r.to_dict()} for k, (m, r) in results.items()}
+            print(json.dumps({**setting, **per_layout}, indent=2))
         return 0
     print(
-        f"{args.model} on {args.level}: {args.episodes} episodes per policy, seed {args.seed}, layout {layout_name}, "
-        f"depletion multiplier {args.depletion_multiplier} ({elapsed:.1f} s)"
+        f"{args.model} on {args.level}: {args.episodes} episodes per policy, seed {args.seed}, "
+        f"layout {setting['layout']}, depletion multiplier {args.depletion_multiplier} ({elapsed:.1f} s)"
     )
+    if len(results) == 1:
+        _print_single(*next(iter(results.values())))
+    else:
+        _print_table(results)
+    return 0
+
+
+def _print_single(trained: Any, random: Any) -> None:
     print(f"{'policy':<8} {'mean':>7} {'std':>7} {'median':>7} {'min':>5} {'max':>5}   survival steps")
     for name, stats in (("model", trained), ("random", random)):
         print(
@@ -206,7 +234,18 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"   {stats.mean:.1f} ± {stats.std:.1f}"
         )
     print(f"ratio of mean survival, model to random: {trained.mean / random.mean:.2f}x")
-    return 0
+
+
+def _print_table(results: dict[str, tuple[Any, Any]]) -> None:
+    print(f"{'layouts':<9} {'policy':<8} {'mean':>7} {'std':>7} {'median':>7} {'min':>5} {'max':>5}")
+    for label, pair in results.items():
+        for name, stats in zip(("model", "random"), pair, strict=True):
+            print(
+                f"{label:<9} {name:<8} {stats.mean:7.1f} {stats.std:7.1f} {stats.median:7.1f} "
+                f"{stats.min:5d} {stats.max:5d}"
+            )
+    ratios = ", ".join(f"{label} {m.mean / r.mean:.2f}x" for label, (m, r) in results.items())
+    print(f"ratio of mean survival, model to random: {ratios}")
 
 
 def _trained_layout(path: Path, metadata: dict[str, Any]) -> dict[str, tuple[int, int]] | None:

@@ -50,6 +50,11 @@ class TrainConfig:
     epsilon_decay: float = _doc("epsilon *= this after every episode", 0.98)
     epsilon_min: float = _doc("exploration floor", 0.05)
     checkpoint_every: int = _doc("write both checkpoints every this many episodes (and always at the end)", 50)
+    keep_last: int = _doc(
+        "keep only the newest N training checkpoints (checkpoint_ep*.pt) in --out, 0 = all; the small "
+        "inference checkpoints (model_ep*.pt) are always kept",
+        0,
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,6 +70,8 @@ class TrainConfig:
         for name in ("target_update_frequency", "checkpoint_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_last < 0:
+            problems.append(f"keep_last must be >= 0 (0 keeps every checkpoint), got {self.keep_last}")
         if self.seed < 0 or self.learning_starts < 0 or self.depletion_multiplier < 0:
             problems.append("seed, learning_starts and depletion_multiplier must be >= 0")
         if not 0.0 <= self.gamma <= 1.0:

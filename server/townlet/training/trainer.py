@@ -36,13 +36,21 @@ from townlet.training.dqn import sequence_td_loss, td_loss
 from townlet.training.errors import ResumeError, TrainingConfigError
 from townlet.training.replay import ReplayBuffer, SequenceReplayBuffer
 
-__all__ = ["EpisodeStats", "TrainResult", "build_q_network", "latest_checkpoint", "train"]
+__all__ = [
+    "EpisodeStats",
+    "TrainResult",
+    "build_q_network",
+    "latest_checkpoint",
+    "prune_checkpoints",
+    "train",
+    "training_checkpoints",
+]
 
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^checkpoint_ep(\d+)\.pt$")
 # Settings a resumed run may change; every other field must match the checkpoint's.
-_RESUMABLE_CHANGES = frozenset({"episodes", "out", "checkpoint_every"})
+_RESUMABLE_CHANGES = frozenset({"episodes", "out", "checkpoint_every", "keep_last"})
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,7 @@ class TrainResult:
     episode: int
     checkpoints: list[Path] = field(default_factory=list)
     models: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)  # training checkpoints deleted by ``keep_last``
     wall_seconds: float = 0.0
 
 
@@ -91,12 +100,33 @@ def build_q_network(config: TrainConfig) -> nn.Module:
         return SimpleQNetwork(level.obs_dim, 6)
 
 
-def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The ``checkpoint_epNNNNN.pt`` with the highest episode number in ``directory`` (None if there is none)."""
+def training_checkpoints(directory: str | Path) -> list[Path]:
+    """The ``checkpoint_epNNNNN.pt`` files in ``directory``, oldest (lowest episode) first."""
     found = [
         (int(m.group(1)), p) for p in Path(directory).glob("checkpoint_ep*.pt") if (m := _CHECKPOINT.match(p.name))
     ]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The ``checkpoint_epNNNNN.pt`` with the highest episode number in ``directory`` (None if there is none)."""
+    found = training_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(directory: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` training checkpoints in ``directory`` (``keep_last`` 0: none).
+
+    Only ``checkpoint_epNNNNN.pt`` files are removed; inference checkpoints (``model_epNNNNN.pt``) stay.
+    Returns the removed paths, oldest first.
+    """
+    if keep_last <= 0:
+        return []
+    stale = training_checkpoints(directory)[:-keep_last]
+    for path in stale:
+        path.unlink()
+        logger.info("removed %s (keep_last=%d)", path, keep_last)
+    return stale
 
 
 def train(
@@ -108,8 +138,9 @@ def train(
     """Train until ``config.episodes`` episodes are done; returns the online network and the files written.
 
     With ``resume`` the run continues from the latest checkpoint in ``config.out`` (which must have been
-    written with the same settings, apart from ``episodes``, ``out`` and ``checkpoint_every``). Without it,
-    ``config.out`` must not hold checkpoints already. ``on_episode`` is called after every episode.
+    written with the same settings, apart from ``episodes``, ``out``, ``checkpoint_every`` and
+    ``keep_last``). Without it, ``config.out`` must not hold checkpoints already. ``on_episode`` is called
+    after every episode. With ``keep_last`` > 0 older training checkpoints are deleted after each save.
     """
     level = config.level_config
     recurrent = config.network_type == "recurrent"
@@ -228,6 +259,7 @@ def train(
             training_path, model_path = _save(config, episode, q_network, target_network, optimizer, state, run)
             result.checkpoints.append(training_path)
             result.models.append(model_path)
+            result.removed += prune_checkpoints(out, config.keep_last)
 
     result.episode = episode
     result.wall_seconds = time.perf_counter() - started
