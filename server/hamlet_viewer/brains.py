@@ -145,11 +145,14 @@ class _RemoteStream:
     def step(
         self, obs: npt.NDArray[np.float32], reset: npt.NDArray[np.bool_], mask: npt.NDArray[np.bool_], epsilon: float
     ) -> Decision:
-        from hamlet_client import CancelledError, DeadlineExceededError, FailedPreconditionError, UnavailableError
+        from hamlet_client import HamletError
 
         try:
             step = self._episode.step(obs, reset=reset, action_mask=mask, epsilon=epsilon)
-        except (FailedPreconditionError, DeadlineExceededError, UnavailableError, CancelledError) as exc:
+        except HamletError as exc:
+            if not self._episode.closed:  # refused before sending: the stream and its state are intact
+                raise
+            # idle past the server's TTL, server draining or restarted, cancelled: its LSTM state is gone
             raise StreamLostError(f"the episode stream ended: {exc.code.name} {exc.message}") from exc
         return Decision(step.actions, step.q_values, step.model, step.version)
 
