@@ -30,7 +30,6 @@ from hamlet_client.errors import (
     HamletError,
     InternalError,
     error_for_code,
-    from_rpc_error,
     reason_in,
 )
 from hamlet_client.messages import (
@@ -202,9 +201,13 @@ class AsyncEpisode:
         self._stream_timeout = stream_timeout
         self._call: Any = None
         self._lock = asyncio.Lock()
-        self._timed_out = False
         self._closed = False
         self._end_reason = ""
+        # A reader task takes every response as it arrives, so an EpisodeEnded that the server sends while
+        # the simulator is busy elsewhere is seen before the next write (which would fail without saying why).
+        self._responses: asyncio.Queue[Any] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+        self._ended: Any = None  # the server's EpisodeEnded, once received
 
     @property
     def closed(self) -> bool:
@@ -222,6 +225,7 @@ class AsyncEpisode:
             raise FailedPreconditionError("the episode was already started")
         self._call = self._client._stub.StreamEpisode(timeout=self._stream_timeout, metadata=self._client._metadata)
         self._client._episodes.add(self)
+        self._reader = asyncio.get_running_loop().create_task(self._read_all(), name="hamlet-episode-reader")
         try:
             await self._call.write(self._start)
             response = await self._receive("start")
@@ -254,71 +258,65 @@ class AsyncEpisode:
             obs, num_envs=self.num_envs, reset=reset, action_mask=action_mask, epsilon=epsilon
         )
         async with self._lock:
+            if self._ended is not None and not self._closed:  # the server already said it ended the stream
+                self._finish(cancel=False, reason=f"the server ended the stream: {self._ended.message}")
+                raise ended_error(self._ended)
             if self._closed:
                 raise FailedPreconditionError(f"episode {self.session_id} is closed ({self._end_reason})")
             try:
                 await self._call.write(request)
             except (grpc.RpcError, asyncio.InvalidStateError) as exc:
-                # The server ended the stream while we were not looking (idle timeout, drain): its reason
-                # is in a response already received, or in the status.
+                # The server ended the stream meanwhile: its reason is in a response the reader takes.
                 self._finish(cancel=False, reason="the server ended the stream")
                 raise await self._why_ended("step") from exc
             response = await self._receive("step")
-        if response.WhichOneof("kind") == "ended":
-            self._finish(cancel=False, reason=f"the server ended the stream: {response.ended.message}")
-            raise ended_error(response.ended)
         if response.WhichOneof("kind") != "step":
             self._finish(cancel=True, reason="the server broke the protocol")
             raise InternalError(f"expected an EpisodeStepResult, got {response.WhichOneof('kind')}")
         return step_result_from_proto(response.step)
 
-    async def _receive(self, what: str) -> service_pb2.StreamEpisodeResponse:
-        timer = asyncio.get_running_loop().call_later(self._step_timeout, self._on_timeout)
+    async def _read_all(self) -> None:
+        """Reader task: every response into the queue, then EOF or the call's error."""
         try:
-            response = await self._call.read()
-        except asyncio.CancelledError:
-            if not self._timed_out:
-                raise
-            self._finish(cancel=False, reason="step timed out")
+            while (response := await self._call.read()) is not grpc.aio.EOF:
+                if response.WhichOneof("kind") == "ended":
+                    self._ended = response.ended
+                self._responses.put_nowait(response)
+        except grpc.RpcError as exc:
+            self._responses.put_nowait(exc)
+            return
+        self._responses.put_nowait(grpc.aio.EOF)
+
+    async def _receive(self, what: str) -> service_pb2.StreamEpisodeResponse:
+        """The next response; the server's EpisodeEnded and errors become typed `HamletError`s."""
+        try:
+            item = await asyncio.wait_for(self._responses.get(), self._step_timeout)
+        except asyncio.TimeoutError:
+            self._finish(cancel=True, reason="step timed out")
             raise DeadlineExceededError(
                 f"episode {what} got no answer within step_timeout={self._step_timeout} s; stream cancelled"
             ) from None
-        except grpc.RpcError as exc:
-            self._finish(cancel=False, reason=f"the stream failed: {exc.code().name}")
-            if self._timed_out:
-                raise DeadlineExceededError(
-                    f"episode {what} got no answer within step_timeout={self._step_timeout} s; stream cancelled"
-                ) from exc
-            raise from_rpc_error(exc) from exc
-        finally:
-            timer.cancel()
-        if response is grpc.aio.EOF:
+        if isinstance(item, grpc.RpcError) or item is grpc.aio.EOF:
             self._finish(cancel=False, reason="the server ended the stream")
-            raise await self._ended_error(what)
-        return response  # type: ignore[no-any-return]
+            raise await self._why_ended(what)
+        if item.WhichOneof("kind") == "ended":
+            self._finish(cancel=False, reason=f"the server ended the stream: {item.ended.message}")
+            raise ended_error(item.ended)
+        return item  # type: ignore[no-any-return]
 
-    async def _ended_error(self, what: str) -> HamletError:
+    async def _why_ended(self, what: str) -> HamletError:
+        """Why the stream ended: the server's in-band EpisodeEnded if the reader got one (trusted over the
+        status, which grpc may replace with INTERNAL when it arrives during a write), else the status."""
+        if self._reader is not None:
+            await asyncio.wait({self._reader}, timeout=self._step_timeout)
+        if self._ended is not None:
+            return ended_error(self._ended)
         code = await self._call.code()
         if code is not None and code != grpc.StatusCode.OK:
             details = await self._call.details()
             message = details or f"episode stream ended with {code.name}"
             return error_for_code(code, message, reason_in(await self._call.trailing_metadata()))
         return InternalError(f"the server ended the episode stream before answering the {what}")
-
-    async def _why_ended(self, what: str) -> HamletError:
-        """After a failed write: the server's in-band EpisodeEnded if it was received, else the status."""
-        try:
-            response = await asyncio.wait_for(self._call.read(), self._step_timeout)
-        except (grpc.RpcError, asyncio.InvalidStateError, asyncio.TimeoutError):
-            response = None
-        if response is not None and response is not grpc.aio.EOF and response.WhichOneof("kind") == "ended":
-            return ended_error(response.ended)
-        return await self._ended_error(what)
-
-    def _on_timeout(self) -> None:
-        if not self._closed:
-            self._timed_out = True
-            self._call.cancel()
 
     def _finish(self, *, cancel: bool, reason: str) -> None:
         if not self._closed:
@@ -351,8 +349,12 @@ class AsyncEpisode:
 
     async def _drain(self) -> None:
         await self._call.done_writing()
-        while (extra := await self._call.read()) is not grpc.aio.EOF:
-            logger.warning("episode %s: unexpected response after close: %s", self.session_id, extra)
+        if self._reader is not None:
+            await self._reader
+        while not self._responses.empty():
+            extra = self._responses.get_nowait()
+            if isinstance(extra, service_pb2.StreamEpisodeResponse):
+                logger.warning("episode %s: unexpected response after close: %s", self.session_id, extra)
         code = await self._call.code()
         if code != grpc.StatusCode.OK:
             logger.debug("episode %s ended with %s while closing", self.session_id, code)

@@ -281,7 +281,10 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
                 request = await context.read()
                 stream.enter(Phase.STEPPING)
                 if request is grpc.aio.EOF:
-                    return Ending.client_cancelled() if context.cancelled() else Ending.client_closed()
+                    # A cancelled (or killed) client also reads as EOF here; grpc cancels this task in the
+                    # same loop iteration, so one yield tells a half-close from a cancel.
+                    await asyncio.sleep(0)
+                    return Ending.client_closed()
                 response = await self._handle(stream, request)  # a step in flight is answered even if the
                 stream.enter(Phase.WRITING)  # stream was ended meanwhile (drain); then the loop stops
                 await context.write(response)

@@ -64,12 +64,12 @@ def test_greedy_rollout_equals_hamlet_model(pair: tuple[HamletModel, OnnxModel])
         got = onnx_model.predict(obs, ort_hidden)
         assert isinstance(got, OnnxPredictResult)
         assert got.actions.dtype == np.int64 and got.q_values.dtype == np.float32
-        np.testing.assert_array_equal(got.actions, want.actions.numpy())
-        np.testing.assert_allclose(got.q_values, want.q_values.numpy(), rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(got.actions, want.actions)
+        np.testing.assert_allclose(got.q_values, want.q_values, rtol=0, atol=1e-5)
         if model.is_recurrent:
             for ours, theirs in zip(got.hidden, want.hidden, strict=True):  # type: ignore[arg-type]
                 assert ours.shape == (1, 5, 256)
-                np.testing.assert_allclose(ours, theirs.numpy(), rtol=0, atol=1e-5)
+                np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
         else:
             assert got.hidden is None and want.hidden is None
         torch_hidden, ort_hidden = want.hidden, got.hidden
@@ -81,7 +81,7 @@ def test_one_observation_is_a_batch_of_one(pair: tuple[HamletModel, OnnxModel]) 
     obs = np.random.default_rng(1).random(model.obs_dim, dtype=np.float32)
     result = onnx_model.predict(obs.tolist())
     assert result.actions.shape == (1,) and result.q_values.shape == (1, model.action_dim)
-    np.testing.assert_allclose(result.q_values, model.predict(obs).q_values.numpy(), atol=1e-5)
+    np.testing.assert_allclose(result.q_values, model.predict(obs).q_values, atol=1e-5)
 
 
 def test_predict_does_not_change_its_inputs(pair: tuple[HamletModel, OnnxModel]) -> None:
@@ -108,7 +108,7 @@ def test_masked_greedy_matches_hamlet_model(pair: tuple[HamletModel, OnnxModel])
     mask[np.arange(64), rng.integers(0, model.action_dim, 64)] = True  # every row allows something
     got = onnx_model.predict(obs, action_mask=mask)
     want = model.predict(obs, action_mask=mask)
-    np.testing.assert_array_equal(got.actions, want.actions.numpy())
+    np.testing.assert_array_equal(got.actions, want.actions)
     assert mask[np.arange(64), got.actions].all()
     masked_q = np.where(mask, got.q_values, -np.inf)
     np.testing.assert_array_equal(got.actions, masked_q.argmax(axis=1))
