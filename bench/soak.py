@@ -144,7 +144,8 @@ async def soak(args: argparse.Namespace, target: str, metrics_url: str | None, p
     async with AsyncHamletClient(target, token=args.token, timeout=args.step_timeout) as client:
         sampler = asyncio.create_task(sample_rss())
         tasks = [asyncio.create_task(load.drive(client, i)) for i in range(args.streams)]
-        last_steps, last_t, last_errors = 0, t0, collections.Counter()
+        last_errors: collections.Counter[str] = collections.Counter()
+        last_steps, last_t = 0, t0
         while (now := time.monotonic()) - t0 < args.duration:
             await asyncio.sleep(min(args.interval, args.duration - (now - t0)))
             now = time.monotonic()

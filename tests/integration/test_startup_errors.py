@@ -19,7 +19,7 @@ import torch
 
 from hamlet_server.config import ServerConfig
 from hamlet_server.server import HamletServer
-from hamlet_server.startup import StartupError
+from hamlet_server.startup import StartupError, check_startup
 
 
 @pytest.fixture
@@ -136,6 +136,29 @@ def test_metrics_port_taken(model_dir: Path, taken_port: int) -> None:
 def test_host_not_on_this_machine(model_dir: Path) -> None:
     result = _serve("--models", str(model_dir), "--host", "192.0.2.7", "--port", "0", "--allow-insecure")
     _assert_refused(result, "--host 192.0.2.7", "not an address of this machine")
+
+
+# ------------------------------------------------------- the same checks in-process (fast suite)
+
+
+def test_check_startup_names_the_flag_to_change(model_dir: Path, tmp_path: Path, taken_port: int) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    cases = [
+        ({"token_file": str(tmp_path / "missing")}, "--token-file .*: no such file"),
+        ({"token_file": str(empty)}, "--token-file .*: the token file is empty"),
+        ({"tls_key": "k.pem"}, "only --tls-key is set"),
+        ({"port": taken_port}, f"--port {taken_port}: .* already in use"),
+        ({"metrics_port": taken_port}, f"--metrics-port {taken_port}: .* already in use"),
+        ({"metrics_port": 9999, "port": 9999}, "--metrics-port 9999 is also the gRPC --port"),
+        ({"models": tmp_path / "nothing"}, "--models .*: not a directory"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(({"device": "cuda"}, "--device cuda: CUDA is not available"))
+    for settings, message in cases:
+        with pytest.raises(StartupError, match=message):
+            check_startup(_config(model_dir, **settings))
+    check_startup(_config(model_dir))  # the defaults pass
 
 
 # ------------------------------------------------------- past the up-front check: the binds say the same
