@@ -114,9 +114,14 @@ def _hamlet_cascades(meters: np.ndarray) -> np.ndarray:
 def test_batched_cascades_round_exactly_as_hamlet_one_at_a_time() -> None:
     rng = np.random.default_rng(0)
     meters = (rng.random((2000, 8)) * rng.choice([0.01, 0.4, 1.0], size=(2000, 8))).astype(np.float32)
+    meters[:5] = [[0.0] * 8, [0.3] * 8, [np.float32(0.3) - np.float32(1e-8)] * 8, [1.0] * 8, [0.29] * 8]
+    before = meters.copy()
     out = apply_cascades(meters)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, _hamlet_cascades(meters))  # bit for bit, not approximately
+    np.testing.assert_array_equal(meters, before)  # the input is left alone
+    for row in (0, 4, 17):  # one env at a time rounds the same as in a batch
+        np.testing.assert_array_equal(apply_cascades(meters[row : row + 1])[0], out[row])
 
 
 def test_bed_instant_needs_money() -> None:

@@ -112,18 +112,16 @@ def apply_fitness_modulation(meters: np.ndarray) -> np.ndarray:
 
 class _CascadeGroup(NamedTuple):
     sources: np.ndarray  # [k] meter index
+    targets: np.ndarray  # [k] meter index
+    depths: np.ndarray  # [k] how many earlier members of the group hit the same target
     thresholds: np.ndarray  # [k] float32
     strengths: np.ndarray  # [k] float32
-    layers: tuple[tuple[np.ndarray, np.ndarray], ...]  # (members, their distinct targets), in cascade order
 
 
 @functools.lru_cache(maxsize=16)
 def _cascade_groups(cascades: tuple[Cascade, ...]) -> tuple[_CascadeGroup, ...]:
     """Split the ordered cascades into runs whose penalties can all be computed up front: a run ends
-    before a cascade whose source an earlier member of the run targets. Within a run the penalties are
-    then subtracted in layers: layer ``l`` holds the ``l``-th member of the run on each target, so each
-    target receives its penalties one by one in cascade order (and is clamped after each), exactly as
-    Hamlet applies them one cascade at a time."""
+    before a cascade whose source an earlier member of the run targets."""
     runs: list[list[Cascade]] = []
     for c in cascades:
         if c.strength < 0 or c.threshold <= 0:
@@ -132,39 +130,38 @@ def _cascade_groups(cascades: tuple[Cascade, ...]) -> tuple[_CascadeGroup, ...]:
             runs[-1].append(c)
         else:
             runs.append([c])
-    groups = []
-    for run in runs:
-        layers: list[list[int]] = []
-        for i, c in enumerate(run):
-            depth = sum(member.target == c.target for member in run[:i])
-            if depth == len(layers):
-                layers.append([])
-            layers[depth].append(i)
-        groups.append(
-            _CascadeGroup(
-                sources=np.array([c.source for c in run]),
-                thresholds=np.array([c.threshold for c in run], dtype=METER_DTYPE),
-                strengths=np.array([c.strength for c in run], dtype=METER_DTYPE),
-                layers=tuple((np.array(m), np.array([run[i].target for i in m])) for m in layers),
-            )
+    return tuple(
+        _CascadeGroup(
+            sources=np.array([c.source for c in run]),
+            targets=np.array([c.target for c in run]),
+            depths=np.array([sum(m.target == c.target for m in run[:i]) for i, c in enumerate(run)]),
+            thresholds=np.array([c.threshold for c in run], dtype=METER_DTYPE),
+            strengths=np.array([c.strength for c in run], dtype=METER_DTYPE),
         )
-    return tuple(groups)
+        for run in runs
+    )
 
 
 def apply_cascades(meters: np.ndarray, cascades: tuple[Cascade, ...] = CASCADES) -> np.ndarray:
     """Apply threshold cascades in the given order (category order for :data:`CASCADES`).
 
     A cascade whose source is below its threshold subtracts ``strength * ((threshold - source) / threshold)``
-    from its target (clamped), each reading the meters as left by the cascades before it. The float32
-    operations and their order are Hamlet's; a run of cascades where no source is the target of an earlier
-    member (for :data:`CASCADES`, all ten) computes its penalties in one vectorised pass.
+    from its target (clamped), each reading the meters as left by the cascades before it, in float32, as
+    Hamlet does one cascade at a time. Vectorised without changing a bit: a run of cascades where no source
+    is the target of an earlier member (for :data:`CASCADES`, all ten) computes its penalties in one pass;
+    penalties are scattered into ``[depth, N, 8]`` so that each target loses its own penalties one by one in
+    cascade order (the others lose an exact 0); one clamp at the end equals Hamlet's clamp after each
+    cascade because penalties are never negative.
     """
     out = np.array(meters, dtype=METER_DTYPE)
     for group in _cascade_groups(cascades):
         deficit = np.maximum(group.thresholds - out[:, group.sources], 0.0) / group.thresholds
         penalty = group.strengths * deficit  # [N, k]
-        for members, targets in group.layers:
-            out[:, targets] = _clip01(out[:, targets] - penalty[:, members])
+        layered = np.zeros((int(group.depths.max()) + 1, *out.shape), dtype=METER_DTYPE)
+        layered[group.depths, :, group.targets] = penalty.T
+        for layer in layered:
+            out = out - layer
+        out = _clip01(out)
     return out
 
 
