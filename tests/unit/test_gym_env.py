@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import warnings
 
 import gymnasium
@@ -139,3 +141,8 @@ def test_vector_env_random_steps_stay_in_the_spaces() -> None:
         obs, reward, terminated, truncated, _ = envs.step(envs.action_space.sample())
         assert envs.observation_space.contains(obs)
         assert reward.dtype == np.float32 and terminated.dtype == bool and truncated.dtype == bool
+
+
+def test_gym_module_imports_no_torch() -> None:
+    code = "import sys, townlet.env.gym; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
