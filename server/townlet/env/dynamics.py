@@ -6,7 +6,7 @@ move), :func:`apply_base_depletion`, :func:`apply_fitness_modulation`, :func:`ap
 :func:`terminal_mask` and :func:`compute_reward`.
 
 Meters are float32 and every rate is a float32 constant, and each function performs Hamlet's operations
-in Hamlet's order, so a step rounds exactly as Hamlet's torch step does (float64 input is cast).
+in Hamlet's order, so the rounding follows Hamlet's torch step (float64 input is cast to float32).
 """
 
 from __future__ import annotations
