@@ -29,7 +29,7 @@ from hamlet_client.errors import (
     UnavailableError,
     UnimplementedError,
 )
-from hamlet_client.results import ModelInfo, ModelMetadata, Prediction, StepResult
+from hamlet_client.results import ModelInfo, ModelMetadata, Prediction, ServerInfo, StepResult
 
 __version__ = "0.1.0"
 
@@ -53,6 +53,7 @@ __all__ = [
     "Prediction",
     "RetryPolicy",
     "ServerDrainingError",
+    "ServerInfo",
     "SessionExpiredError",
     "StepResult",
     "UnauthenticatedError",

@@ -43,10 +43,12 @@ from hamlet_client.results import (
     ModelInfo,
     ModelMetadata,
     Prediction,
+    ServerInfo,
     StepResult,
     metadata_from_proto,
     model_infos_from_proto,
     prediction_from_proto,
+    server_info_from_proto,
     step_result_from_proto,
 )
 from hamlet_client.stub import InferenceStub
@@ -126,6 +128,12 @@ class AsyncHamletClient:
         """Every model the server hosts; see `HamletClient.list_models`."""
         response = await self._unary(self._stub.ListModels, service_pb2.ListModelsRequest(), timeout)
         return model_infos_from_proto(response)
+
+    async def server_info(self, *, timeout: float | None = None) -> ServerInfo:
+        """The limits the server holds clients to (max envs, max Predict batch, message size, session TTL, start
+        timeout, ...) and its version."""
+        request = service_pb2.GetServerInfoRequest()
+        return server_info_from_proto(await self._unary(self._stub.GetServerInfo, request, timeout))
 
     async def metadata(
         self, model: str | None = None, *, version: int | None = None, timeout: float | None = None

@@ -44,10 +44,12 @@ from hamlet_client.results import (
     ModelInfo,
     ModelMetadata,
     Prediction,
+    ServerInfo,
     StepResult,
     metadata_from_proto,
     model_infos_from_proto,
     prediction_from_proto,
+    server_info_from_proto,
     step_result_from_proto,
 )
 from hamlet_client.stub import InferenceStub
@@ -172,6 +174,12 @@ class HamletClient:
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model the server hosts, with its versions and dimensions (`ModelInfo.is_default` marks the default)."""
         return model_infos_from_proto(self._unary(self._stub.ListModels, service_pb2.ListModelsRequest(), timeout))
+
+    def server_info(self, *, timeout: float | None = None) -> ServerInfo:
+        """The limits the server holds clients to (max envs, max Predict batch, message size, session TTL, start
+        timeout, ...) and its version."""
+        request = service_pb2.GetServerInfoRequest()
+        return server_info_from_proto(self._unary(self._stub.GetServerInfo, request, timeout))
 
     def metadata(
         self, model: str | None = None, *, version: int | None = None, timeout: float | None = None

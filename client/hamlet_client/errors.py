@@ -63,8 +63,9 @@ __all__ = [
     "reason_in",
 ]
 
-REASON_METADATA_KEY = "hamlet-error-reason"
-"""Trailing metadata key under which the server sends its stable error reason."""
+DETAILS_METADATA_KEY = "grpc-status-details-bin"
+"""Trailing metadata of the standard rich error details: a serialized ``google.rpc.Status`` whose details
+hold a ``google.rpc.ErrorInfo`` (domain ``hamlet.v1``) and, for bad input, a ``google.rpc.BadRequest``."""
 
 
 class HamletError(Exception):
@@ -241,9 +242,20 @@ def reason_from_metadata(call: Any) -> str:
 
 
 def reason_in(metadata: Any) -> str:
-    """The ``hamlet-error-reason`` value among ``(key, value)`` metadata pairs; "" when absent."""
+    """The ``google.rpc.ErrorInfo`` reason in ``grpc-status-details-bin`` among ``(key, value)`` metadata
+    pairs (the standard rich error details); "" when absent or unreadable."""
+    from google.rpc import error_details_pb2, status_pb2
+
     for item in metadata or ():
         key, value = item
-        if key == REASON_METADATA_KEY:
-            return str(value)
+        if key != DETAILS_METADATA_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except Exception:  # malformed details must not hide the status itself
+            return ""
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return str(info.reason)
     return ""

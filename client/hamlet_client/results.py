@@ -16,10 +16,12 @@ __all__ = [
     "ModelInfo",
     "ModelMetadata",
     "Prediction",
+    "ServerInfo",
     "StepResult",
     "metadata_from_proto",
     "model_infos_from_proto",
     "prediction_from_proto",
+    "server_info_from_proto",
     "step_result_from_proto",
 ]
 
@@ -86,6 +88,27 @@ class ModelInfo:
     action_dim: int
     is_default: bool
     """True for the model a request gets when it names none."""
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """The limits a server holds clients to, and its version (from `HamletClient.server_info`)."""
+
+    server_version: str
+    max_envs: int
+    """Most environments one episode may drive."""
+    max_predict_batch: int
+    """Most observations in one `predict` call."""
+    max_message_bytes: int
+    session_ttl_seconds: float
+    """An episode silent (either way) for this long is ended with `SessionExpiredError`."""
+    start_timeout_seconds: float
+    max_sessions: int
+    """Most open episodes on the server."""
+    max_slots: int
+    """Most environment rows per recurrent model version, over all episodes."""
+    device: str
+    backend: str
 
 
 @dataclass(frozen=True)
@@ -183,3 +206,13 @@ def metadata_from_proto(meta: model_pb2.ModelMetadata) -> ModelMetadata:
         device=meta.device,
         extra=dict(meta.extra),
     )
+
+
+def server_info_from_proto(resp: service_pb2.GetServerInfoResponse) -> ServerInfo:
+    """`ServerInfo` from a GetServerInfoResponse."""
+    return ServerInfo(
+        server_version=resp.server_version, max_envs=resp.max_envs, max_predict_batch=resp.max_predict_batch,
+        max_message_bytes=resp.max_message_bytes, session_ttl_seconds=resp.session_ttl_seconds,
+        start_timeout_seconds=resp.start_timeout_seconds, max_sessions=resp.max_sessions,
+        max_slots=resp.max_slots, device=resp.device, backend=resp.backend,
+    )  # fmt: skip

@@ -13,7 +13,7 @@ SERVICE_NAME = "hamlet.v1.InferenceService"
 
 
 class InferenceStub:
-    """The four RPCs of `hamlet.v1.InferenceService` as gRPC multi-callables on ``channel``."""
+    """The RPCs of `hamlet.v1.InferenceService` as gRPC multi-callables on ``channel``."""
 
     def __init__(self, channel: Any) -> None:
         prefix = f"/{SERVICE_NAME}/"
@@ -26,6 +26,11 @@ class InferenceStub:
             prefix + "GetModelMetadata",
             request_serializer=service_pb2.GetModelMetadataRequest.SerializeToString,
             response_deserializer=service_pb2.GetModelMetadataResponse.FromString,
+        )
+        self.GetServerInfo: Any = channel.unary_unary(
+            prefix + "GetServerInfo",
+            request_serializer=service_pb2.GetServerInfoRequest.SerializeToString,
+            response_deserializer=service_pb2.GetServerInfoResponse.FromString,
         )
         self.Predict: Any = channel.unary_unary(
             prefix + "Predict",

@@ -12,6 +12,7 @@ marker, so garbage gets INVALID_ARGUMENT (MALFORMED_MESSAGE) instead of grpc's U
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from hamlet_server.batcher import WorkItem
 from hamlet_server.config import ServerConfig
 from hamlet_server.metrics import ServerMetrics
 from hamlet_server.repository import ModelRepository, ServedModel
-from hamlet_server.status import RequestError, status_for
+from hamlet_server.status import RequestError, rich_status, status_for
 from hamlet_server.streams import Ending, EndReason, EpisodeStream, Phase, SessionLimitError, StreamTable
 from hamlet_server.tensor_codec import (
     decode_action_mask,
@@ -77,17 +78,19 @@ def _reject_malformed(request: Any) -> None:
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     """Register hamlet.v1.InferenceService on `server` with lenient request deserializers."""
-    unary: dict[str, Any] = {"ListModels": pb.ListModelsRequest, "GetModelMetadata": pb.GetModelMetadataRequest,
-                             "Predict": pb.PredictRequest}  # fmt: skip
-    responses: dict[str, Any] = {"ListModels": pb.ListModelsResponse, "GetModelMetadata": pb.GetModelMetadataResponse,
-                 "Predict": pb.PredictResponse}  # fmt: skip
+    messages: dict[str, tuple[Any, Any]] = {
+        "ListModels": (pb.ListModelsRequest, pb.ListModelsResponse),
+        "GetModelMetadata": (pb.GetModelMetadataRequest, pb.GetModelMetadataResponse),
+        "GetServerInfo": (pb.GetServerInfoRequest, pb.GetServerInfoResponse),
+        "Predict": (pb.PredictRequest, pb.PredictResponse),
+    }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, name),
             request_deserializer=_lenient(request.FromString, request.__name__),
-            response_serializer=responses[name].SerializeToString,
+            response_serializer=response.SerializeToString,
         )
-        for name, request in unary.items()
+        for name, (request, response) in messages.items()
     }
     handlers["StreamEpisode"] = grpc.stream_stream_rpc_method_handler(
         servicer.StreamEpisode,
@@ -96,6 +99,13 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     )
     service = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
+
+def _server_version() -> str:
+    try:
+        return importlib.metadata.version("hamlet-server")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
@@ -168,7 +178,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         code, message, reason = status_for(exc)
         self.metrics.record(method, code.name)
         log.log(logging.ERROR if code is SC.INTERNAL else logging.DEBUG, "%s: %s %s", method, code.name, message)
-        await context.abort(code, message, trailing_metadata=(("hamlet-error-reason", reason),))
+        await context.abort_with_status(rich_status(code, message, reason))
 
     def _refuse_if_draining(self) -> None:
         if self.draining:
@@ -208,6 +218,16 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
             await self._fail(context, "GetModelMetadata", exc)
         self.metrics.record("GetModelMetadata", "OK")
         return response
+
+    async def GetServerInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        c = self.config
+        self.metrics.record("GetServerInfo", "OK")
+        return pb.GetServerInfoResponse(
+            server_version=_server_version(), max_envs=c.max_envs, max_predict_batch=c.max_predict_batch,
+            max_message_bytes=c.max_message_bytes, session_ttl_seconds=c.session_ttl,
+            start_timeout_seconds=c.start_timeout, max_sessions=c.max_sessions, max_slots=c.max_slots,
+            device=self.repository.device, backend=c.backend,
+        )  # fmt: skip
 
     # ---- Predict ---------------------------------------------------------------------------------
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -339,9 +359,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
             await asyncio.wait_for(context.write(pb.StreamEpisodeResponse(ended=ended)), _FINAL_WRITE_TIMEOUT)
         except (asyncio.TimeoutError, asyncio.CancelledError, grpc.RpcError, RuntimeError) as exc:
             log.debug("EpisodeEnded not delivered: %r", exc)
-        await context.abort(
-            ending.code, ending.message, trailing_metadata=(("hamlet-error-reason", ending.error_reason),)
-        )
+        await context.abort_with_status(rich_status(ending.code, ending.message, ending.error_reason))
 
     async def _start(self, stream: EpisodeStream, start: pb.EpisodeStart) -> None:
         self._refuse_if_draining()

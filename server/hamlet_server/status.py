@@ -10,21 +10,28 @@ traceback, never reported as the client's mistake.
 from __future__ import annotations
 
 import logging
+import re
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from hamlet_server.repository import ModelLoadError, UnknownModelError, UnknownVersionError
 from hamlet_server.streams import SessionLimitError, SlotLimitError
 from hamlet_server.tensor_codec import InvalidTensorError
 from townlet.inference.errors import InvalidInputError
 
-__all__ = ["MAX_MESSAGE_CHARS", "RequestError", "status_for", "truncate"]
+__all__ = ["ERROR_DOMAIN", "MAX_MESSAGE_CHARS", "RequestError", "rich_status", "status_for", "truncate"]
 
 log = logging.getLogger(__name__)
 SC = grpc.StatusCode
 MAX_MESSAGE_CHARS = 1000
 """Longest status message sent: a message that echoes a huge input (a 100 KB model name) must not push
 the status past the metadata limit, which the client would see as RESOURCE_EXHAUSTED."""
+
+
+ERROR_DOMAIN = "hamlet.v1"
+_FIELD = re.compile(r"^([a-z_][a-z0-9_.]*)(?: [a-z]+)?: ")
 
 
 class RequestError(Exception):
@@ -64,3 +71,17 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
         found = (SC.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "INTERNAL")
     code, message, reason = found
     return code, truncate(message), reason
+
+
+def rich_status(code: grpc.StatusCode, message: str, error_reason: str) -> grpc.Status:
+    """The status with its details the standard way (``grpc-status-details-bin``): a ``google.rpc.ErrorInfo``
+    (reason, domain ``hamlet.v1``), and for INVALID_ARGUMENT a ``google.rpc.BadRequest`` naming the field
+    when the message starts with one (``observations: expected ...``)."""
+    status = status_pb2.Status(code=code.value[0], message=message)
+    if error_reason:
+        status.details.add().Pack(error_details_pb2.ErrorInfo(reason=error_reason, domain=ERROR_DOMAIN))
+    field = _FIELD.match(message)
+    if code is SC.INVALID_ARGUMENT and field is not None:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=field.group(1), description=message)
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    return rpc_status.to_status(status)
