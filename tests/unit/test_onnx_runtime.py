@@ -215,3 +215,59 @@ def test_loading_errors(tmp_path: Path) -> None:
     junk.write_bytes(b"definitely not a protobuf" * 10)
     with pytest.raises(CheckpointError, match="onnxruntime cannot load the file"):
         OnnxModel(junk)
+
+
+def test_greedy_predict_builds_no_generator(
+    pair: tuple[HamletModel, OnnxModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At epsilon 0 no numpy Generator is built (the serving default), with or without a mask or a seed;
+    with epsilon > 0 one is, and the seed is still honoured."""
+    _, onnx_model = pair
+    obs = np.random.default_rng(5).random((4, onnx_model.obs_dim), dtype=np.float32)
+    mask = np.ones((4, onnx_model.action_dim), bool)
+    built: list[object] = []
+    real = np.random.default_rng
+    monkeypatch.setattr(np.random, "default_rng", lambda *a: built.append(a) or real(*a))
+    greedy = onnx_model.predict(obs).actions
+    masked = onnx_model.predict(obs, action_mask=mask, generator=7).actions
+    assert built == [] and greedy.dtype == np.int64
+    np.testing.assert_array_equal(greedy, masked)
+    explored = onnx_model.predict(obs, epsilon=0.5, generator=7).actions
+    assert built == [(7,)]
+    np.testing.assert_array_equal(explored, epsilon_greedy_numpy(onnx_model.forward(obs)[0], 0.5, None, real(7)))
+
+
+def test_fast_and_general_input_paths_agree(pair: tuple[HamletModel, OnnxModel]) -> None:
+    """A C-contiguous float32 batch (checked for finiteness only) answers exactly what the same values as a
+    list, as float64 or as a strided view answer after conversion."""
+    _, onnx_model = pair
+    rng = np.random.default_rng(6)
+    wide = rng.random((3, 2 * onnx_model.obs_dim), dtype=np.float32)
+    obs = np.ascontiguousarray(wide[:, ::2])
+    hidden = None
+    if onnx_model.is_recurrent:
+        hidden = onnx_model.predict(obs).hidden
+    fast = onnx_model.predict(obs, hidden)
+    for variant in (obs.tolist(), obs.astype(np.float64), wide[:, ::2]):
+        slow_hidden = None if hidden is None else (hidden[0].astype(np.float64), hidden[1].tolist())
+        other = onnx_model.predict(variant, slow_hidden)
+        np.testing.assert_array_equal(other.q_values, fast.q_values)
+        np.testing.assert_array_equal(other.actions, fast.actions)
+        if fast.hidden is not None:
+            assert other.hidden is not None
+            np.testing.assert_array_equal(other.hidden[0], fast.hidden[0])
+
+
+def test_non_finite_float32_state_is_refused_on_the_fast_path(pair: tuple[HamletModel, OnnxModel]) -> None:
+    _, onnx_model = pair
+    obs = np.zeros((3, onnx_model.obs_dim), np.float32)
+    obs[1, 0] = np.inf
+    with pytest.raises(InvalidInputError, match=r"obs: expected finite values, got NaN or Inf in row\(s\) \[1\]"):
+        onnx_model.predict(obs)
+    if onnx_model.is_recurrent:
+        h, c = onnx_model.initial_hidden(3)
+        c[0, 2, 5] = np.nan
+        with pytest.raises(
+            InvalidInputError, match=r"hidden c: expected finite values, got NaN or Inf in row\(s\) \[2\]"
+        ):
+            onnx_model.predict(np.zeros((3, onnx_model.obs_dim), np.float32), (h, c))
