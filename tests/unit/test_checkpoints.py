@@ -278,3 +278,33 @@ def test_a_nan_training_checkpoint_is_refused(tmp_path: Path) -> None:
         CheckpointError, match=f"{key}: {weights[key].numel()} of {weights[key].numel()} values are NaN"
     ):
         HamletModel.load(path)
+
+
+@pytest.mark.parametrize("with_spec", [False, True])
+def test_fast_load_gives_bitwise_equal_weights(tmp_path: Path, network_type: str, with_spec: bool) -> None:
+    """The loaders build on the meta device and adopt the file's tensors: every weight is the saved one, bit
+    for bit, in float32 on the CPU, with nothing left on the meta device, for both formats."""
+    network = make_network(network_type, seed=5).eval()
+    spec = brain_spec_from_network(network) if with_spec else None
+    inference = save_inference_checkpoint(network, tmp_path / "model_ep00005.pt", brain_spec=spec)
+    training = write_training_checkpoint(tmp_path / "run", network_type)
+    expected_training = torch.load(training, weights_only=True)["population_state"]["q_network"]
+    for path, expected in ((inference, network.state_dict()), (training, expected_training)):
+        loaded = HamletModel.load(path).network.state_dict(keep_vars=True)
+        assert loaded.keys() == expected.keys()
+        for name, tensor in loaded.items():
+            assert tensor.device.type == "cpu" and tensor.dtype == torch.float32, name
+            assert torch.equal(tensor.detach().view(torch.int32), expected[name].view(torch.int32)), name
+
+
+def test_fast_load_casts_to_the_declared_dtype_and_stays_trainable(tmp_path: Path) -> None:
+    """A float64 file loads as the float32 network a copying load_state_dict would give; parameters keep
+    requires_grad (the adopted tensors are Parameters, not plain tensors)."""
+    network = make_network("recurrent", seed=6).eval()
+    path = save_inference_checkpoint(network.double(), tmp_path / "model_ep00006.pt")
+    model = HamletModel.load(path)
+    for name, param in model.network.named_parameters():
+        assert isinstance(param, torch.nn.Parameter) and param.requires_grad and param.dtype == torch.float32
+        assert torch.equal(param.detach(), dict(network.named_parameters())[name].detach().float()), name
+    lstm = model.network.lstm
+    assert all(w is getattr(lstm, n) for w, n in zip(lstm._flat_weights, lstm._flat_weights_names, strict=True))

@@ -161,7 +161,9 @@ def _network_from_inference(path: str | Path, obj: Any, sha256: str) -> LoadedCh
             logger.warning(
                 "%s: brain_spec_hash %s does not match the spec (%s)", path, obj["brain_spec_hash"], spec_hash
             )
-        network, source = build_network(spec), "brain_spec"
+        with torch.device("meta"):  # shapes only: the weights below replace every value
+            network = build_network(spec)
+        source = "brain_spec"
     elif "network_params" in obj:
         network, source = _build_or_fail(path, obj["network_params"]), "network_params"
     else:
@@ -254,8 +256,16 @@ def network_params_of(network: nn.Module) -> dict[str, Any]:
     return infer_network_params(network.state_dict())
 
 
-def build_network_from_params(params: Mapping[str, Any]) -> nn.Module:
-    """Build a network from ``network_params``; raises `BrainSpecError` (a ValueError) naming a bad field."""
+def build_network_from_params(params: Mapping[str, Any], *, empty: bool = False) -> nn.Module:
+    """Build a network from ``network_params``; raises `BrainSpecError` (a ValueError) naming a bad field.
+
+    With ``empty=True`` the network is built on the ``meta`` device: shapes without storage and without the
+    random initialisation (for the LSTM, most of the build), to be filled by
+    ``load_state_dict(state_dict, assign=True)`` as the loaders here do.
+    """
+    if empty:
+        with torch.device("meta"):
+            return build_network_from_params(params)
     if not isinstance(params, Mapping):
         raise BrainSpecError(f"network_params: expected a dict, got {type(params).__name__}")
     rest = dict(params)
@@ -340,24 +350,49 @@ def _state_dict(path: str | Path, value: Any, where: str) -> Mapping[str, Tensor
 
 def _build_or_fail(path: str | Path, params: Any) -> nn.Module:
     try:
-        return build_network_from_params(params)
+        return build_network_from_params(params, empty=True)
     except BrainSpecError as exc:
         raise CheckpointError(path, f"invalid network_params: {exc}") from None
 
 
 def _load_weights(path: str | Path, network: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
+    """Fill ``network`` (built on the meta device) with the file's tensors, which become its parameters.
+
+    ``assign=True`` adopts the loaded tensors instead of copying them into freshly initialised ones; each is
+    first cast to the dtype the network declares, as a copying load would. The shapes and the key set are
+    checked by ``load_state_dict(strict=True)`` as before.
+    """
     _refuse_non_finite(path, state_dict)
+    declared = {name: t.dtype for name, t in network.state_dict(keep_vars=True).items()}
+    weights = {
+        name: t.to(declared[name]) if name in declared and t.dtype != declared[name] else t
+        for name, t in state_dict.items()
+    }
     try:
-        network.load_state_dict(state_dict, strict=True)
+        network.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:400]
         raise CheckpointError(path, f"weights do not match the network rebuilt from {source}: {detail}") from None
-    device = next(iter(state_dict.values())).device
-    network.to(device).eval()
+    left = [name for name, t in network.state_dict(keep_vars=True).items() if t.is_meta]
+    if left:  # a module holding a tensor that no state_dict carries: never the case for Hamlet's networks
+        raise CheckpointError(path, f"the file does not set {left[:5]} of the network rebuilt from {source}")
+    for module in network.modules():  # the LSTM's weights now live in separate tensors: pack them for cuDNN
+        if isinstance(module, nn.RNNBase):
+            module.flatten_parameters()
+    network.eval()  # already on the file's map_location device: its tensors are the network's parameters
 
 
 def _refuse_non_finite(path: str | Path, state_dict: Mapping[str, Tensor]) -> None:
     """A diverged training run writes NaN or Inf weights; such a model answers NaN Q-values and action 0."""
+    floats = [t for t in state_dict.values() if t.is_floating_point()]
+    if not floats:
+        return
+    # One fused pass (clip_grad_norm_'s kernel) when all is well: a NaN or Inf in a tensor makes its norm one.
+    # So does overflow of huge finite values; the exact element count below then finds nothing to refuse.
+    with torch.no_grad():
+        norms = torch._foreach_norm(floats)
+    if all(math.isfinite(norm.item()) for norm in norms):
+        return
     bad = [_non_finite_count(name, t) for name, t in state_dict.items() if t.is_floating_point()]
     found = [text for text in bad if text]
     if found:
