@@ -291,7 +291,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
             raise
         self._ended(stream, ending)
         if ending.in_band:
-            await self._send_end(context, ending)
+            # After an interrupted write gRPC still holds that send: a second write would fail. The client
+            # was not reading anyway; it gets the status (and its details) alone.
+            await self._send_end(context, ending, in_band=stream.phase is not Phase.WRITING)
 
     async def _run(self, stream: EpisodeStream, context: grpc.aio.ServicerContext) -> Ending:
         """Serve the stream until it ends; returns how. Raises CancelledError only when the client left."""
@@ -308,6 +310,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
                 response = await self._handle(stream, request)  # a step in flight is answered even if the
                 stream.enter(Phase.WRITING)  # stream was ended meanwhile (drain); then the loop stops
                 await context.write(response)
+                stream.enter(Phase.STEPPING)  # written: between messages, nothing of ours is in flight
                 if self.draining:
                     self.streams.end(stream, Ending.draining())
             return stream.ending
@@ -349,16 +352,17 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         log.log(ending.log_level, "stream %s ended: %s (%s) %s", stream.stream_id, ending.reason.value,
                 ending.code.name, ending.message)  # fmt: skip
 
-    async def _send_end(self, context: grpc.aio.ServicerContext, ending: Ending) -> None:
+    async def _send_end(self, context: grpc.aio.ServicerContext, ending: Ending, *, in_band: bool) -> None:
         """The in-band EpisodeEnded, then the status. A client that reads nothing does not hold us up."""
-        ended = pb.EpisodeEnded(
-            reason=pb.EndReason.Value(f"END_REASON_{ending.reason.name}"), message=ending.message,
-            status_code=ending.code.value[0], error_reason=ending.error_reason,
-        )  # fmt: skip
-        try:
-            await asyncio.wait_for(context.write(pb.StreamEpisodeResponse(ended=ended)), _FINAL_WRITE_TIMEOUT)
-        except (asyncio.TimeoutError, asyncio.CancelledError, grpc.RpcError, RuntimeError) as exc:
-            log.debug("EpisodeEnded not delivered: %r", exc)
+        if in_band:
+            ended = pb.EpisodeEnded(
+                reason=pb.EndReason.Value(f"END_REASON_{ending.reason.name}"), message=ending.message,
+                status_code=ending.code.value[0], error_reason=ending.error_reason,
+            )  # fmt: skip
+            try:
+                await asyncio.wait_for(context.write(pb.StreamEpisodeResponse(ended=ended)), _FINAL_WRITE_TIMEOUT)
+            except (asyncio.TimeoutError, asyncio.CancelledError, Exception) as exc:  # the client may be gone
+                log.debug("EpisodeEnded not delivered: %r", exc)
         await context.abort_with_status(rich_status(ending.code, ending.message, ending.error_reason))
 
     async def _start(self, stream: EpisodeStream, start: pb.EpisodeStart) -> None:

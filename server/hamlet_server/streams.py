@@ -217,12 +217,15 @@ class StreamTable:
         return stream.session
 
     def end(self, stream: EpisodeStream, ending: Ending) -> None:
-        """The server ends `stream` (the first ending wins). A handler waiting on the client is interrupted
-        at once; one in the middle of a step sees the ending right after that step."""
+        """The server ends `stream` (the first ending wins). A handler waiting for a request is interrupted
+        at once; one in the middle of a step, or writing its answer, sees the ending right after (a write
+        is interrupted only when it is what stalled: an idle timeout while the client does not read)."""
         if stream.ending is not None or stream.freed:
             return
         stream.ending = ending
-        if stream.phase is not Phase.STEPPING and stream.task is not None:
+        waiting = stream.phase in (Phase.OPENED, Phase.READING)
+        stalled_write = stream.phase is Phase.WRITING and ending.reason is EndReason.IDLE_TIMEOUT
+        if (waiting or stalled_write) and stream.task is not None:
             stream.task.cancel()
 
     def free(self, stream: EpisodeStream) -> None:
