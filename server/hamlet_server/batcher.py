@@ -132,6 +132,13 @@ class StepBatcher:
         elif self.table.shrink_to_fit(rows_in_use()):
             log.debug("hidden-state table shrunk to %d rows", self.table.capacity)
 
+    def read_rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the table rows ``index`` as CPU (h, c) ``[n, H]``: for a stream between its steps (its
+        rows are written only by its own steps; a concurrent resize keeps their values)."""
+        assert self.table is not None
+        table = self.table
+        return table.h.index_select(0, index).cpu(), table.c.index_select(0, index).cpu()
+
     @property
     def mean_batch(self) -> float:
         return self.rows / self.batches if self.batches else 0.0
@@ -259,10 +266,11 @@ class StepBatcher:
         for item in batch:
             if item.slot_index is not None:
                 self.table.ensure_capacity(item.slot_limit)
+            if item.hidden is not None:  # explicit state: a Predict call, or a resumed stream's first step
+                h, c = item.hidden[0].to(device), item.hidden[1].to(device)
+            elif item.slot_index is not None:
                 reset = item.reset.to(device) if item.reset is not None else None
                 h, c = self.table.gather(item.slot_index, reset)
-            elif item.hidden is not None:
-                h, c = item.hidden[0].to(device), item.hidden[1].to(device)
             else:
                 h = c = torch.zeros(1, item.rows, self.table.hidden_dim, device=device)
             parts_h.append(h)

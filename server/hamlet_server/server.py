@@ -116,6 +116,7 @@ class HamletServer:
             log.warning("no servable model under %s: health is NOT_SERVING until a file loads and passes the "
                         "canary; new files are picked up as they appear", self.config.models)  # fmt: skip
         token = read_token(self.config.token_file)
+        self.servicer.snapshot_key = token.encode() if token else None
         credentials = server_credentials(self.config.tls_cert, self.config.tls_key)
         interceptors = [BearerTokenInterceptor(token)] if token else []
         server = grpc.aio.server(options=_grpc_options(self.config), interceptors=interceptors)

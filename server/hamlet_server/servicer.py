@@ -29,7 +29,8 @@ from hamlet_client._generated.hamlet.v1 import model_pb2
 from hamlet_server.batcher import WorkItem
 from hamlet_server.config import ServerConfig
 from hamlet_server.metrics import ServerMetrics
-from hamlet_server.repository import ModelRepository, ServedModel
+from hamlet_server.repository import ModelLoadError, ModelRepository, ServedModel, UnknownVersionError
+from hamlet_server.snapshots import open_snapshot, restore, take_snapshot
 from hamlet_server.status import RequestError, rich_status, status_for
 from hamlet_server.streams import Ending, EndReason, EpisodeStream, Phase, SessionLimitError, StreamTable
 from hamlet_server.tensor_codec import (
@@ -170,6 +171,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         self.config = config
         self.metrics = metrics
         self.draining = False
+        self.snapshot_key: bytes | None = None  # the bearer token: signs and checks episode snapshots
         self._step_latency = metrics.latency.labels("StreamEpisode.step")
         self._predict_latency = metrics.latency.labels("Predict")
 
@@ -289,11 +291,15 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
             ending = Ending.client_cancelled()
             self._ended(stream, ending)
             raise
+        snapshot = None
+        if ending.reason is EndReason.SERVER_DRAINING and stream.session is not None:
+            snapshot = take_snapshot(stream.session, self.snapshot_key)  # before the rows are freed
         self._ended(stream, ending)
         if ending.in_band:
             # After an interrupted write gRPC still holds that send: a second write would fail. The client
             # was not reading anyway; it gets the status (and its details) alone.
-            await self._send_end(context, ending, in_band=stream.phase is not Phase.WRITING)
+            in_band = stream.phase is not Phase.WRITING
+            await self._send_end(context, ending, in_band=in_band, snapshot=snapshot)
 
     async def _run(self, stream: EpisodeStream, context: grpc.aio.ServicerContext) -> Ending:
         """Serve the stream until it ends; returns how. Raises CancelledError only when the client left."""
@@ -352,12 +358,15 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         log.log(ending.log_level, "stream %s ended: %s (%s) %s", stream.stream_id, ending.reason.value,
                 ending.code.name, ending.message)  # fmt: skip
 
-    async def _send_end(self, context: grpc.aio.ServicerContext, ending: Ending, *, in_band: bool) -> None:
-        """The in-band EpisodeEnded, then the status. A client that reads nothing does not hold us up."""
+    async def _send_end(
+        self, context: grpc.aio.ServicerContext, ending: Ending, *, in_band: bool, snapshot: Any = None
+    ) -> None:
+        """The in-band EpisodeEnded (with a snapshot on a drain), then the status. A client that reads
+        nothing does not hold us up."""
         if in_band:
             ended = pb.EpisodeEnded(
                 reason=pb.EndReason.Value(f"END_REASON_{ending.reason.name}"), message=ending.message,
-                status_code=ending.code.value[0], error_reason=ending.error_reason,
+                status_code=ending.code.value[0], error_reason=ending.error_reason, snapshot=snapshot,
             )  # fmt: skip
             try:
                 await asyncio.wait_for(context.write(pb.StreamEpisodeResponse(ended=ended)), _FINAL_WRITE_TIMEOUT)
@@ -367,21 +376,51 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
 
     async def _start(self, stream: EpisodeStream, start: pb.EpisodeStart) -> None:
         self._refuse_if_draining()
-        epsilon = check_epsilon(start.epsilon, "start.epsilon")
-        if not 1 <= start.num_envs <= self.config.max_envs:
+        state = open_snapshot(start.resume_from, self.snapshot_key) if start.HasField("resume_from") else None
+        num_envs = start.num_envs if state is None or start.num_envs else state.num_envs
+        if not 1 <= num_envs <= self.config.max_envs:
             raise RequestError(
                 SC.INVALID_ARGUMENT,
-                f"start.num_envs: expected 1..{self.config.max_envs} environments (--max-envs), got {start.num_envs}",
+                f"start.num_envs: expected 1..{self.config.max_envs} environments (--max-envs), got {num_envs}",
                 "ENV_LIMIT",
             )
-        served = await self._acquire(start.model, start.version if start.HasField("version") else None)
+        if state is None:
+            epsilon = check_epsilon(start.epsilon, "start.epsilon")
+            served = await self._acquire(start.model, start.version if start.HasField("version") else None)
+            seed = start.seed if start.HasField("seed") else None
+        else:
+            epsilon, seed = state.epsilon, None
+            served = await self._acquire_for_resume(start, state, num_envs)
         try:
-            self.streams.start(stream, served, start.num_envs, epsilon, start.seed if start.HasField("seed") else None)
+            session = self.streams.start(stream, served, num_envs, epsilon, seed)
+            session.snapshot_every = start.snapshot_every or (state.snapshot_every if state is not None else 0)
+            if state is not None:
+                restore(session, state)
         except BaseException:
-            served.release()
+            self.streams.free(stream) if stream.session is not None else served.release()
             raise
-        log.debug("stream %s started on %s v%d with %d envs", stream.stream_id, served.name, served.version,
-                  start.num_envs)  # fmt: skip
+        log.debug("stream %s %s on %s v%d with %d envs", stream.stream_id, "resumed" if state else "started",
+                  served.name, served.version, num_envs)  # fmt: skip
+
+    async def _acquire_for_resume(self, start: pb.EpisodeStart, state: pb.EpisodeState, num_envs: int) -> ServedModel:
+        if (start.model and start.model != state.model) or num_envs != state.num_envs:
+            raise RequestError(
+                SC.INVALID_ARGUMENT,
+                f"resume_from: the snapshot is of model {state.model!r} with {state.num_envs} environments; the "
+                f"start asks for {start.model or state.model!r} with {num_envs}",
+                "SNAPSHOT_MISMATCH",
+            )
+        try:
+            return await self._acquire(state.model, state.version)
+        except (UnknownVersionError, ModelLoadError) as exc:
+            if not start.allow_other_version:
+                raise RequestError(
+                    SC.FAILED_PRECONDITION,
+                    f"resume_from: this replica cannot serve model {state.model!r} version {state.version} "
+                    f"({exc}); set allow_other_version to continue on the latest version",
+                    "VERSION_UNAVAILABLE",
+                ) from None
+        return await self._acquire(state.model, None)
 
     def _started(self, stream: EpisodeStream) -> pb.StreamEpisodeResponse:
         assert stream.session is not None
@@ -390,6 +429,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
             started=pb.EpisodeStarted(
                 session_id=stream.stream_id, model=m.name, version=m.version, num_envs=stream.session.num_envs,
                 obs_dim=m.obs_dim, action_dim=m.action_dim, recurrent=m.is_recurrent,
+                resumed=stream.session.step_index > 0 or stream.session.pending_hidden is not None,
+                step_index=stream.session.step_index,
             )
         )  # fmt: skip
 
@@ -415,9 +456,12 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
             step.action_mask if step.HasField("action_mask") else None, batch=n, action_dim=served.action_dim
         )
         epsilon = check_epsilon(step.epsilon, "step.epsilon") if step.HasField("epsilon") else session.epsilon
+        hidden, session.pending_hidden = session.pending_hidden, None
+        if hidden is not None and reset is not None:  # a resumed episode: its first step starts from the snapshot
+            hidden = tuple(part.masked_fill(reset.view(1, -1, 1), 0.0) for part in hidden)  # type: ignore[assignment]
         item = WorkItem(
             obs, epsilon, mask, session.generator, slot_index=session.slot_index, slot_limit=session.slot_limit,
-            reset=reset,
+            reset=reset, hidden=hidden,
             is_cancelled=lambda: session.closed,
         )  # fmt: skip
         result = await served.batcher.submit(item)
@@ -429,5 +473,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         out.model = served.name
         out.version = served.version
         session.step_index += 1
+        if session.snapshot_every and session.step_index % session.snapshot_every == 0:
+            out.snapshot.CopyFrom(take_snapshot(session, self.snapshot_key))
         self._step_latency.observe(time.perf_counter() - began)
         return response

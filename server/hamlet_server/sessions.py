@@ -137,6 +137,10 @@ class Session:
     step_index: int = 0
     fresh: bool = True  # the first step zeroes every row (rows may be reused from a closed stream)
     closed: bool = False
+    snapshot_every: int = 0  # attach a snapshot to every N-th step result (0: never)
+    # (h, c) `[1, num_envs, H]` the next step starts from instead of the table rows (a resumed episode);
+    # that step's forward writes them into the rows.
+    pending_hidden: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def open(cls, model: ServedModel, num_envs: int, epsilon: float, seed: int | None) -> Session:
