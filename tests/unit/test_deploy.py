@@ -308,7 +308,7 @@ def _without_gpu_differences(docs: list[dict[str, Any]]) -> list[dict[str, Any]]
     pod = deployment["spec"]["template"]["spec"]
     pod.pop("tolerations", None)
     container = _container(deployment)
-    for key in ("image", "resources", "startupProbe"):
+    for key in ("image", "resources"):
         container.pop(key)
     container["env"] = [e for e in container["env"] if e["name"] not in ("HAMLET_DEVICE", "HAMLET_BACKEND")]
     hpa = _one(docs, "HorizontalPodAutoscaler")
@@ -320,8 +320,6 @@ def _without_gpu_differences(docs: list[dict[str, Any]]) -> list[dict[str, Any]]
 def test_the_gpu_variant_differs_from_the_cpu_one_only_where_it_must() -> None:
     """Same names, Services, PDB, probes, drain, volumes and security: applying one over the other rolls in place."""
     assert _without_gpu_differences(_docs(GPU)) == _without_gpu_differences(_docs(CPU))
-    cpu_probe, gpu_probe = (_container(_one(_docs(p), "Deployment"))["startupProbe"]["grpc"] for p in (CPU, GPU))
-    assert cpu_probe == gpu_probe
 
 
 # ----------------------------------------------------------------------------------------------- image and compose
