@@ -1,0 +1,84 @@
+"""`hamlet-bench` against a real server: the command line end to end (JSON, floor, /metrics), and the load
+generator in-process for open loop, the Predict mix and the counting of errors by status code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from server_helpers import LSTM, MLP, OBS_DIM
+
+from hamlet_client.loadtest import LoadSpec, run_load
+from hamlet_server.server import HamletServer
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow  # runs hamlet-bench and the floor as processes, ~2 s of load each
+async def test_hamlet_bench_json_against_a_server_and_the_floor(server_factory: Callable[..., Any]) -> None:
+    server = await server_factory(metrics_port=_free_port())  # the fixtures' default 0 turns /metrics off
+    metrics = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    argv = [
+        "-m", "hamlet_client.loadtest", "--target", f"127.0.0.1:{server.port}", "--model", LSTM,
+        "--streams", "2", "--envs", "2", "--warmup", "0.5", "--duration", "2", "--episode-steps", "50",
+        "--metrics", metrics, "--floor", "--quiet", "--json",
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, err.decode()
+    doc = json.loads(out)
+    assert doc["config"]["streams"] == 2 and doc["config"]["envs"] == 2 and doc["config"]["obs_dim"] == OBS_DIM[LSTM]
+    for side in ("server", "floor"):
+        figures = doc[side]
+        assert figures["errors"] == {} and figures["error_count"] == 0, figures["errors"]
+        assert figures["steps"] > 0 and figures["steps_per_s"] > 0
+        assert figures["env_steps_per_s"] == pytest.approx(2 * figures["steps_per_s"])
+        latency = figures["step_latency"]
+        assert 0 < latency["p50_us"] <= latency["p90_us"] <= latency["p99_us"]
+    assert doc["server"]["mean_server_batch"] >= 1.0  # from hamlet_batch_size_sum / _count
+    assert doc["floor"]["mean_server_batch"] is None  # the floor has no /metrics
+    assert set(doc["ratios"]) >= {"steps/s", "env-steps/s", "step p50", "step p90", "step p99"}
+    table = err.decode()  # with --json to stdout, the table goes to stderr
+    assert "env-steps/s" in table and "ratio" in table
+
+
+async def test_open_loop_with_a_predict_mix(server: HamletServer) -> None:
+    spec = LoadSpec(
+        streams=2, envs=3, obs_dim=OBS_DIM[MLP], duration=1.0, warmup=0.2, model=MLP, rate=200.0,
+        predict_fraction=0.5, episode_steps=5,
+    )  # fmt: skip
+    seen: list[Any] = []
+    figures = await run_load(spec, [f"127.0.0.1:{server.port}"], progress=seen.append, progress_interval=0.25)
+    assert figures.errors == {}
+    assert figures.steps > 0 and figures.predicts > 0
+    assert 100 <= figures.steps + figures.predicts <= 220  # paced at 200 calls/s for 1 s, not as fast as possible
+    assert figures.predict_latency.count == figures.predicts
+    assert seen and any(p.measuring for p in seen)
+
+
+async def test_errors_are_counted_by_status_code(server: HamletServer) -> None:
+    """A model the server does not have: each stream is refused NOT_FOUND, counted, and reopened."""
+    spec = LoadSpec(streams=2, envs=1, obs_dim=54, duration=0.6, warmup=0.1, model="no-such-model")
+    figures = await run_load(spec, [f"127.0.0.1:{server.port}"])
+    assert set(figures.errors) == {"NOT_FOUND"} and figures.errors["NOT_FOUND"] >= 2
+    assert figures.steps == 0
+
+
+async def test_streams_are_spread_over_several_targets(server_factory: Callable[..., Any]) -> None:
+    servers = [await server_factory(), await server_factory()]
+    spec = LoadSpec(streams=4, envs=1, obs_dim=OBS_DIM[MLP], duration=0.5, warmup=0.1, model=MLP)
+    figures = await run_load(spec, [f"127.0.0.1:{s.port}" for s in servers])
+    assert figures.errors == {} and figures.steps > 0
+    for s in servers:  # round-robin: each server ran forwards for two of the streams
+        assert (s.metrics.registry.get_sample_value("hamlet_batch_size_count", {"model": MLP}) or 0) > 0
