@@ -23,7 +23,7 @@ import grpc.aio
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as service_pb2
 from hamlet_client.client import DEFAULT_TIMEOUT, _check_timeout
-from hamlet_client.connection import RetryPolicy, auth_metadata, open_channel, retry_wait
+from hamlet_client.connection import RetryPolicy, auth_metadata, channel_target, open_channel, retry_wait
 from hamlet_client.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -51,6 +51,7 @@ from hamlet_client.results import (
     server_info_from_proto,
     step_result_from_proto,
 )
+from hamlet_client.resume import ResumeState, is_resumable
 from hamlet_client.stub import InferenceStub
 
 __all__ = ["AsyncEpisode", "AsyncHamletClient"]
@@ -69,7 +70,7 @@ class AsyncHamletClient:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         token: str | None = None,
         tls: bool | bytes | grpc.ChannelCredentials | None = None,
@@ -78,7 +79,7 @@ class AsyncHamletClient:
         retry: RetryPolicy | None = None,
     ) -> None:
         self._channel = open_channel(target, tls, options, aio=True)
-        self.target = target
+        self.target = channel_target(target)[0]
         self._timeout = _check_timeout(timeout, DEFAULT_TIMEOUT)
         self._retry = retry if retry is not None else RetryPolicy()
         self._metadata = auth_metadata(token)
@@ -167,16 +168,24 @@ class AsyncHamletClient:
         version: int | None = None,
         step_timeout: float | None = None,
         stream_timeout: float | None = None,
+        resume: bool = False,
+        snapshot_every: int | None = None,
+        allow_other_version: bool = False,
     ) -> AsyncEpisode:
-        """An episode stream, opened by ``async with`` (or ``await episode.start()``); see `HamletClient.episode`."""
+        """An episode stream, opened by ``async with`` (or ``await episode.start()``); see `HamletClient.episode`
+        (``resume=True`` makes it survive a drained or lost replica)."""
         if self._closed:
             raise FailedPreconditionError("the client is closed; create a new AsyncHamletClient")
-        start = episode_start_request(model=model, version=version, num_envs=num_envs, epsilon=epsilon, seed=seed)
+        every = (1 if resume else 0) if snapshot_every is None else snapshot_every
+        start = episode_start_request(
+            model=model, version=version, num_envs=num_envs, epsilon=epsilon, seed=seed, snapshot_every=every
+        )
         return AsyncEpisode(
             self,
             start,
             step_timeout=_check_timeout(step_timeout, self._timeout),
             stream_timeout=None if stream_timeout is None else _check_timeout(stream_timeout, self._timeout),
+            resume=ResumeState(every, allow_other_version) if resume else None,
         )
 
 
@@ -202,9 +211,12 @@ class AsyncEpisode:
         *,
         step_timeout: float,
         stream_timeout: float | None,
+        resume: ResumeState | None = None,
     ) -> None:
         self._client = client
         self._start = start
+        self._resume = resume
+        self._next_step = 0
         self._step_timeout = step_timeout
         self._stream_timeout = stream_timeout
         self._call: Any = None
@@ -227,22 +239,33 @@ class AsyncEpisode:
         """True once the server has answered the start."""
         return self._call is not None and hasattr(self, "session_id")
 
+    @property
+    def resumes(self) -> int:
+        """How often the episode was reopened from a snapshot (``resume=True``)."""
+        return self._resume.resumes if self._resume is not None else 0
+
     async def start(self) -> AsyncEpisode:
         """Open the stream and send the start; returns self. Called by ``async with``."""
         if self._call is not None:
             raise FailedPreconditionError("the episode was already started")
+        await self._open(self._start)
+        return self
+
+    async def _open(self, start: service_pb2.StreamEpisodeRequest) -> None:
+        """Open the stream with ``start`` (a new episode or a resume) and take the server's answer."""
+        self._closed, self._end_reason, self._ended = False, "", None
+        self._responses = asyncio.Queue()
         self._call = self._client._stub.StreamEpisode(timeout=self._stream_timeout, metadata=self._client._metadata)
         self._client._episodes.add(self)
-        self._reader = asyncio.get_running_loop().create_task(self._read_all(), name="hamlet-episode-reader")
+        self._reader = asyncio.get_running_loop().create_task(
+            self._read_all(self._call, self._responses), name="hamlet-episode-reader"
+        )
         try:
-            await self._call.write(self._start)
+            await self._call.write(start)
             response = await self._receive("start")
         except BaseException:
             self._finish(cancel=True, reason="the start failed")
             raise
-        if response.WhichOneof("kind") == "ended":
-            self._finish(cancel=False, reason=f"the server ended the stream: {response.ended.message}")
-            raise ended_error(response.ended)
         if response.WhichOneof("kind") != "started":
             self._finish(cancel=True, reason="the server broke the protocol")
             raise InternalError(f"expected EpisodeStarted first, got {response.WhichOneof('kind')}")
@@ -254,7 +277,7 @@ class AsyncEpisode:
         self.obs_dim = started.obs_dim
         self.action_dim = started.action_dim
         self.recurrent = started.recurrent
-        return self
+        self._next_step = int(started.step_index)
 
     async def step(
         self, obs: Any, reset: Any = None, *, action_mask: Any = None, epsilon: float | None = None
@@ -266,34 +289,70 @@ class AsyncEpisode:
             obs, num_envs=self.num_envs, reset=reset, action_mask=action_mask, epsilon=epsilon
         )
         async with self._lock:
-            if self._ended is not None and not self._closed:  # the server already said it ended the stream
-                self._finish(cancel=False, reason=f"the server ended the stream: {self._ended.message}")
-                raise ended_error(self._ended)
-            if self._closed:
-                raise FailedPreconditionError(f"episode {self.session_id} is closed ({self._end_reason})")
             try:
-                await self._call.write(request)
-            except (grpc.RpcError, asyncio.InvalidStateError) as exc:
-                # The server ended the stream meanwhile: its reason is in a response the reader takes.
-                self._finish(cancel=False, reason="the server ended the stream")
-                raise await self._why_ended("step") from exc
-            response = await self._receive("step")
+                response = await self._exchange(request)
+            except HamletError as exc:
+                if self._resume is None or not self._resume.can_resume(exc, self._next_step):
+                    raise
+                response = await self._resume_with(request, exc)
+        self._next_step = int(response.step.step_index) + 1
+        if self._resume is not None and response.step.HasField("snapshot"):
+            self._resume.keep(response.step.snapshot)
+        return step_result_from_proto(response.step)
+
+    async def _exchange(self, request: service_pb2.StreamEpisodeRequest) -> service_pb2.StreamEpisodeResponse:
+        if self._ended is not None and not self._closed:  # the server already said it ended the stream
+            self._finish(cancel=False, reason=f"the server ended the stream: {self._ended.message}")
+            raise ended_error(self._ended)
+        if self._closed:
+            raise FailedPreconditionError(f"episode {self.session_id} is closed ({self._end_reason})")
+        try:
+            await self._call.write(request)
+        except (grpc.RpcError, asyncio.InvalidStateError) as exc:
+            # The server ended the stream meanwhile: its reason is in a response the reader takes.
+            self._finish(cancel=False, reason="the server ended the stream")
+            raise await self._why_ended("step") from exc
+        response = await self._receive("step")
         if response.WhichOneof("kind") != "step":
             self._finish(cancel=True, reason="the server broke the protocol")
             raise InternalError(f"expected an EpisodeStepResult, got {response.WhichOneof('kind')}")
-        return step_result_from_proto(response.step)
+        return response
 
-    async def _read_all(self) -> None:
-        """Reader task: every response into the queue, then EOF or the call's error."""
+    async def _resume_with(
+        self, request: service_pb2.StreamEpisodeRequest, error: HamletError
+    ) -> service_pb2.StreamEpisodeResponse:
+        """Reopen from the kept snapshot and send ``request`` again; the last error if no attempt works."""
+        assert self._resume is not None
+        for wait in self._resume.waits():
+            await asyncio.sleep(wait)
+            self._finish(cancel=True, reason="resuming")
+            try:
+                await self._open(self._resume.start_request())
+                response = await self._exchange(request)
+            except HamletError as exc:
+                if not is_resumable(exc):
+                    raise
+                error = exc
+                continue
+            self._resume.resumes += 1
+            logger.info("episode resumed at step %d on %s after %s", self._next_step, self.session_id,
+                        type(error).__name__)  # fmt: skip
+            return response
+        raise error
+
+    async def _read_all(self, call: Any, responses: asyncio.Queue[Any]) -> None:
+        """Reader task of one call: every response into its queue, then EOF or the call's error."""
         try:
-            while (response := await self._call.read()) is not grpc.aio.EOF:
-                if response.WhichOneof("kind") == "ended":
+            while (response := await call.read()) is not grpc.aio.EOF:
+                if response.WhichOneof("kind") == "ended" and call is self._call:
                     self._ended = response.ended
-                self._responses.put_nowait(response)
+                    if self._resume is not None and response.ended.HasField("snapshot"):
+                        self._resume.keep(response.ended.snapshot)
+                responses.put_nowait(response)
         except grpc.RpcError as exc:
-            self._responses.put_nowait(exc)
+            responses.put_nowait(exc)
             return
-        self._responses.put_nowait(grpc.aio.EOF)
+        responses.put_nowait(grpc.aio.EOF)
 
     async def _receive(self, what: str) -> service_pb2.StreamEpisodeResponse:
         """The next response; the server's EpisodeEnded and errors become typed `HamletError`s."""

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import grpc
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as service_pb2
-from hamlet_client.connection import RetryPolicy, auth_metadata, open_channel, retry_wait
+from hamlet_client.connection import RetryPolicy, auth_metadata, channel_target, open_channel, retry_wait
 from hamlet_client.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -52,6 +52,7 @@ from hamlet_client.results import (
     server_info_from_proto,
     step_result_from_proto,
 )
+from hamlet_client.resume import ResumeState, is_resumable
 from hamlet_client.stub import InferenceStub
 
 __all__ = ["DEFAULT_TIMEOUT", "Episode", "HamletClient"]
@@ -77,7 +78,10 @@ class HamletClient:
     """Blocking client of a Hamlet Serve server.
 
     Args:
-        target: ``"host:port"`` of the server (any gRPC target string, e.g. ``"dns:///svc:50051"``).
+        target: ``"host:port"`` of the server (any gRPC target string), ``"dns:///name:port"`` to balance over
+            every address of a name (a Kubernetes headless Service), or a list of ``"ip:port"`` replicas to
+            balance over. Balancing is gRPC's ``round_robin``: an episode stays on one replica, unary calls
+            spread.
         token: bearer token sent as ``authorization: Bearer <token>`` on every call.
         tls: None/False plaintext; True TLS with the system roots; bytes: PEM root certificates to trust;
             or a `grpc.ChannelCredentials`.
@@ -93,7 +97,7 @@ class HamletClient:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         token: str | None = None,
         tls: bool | bytes | grpc.ChannelCredentials | None = None,
@@ -102,7 +106,7 @@ class HamletClient:
         retry: RetryPolicy | None = None,
     ) -> None:
         self._channel = open_channel(target, tls, options, aio=False)
-        self.target = target
+        self.target = channel_target(target)[0]
         self._timeout = _check_timeout(timeout, DEFAULT_TIMEOUT)
         self._retry = retry if retry is not None else RetryPolicy()
         self._metadata = auth_metadata(token)
@@ -217,6 +221,9 @@ class HamletClient:
         version: int | None = None,
         step_timeout: float | None = None,
         stream_timeout: float | None = None,
+        resume: bool = False,
+        snapshot_every: int | None = None,
+        allow_other_version: bool = False,
     ) -> Episode:
         """Open a lock-step episode stream over ``num_envs`` environments; use it as a context manager.
 
@@ -232,13 +239,23 @@ class HamletClient:
             step_timeout: seconds the start and each step may take (None: the client's timeout); past it
                 the stream is cancelled and the step raises `DeadlineExceededError`.
             stream_timeout: deadline of the whole stream in seconds; None = no limit.
+            resume: survive the replica: keep the newest snapshot the server sends and, when the stream is
+                drained, lost or timed out, reopen it from that snapshot (on whichever replica the channel
+                picks) and send the step again; `Episode.resumes` counts it. Q-values continue exactly.
+            snapshot_every: ask for a snapshot every N steps (default with ``resume``: 1, so even a replica
+                killed without warning loses no step; 0: only the snapshot a drain sends). Each costs about
+                2 x H x 4 bytes per environment (2 KiB at H = 256), plus ~5 KiB for a seeded stream.
+            allow_other_version: when resuming on a replica that lacks the version, continue on its latest.
 
         Raises:
             ModelNotFoundError, InvalidArgumentError, CapacityExceededError, ...: the server refused the start.
         """
         if self._closed:
             raise FailedPreconditionError("the client is closed; create a new HamletClient")
-        start = episode_start_request(model=model, version=version, num_envs=num_envs, epsilon=epsilon, seed=seed)
+        every = (1 if resume else 0) if snapshot_every is None else snapshot_every
+        start = episode_start_request(
+            model=model, version=version, num_envs=num_envs, epsilon=epsilon, seed=seed, snapshot_every=every
+        )
         return Episode(
             self._stub,
             start,
@@ -246,6 +263,7 @@ class HamletClient:
             step_timeout=_check_timeout(step_timeout, self._timeout),
             stream_timeout=None if stream_timeout is None else _check_timeout(stream_timeout, self._timeout),
             watchdog=self._watchdog,
+            resume=ResumeState(every, allow_other_version) if resume else None,
         )
 
 
@@ -268,26 +286,37 @@ class Episode:
         step_timeout: float,
         stream_timeout: float | None,
         watchdog: _StepWatchdog,
+        resume: ResumeState | None = None,
     ) -> None:
-        self._requests: queue.SimpleQueue[service_pb2.StreamEpisodeRequest | None] = queue.SimpleQueue()
+        self._stub = stub
+        self._metadata = metadata
+        self._stream_timeout = stream_timeout
         self._lock = threading.Lock()
         self._step_timeout = step_timeout
         self._deadline: float | None = None
+        self._watchdog = watchdog
+        self._resume = resume
+        self._next_step = 0
+        self._open(start)
+
+    def _open(self, start: service_pb2.StreamEpisodeRequest) -> None:
+        """Open the stream with ``start`` (a new episode or a resume) and take the server's answer."""
+        self._requests: queue.SimpleQueue[service_pb2.StreamEpisodeRequest | None] = queue.SimpleQueue()
         self._timed_out = False
         self._closed = False
         self._end_reason = ""
-        self._watchdog = watchdog
         self._requests.put(start)
-        self._call = stub.StreamEpisode(iter(self._requests.get, None), timeout=stream_timeout, metadata=metadata)
-        watchdog.add(self)
+        self._call = self._stub.StreamEpisode(
+            iter(self._requests.get, None), timeout=self._stream_timeout, metadata=self._metadata
+        )
+        self._watchdog.add(self)
         try:
             response = self._receive("start")
         except BaseException:
             self._finish(cancel=True, reason="the start failed")
             raise
         if response.WhichOneof("kind") == "ended":
-            self._finish(cancel=False, reason=f"the server ended the stream: {response.ended.message}")
-            raise ended_error(response.ended)
+            raise self._ended_by_server(response.ended)
         if response.WhichOneof("kind") != "started":
             self._finish(cancel=True, reason="the server broke the protocol")
             raise InternalError(
@@ -301,6 +330,12 @@ class Episode:
         self.obs_dim: int = started.obs_dim
         self.action_dim: int = started.action_dim
         self.recurrent: bool = started.recurrent
+        self._next_step = int(started.step_index)
+
+    @property
+    def resumes(self) -> int:
+        """How often the episode was reopened from a snapshot (``resume=True``)."""
+        return self._resume.resumes if self._resume is not None else 0
 
     @property
     def closed(self) -> bool:
@@ -331,15 +366,55 @@ class Episode:
         with self._lock:
             if self._closed:
                 raise FailedPreconditionError(f"episode {self.session_id} is closed ({self._end_reason})")
-            self._requests.put(request)
-            response = self._receive("step")
+            try:
+                response = self._exchange(request)
+            except HamletError as exc:
+                if self._resume is None or not self._resume.can_resume(exc, self._next_step):
+                    raise
+                response = self._resume_with(request, exc)
+        self._next_step = int(response.step.step_index) + 1
+        if self._resume is not None and response.step.HasField("snapshot"):
+            self._resume.keep(response.step.snapshot)
+        return step_result_from_proto(response.step)
+
+    def _exchange(self, request: service_pb2.StreamEpisodeRequest) -> service_pb2.StreamEpisodeResponse:
+        self._requests.put(request)
+        response = self._receive("step")
         if response.WhichOneof("kind") == "ended":
-            self._finish(cancel=False, reason=f"the server ended the stream: {response.ended.message}")
-            raise ended_error(response.ended)
+            raise self._ended_by_server(response.ended)
         if response.WhichOneof("kind") != "step":
             self._finish(cancel=True, reason="the server broke the protocol")
             raise InternalError(f"expected an EpisodeStepResult, got {response.WhichOneof('kind')}")
-        return step_result_from_proto(response.step)
+        return response
+
+    def _ended_by_server(self, ended: service_pb2.EpisodeEnded) -> HamletError:
+        """The server ended the stream in-band: close our side, keep a drain's snapshot, the typed error."""
+        self._finish(cancel=False, reason=f"the server ended the stream: {ended.message}")
+        if self._resume is not None and ended.HasField("snapshot"):
+            self._resume.keep(ended.snapshot)
+        return ended_error(ended)
+
+    def _resume_with(
+        self, request: service_pb2.StreamEpisodeRequest, error: HamletError
+    ) -> service_pb2.StreamEpisodeResponse:
+        """Reopen from the kept snapshot and send ``request`` again; the last error if no attempt works."""
+        assert self._resume is not None
+        for wait in self._resume.waits():
+            time.sleep(wait)
+            self._finish(cancel=True, reason="resuming")
+            try:
+                self._open(self._resume.start_request())
+                response = self._exchange(request)
+            except HamletError as exc:
+                if not is_resumable(exc):
+                    raise
+                error = exc
+                continue
+            self._resume.resumes += 1
+            logger.info("episode resumed at step %d on %s after %s", self._next_step, self.session_id,
+                        type(error).__name__)  # fmt: skip
+            return response
+        raise error
 
     def _receive(self, what: str) -> service_pb2.StreamEpisodeResponse:
         self._deadline = time.monotonic() + self._step_timeout

@@ -3,6 +3,7 @@ policy of unary calls. Shared by the sync and asyncio clients; nothing here make
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,12 +20,19 @@ __all__ = [
     "auth_metadata",
     "channel_credentials",
     "channel_options",
+    "channel_target",
 ]
 
 DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
     # Large batches ([4096, 91] float32 observations, [1, B, 256] hidden states) exceed gRPC's 4 MiB default.
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # Notice a dead replica on an idle connection within ~40 s (the server accepts pings every 10 s), and
+    # come back quickly once it is up again.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 )
 """Channel options the client sets unless ``options`` overrides them."""
 
@@ -93,22 +101,66 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {token}"),)
 
 
+def channel_target(target: str | Sequence[str]) -> tuple[str, bool]:
+    """The gRPC target for ``target`` and whether to balance across its addresses (``round_robin``).
+
+    One ``"host:port"`` (or any gRPC target string) is used as given; ``"dns:///name:port"`` is balanced over
+    every address the name resolves to (a Kubernetes headless Service). Several ``"ip:port"`` strings
+    (``localhost`` allowed) become one ``ipv4:``/``ipv6:`` target balanced over all of them.
+    """
+    if isinstance(target, str):
+        if not target:
+            raise ValueError("target: expected 'host:port', got an empty string")
+        return target, target.startswith("dns:")
+    targets = list(target)
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"target: expected 'host:port' or a non-empty list of them, got {target!r}")
+    if len(targets) == 1:
+        return channel_target(targets[0])
+    hosts = [_ip_literal(t) for t in targets]
+    families = {family for family, _ in hosts}
+    if len(families) != 1:
+        raise ValueError(f"target: mix of IPv4 and IPv6 addresses in {targets}; use one family")
+    return f"{families.pop()}:{','.join(address for _, address in hosts)}", True
+
+
+def _ip_literal(target: str) -> tuple[str, str]:
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"target: expected 'ip:port' in a list of targets, got {target!r}")
+    bare = host.strip("[]")
+    if bare == "localhost":
+        bare = "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        raise ValueError(
+            f"target: {target!r} is not an IP address; a list of targets takes 'ip:port' entries (for a DNS name "
+            "with many addresses, pass 'dns:///name:port')"
+        ) from None
+    if address.version == 6:
+        return "ipv6", f"[{address}]:{port}"
+    return "ipv4", f"{address}:{port}"
+
+
 def open_channel(
-    target: str,
+    target: str | Sequence[str],
     tls: bool | bytes | grpc.ChannelCredentials | None,
     options: Sequence[tuple[str, Any]] | None,
     *,
     aio: bool,
 ) -> Any:
-    """A ``grpc`` (or, with ``aio``, ``grpc.aio``) channel to ``target``: secure when ``tls`` is given."""
-    if not isinstance(target, str) or not target:
-        raise ValueError(f"target: expected 'host:port', got {target!r}")
+    """A ``grpc`` (or, with ``aio``, ``grpc.aio``) channel to ``target`` (see `channel_target`): secure when
+    ``tls`` is given, balanced with ``round_robin`` over several addresses (one stream stays on one replica;
+    unary calls spread)."""
+    resolved, balance = channel_target(target)
     api: Any = grpc.aio if aio else grpc
     credentials = channel_credentials(tls)
-    opts = channel_options(options)
+    balancing = [("grpc.lb_policy_name", "round_robin")] if balance else []
+    opts = channel_options([*balancing, *(options or ())])
     if credentials is None:
-        return api.insecure_channel(target, options=opts)
-    return api.secure_channel(target, credentials, options=opts)
+        return api.insecure_channel(resolved, options=opts)
+    return api.secure_channel(resolved, credentials, options=opts)
 
 
 def retry_wait(exc: grpc.RpcError, backoffs: Iterator[float], deadline: float, now: float) -> float:

@@ -90,17 +90,26 @@ def metadata_request(model: str | None, version: int | None) -> service_pb2.GetM
 
 
 def episode_start_request(
-    *, model: str | None, version: int | None, num_envs: int, epsilon: float, seed: int | None
+    *,
+    model: str | None,
+    version: int | None,
+    num_envs: int,
+    epsilon: float,
+    seed: int | None,
+    snapshot_every: int = 0,
 ) -> service_pb2.StreamEpisodeRequest:
     """The opening StreamEpisodeRequest of an episode."""
     if isinstance(num_envs, bool) or not isinstance(num_envs, numbers.Integral) or int(num_envs) < 1:
         raise InvalidArgumentError(f"num_envs: expected an int >= 1, got {num_envs!r}")
+    if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, numbers.Integral) or snapshot_every < 0:
+        raise InvalidArgumentError(f"snapshot_every: expected an int >= 0, got {snapshot_every!r}")
     start = service_pb2.EpisodeStart(
         model=_check_model(model),
         version=_check_version(version),
         epsilon=check_epsilon(epsilon),
         seed=_check_seed(seed),
         num_envs=int(num_envs),
+        snapshot_every=int(snapshot_every),
     )
     return service_pb2.StreamEpisodeRequest(start=start)
 
