@@ -35,3 +35,15 @@ def interleaved_medians(
 def fmt_time(seconds: float) -> str:
     """``12.34 ms`` or ``567.8 us``, right-aligned to 11 characters."""
     return f"{seconds * 1e3:8.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:8.1f} us"
+
+
+def print_goals(rows: list[tuple[str, str, str, str, bool]]) -> None:
+    """The goal rows of issue 13 this benchmark measures: ``(what, measured now, baseline, goal, met)``.
+
+    The baseline is the figure issue 13 recorded before the work (same benchmarks, a 2-core box), so each
+    row reads: where it is now, where it was, where it must get to.
+    """
+    width = max(len(row[0]) for row in rows)
+    print(f"\n{'goals (issue 13)':{width + 10}s}  {'now':>12s}  {'baseline':>12s}  {'goal':>10s}")
+    for what, now, baseline, goal, met in rows:
+        print(f"  {'met' if met else 'NOT met':8s}{what:{width}s}  {now:>12s}  {baseline:>12s}  {goal:>10s}")
