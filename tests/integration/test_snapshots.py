@@ -162,3 +162,32 @@ async def test_a_missing_version_is_failed_precondition_unless_other_versions_ar
         await call.write(step_msg(_observations()[CUT]))
         assert (await call.read()).step.step_index == CUT
         await call.done_writing()
+
+
+def test_the_blocking_client_resumes_a_drained_episode_on_another_replica(model_dir: Path) -> None:
+    """HamletClient(resume=True) over two replicas: the replica holding the episode drains mid-run; the loop
+    sees no error, the episode continues on the other, and its Q-values equal an uninterrupted run."""
+    from live_server import ThreadedServer
+
+    from hamlet_client import HamletClient
+    from hamlet_server.config import ServerConfig
+
+    servers = [ThreadedServer(ServerConfig(models=model_dir, port=0, metrics_port=0)) for _ in range(2)]
+    obs = _observations()
+    try:
+        with HamletClient(servers[0].target, timeout=30.0) as plain, plain.episode(LSTM, num_envs=ENVS, epsilon=0.3,
+                                                                                   seed=5) as episode:  # fmt: skip
+            reference = [episode.step(obs[t], reset=_resets(t)).q_values for t in range(STEPS)]
+        with HamletClient([s.target for s in servers], timeout=30.0) as client:
+            with client.episode(LSTM, num_envs=ENVS, epsilon=0.3, seed=5, resume=True, snapshot_every=0) as episode:
+                got = [episode.step(obs[t], reset=_resets(t)).q_values for t in range(CUT)]
+                holder = next(s for s in servers if s.sessions() == 1)
+                holder.stop()  # drains: the episode's snapshot comes back in-band
+                got += [episode.step(obs[t], reset=_resets(t)).q_values for t in range(CUT, STEPS)]
+                assert episode.resumes == 1
+        for q, q_ref in zip(got, reference, strict=True):
+            np.testing.assert_array_equal(q, q_ref)
+    finally:
+        for server in servers:
+            if server.loop.is_running():
+                server.stop()
