@@ -21,6 +21,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from hamlet_server.sessions import HiddenStateTable
@@ -54,8 +55,8 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class BatchResult:
-    actions: torch.Tensor  # [b] int64, CPU
-    q_values: torch.Tensor  # [b, A] float32, CPU
+    actions: np.ndarray  # [b] int64: a view of the batch's actions
+    q_values: np.ndarray  # [b, A] float32: a view of the batch's Q-values (one device->host copy per batch)
     hidden: tuple[torch.Tensor, torch.Tensor] | None  # [1, b, H] each, CPU, when asked for
     batch_size: int  # rows in the forward this item rode in
 
@@ -224,34 +225,35 @@ class StepBatcher:
         self._schedule()
 
     def _forward(self, batch: list[WorkItem]) -> list[BatchResult]:
-        """Runs on the worker thread: gather, one forward, scatter, per-item action selection."""
+        """Runs on the worker thread (or inline): one gather, one forward, one scatter, one copy of the
+        results to the host, then per item only views and its own exploration draws."""
         device = self.device
         total = sum(item.rows for item in batch)
         obs = torch.cat([item.obs for item in batch]) if len(batch) > 1 else batch[0].obs
         obs = obs.to(device, non_blocking=True)
-        hidden = self._gather(batch, total) if self.table is not None else None
+        hidden = self._gather(batch) if self.table is not None else None
         with torch.inference_mode():
             q, new_hidden = self._net_forward(obs, hidden)
         if self.table is not None and new_hidden is not None:
             self._scatter(batch, new_hidden)
         q_cpu = q.float().cpu()
+        q_np = q_cpu.numpy()
+        greedy = q_np.argmax(axis=1)  # first maximum, like torch.argmax
         h_cpu = c_cpu = None
         if new_hidden is not None and any(item.return_hidden for item in batch):
             h_cpu, c_cpu = new_hidden[0].cpu(), new_hidden[1].cpu()
-        greedy = q_cpu.argmax(dim=1)
         results = []
         start = 0
         for item in batch:
             stop = start + item.rows
-            q_item = q_cpu[start:stop]
             if item.epsilon > 0.0 or item.action_mask is not None:
-                actions = epsilon_greedy(q_item, item.epsilon, item.action_mask, item.generator)
+                actions = epsilon_greedy(q_cpu[start:stop], item.epsilon, item.action_mask, item.generator).numpy()
             else:
                 actions = greedy[start:stop]
             hid = None
             if item.return_hidden and h_cpu is not None and c_cpu is not None:
                 hid = (h_cpu[:, start:stop], c_cpu[:, start:stop])
-            results.append(BatchResult(actions, q_item, hid, total))
+            results.append(BatchResult(actions, q_np[start:stop], hid, total))
             start = stop
         self.batches += 1
         self.rows += total
@@ -259,20 +261,30 @@ class StepBatcher:
             self._on_batch(total)
         return results
 
-    def _gather(self, batch: list[WorkItem], total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gather(self, batch: list[WorkItem]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, c) ``[1, rows, H]`` for the batch: one index_select over the table when every item is a stream
+        step reading its rows (the common case), else item by item."""
         assert self.table is not None
-        device = self.device
+        table, device = self.table, self.device
+        limit = max((item.slot_limit for item in batch if item.slot_index is not None), default=0)
+        table.ensure_capacity(limit)
+        if all(item.slot_index is not None and item.hidden is None for item in batch):
+            index = self._batch_index(batch)
+            reset = None
+            if any(item.reset is not None for item in batch):
+                parts = [item.reset if item.reset is not None else torch.zeros(item.rows, dtype=torch.bool)
+                         for item in batch]  # fmt: skip
+                reset = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(device)
+            return table.gather(index, reset)
         parts_h, parts_c = [], []
         for item in batch:
-            if item.slot_index is not None:
-                self.table.ensure_capacity(item.slot_limit)
             if item.hidden is not None:  # explicit state: a Predict call, or a resumed stream's first step
                 h, c = item.hidden[0].to(device), item.hidden[1].to(device)
             elif item.slot_index is not None:
                 reset = item.reset.to(device) if item.reset is not None else None
-                h, c = self.table.gather(item.slot_index, reset)
+                h, c = table.gather(item.slot_index, reset)
             else:
-                h = c = torch.zeros(1, item.rows, self.table.hidden_dim, device=device)
+                h = c = torch.zeros(1, item.rows, table.hidden_dim, device=device)
             parts_h.append(h)
             parts_c.append(c)
         if len(batch) == 1:
@@ -280,10 +292,19 @@ class StepBatcher:
         return torch.cat(parts_h, dim=1), torch.cat(parts_c, dim=1)
 
     def _scatter(self, batch: list[WorkItem], new_hidden: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Write each stream step's new (h, c) into its rows: one index_copy when every item is one."""
         assert self.table is not None
+        if all(item.slot_index is not None for item in batch):
+            self.table.scatter(self._batch_index(batch), new_hidden[0], new_hidden[1])
+            return
         start = 0
         for item in batch:
             stop = start + item.rows
             if item.slot_index is not None:
                 self.table.scatter(item.slot_index, new_hidden[0][:, start:stop], new_hidden[1][:, start:stop])
             start = stop
+
+    @staticmethod
+    def _batch_index(batch: list[WorkItem]) -> torch.Tensor:
+        indices = [item.slot_index for item in batch]
+        return indices[0] if len(indices) == 1 else torch.cat(indices)  # type: ignore[arg-type,return-value]

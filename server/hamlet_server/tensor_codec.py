@@ -140,8 +140,17 @@ def decode_hidden(
     return out[0], out[1]
 
 
+_F32_LE = np.dtype("<f4")
+
+
 def encode_tensor(tensor: torch.Tensor | np.ndarray, out: tensor_pb2.Tensor | None = None) -> tensor_pb2.Tensor:
     """Encode a CPU/GPU torch tensor or numpy array (float32, int64 or bool) into `out` (or a new Tensor)."""
+    if isinstance(tensor, np.ndarray) and tensor.dtype == _F32_LE:  # the per-step path: Q-values
+        msg = out if out is not None else tensor_pb2.Tensor()
+        msg.shape[:] = tensor.shape
+        msg.dtype = tensor_pb2.DATA_TYPE_FLOAT32
+        msg.data = tensor.tobytes()  # C order whatever the strides
+        return msg
     if isinstance(tensor, torch.Tensor):
         if tensor.dtype not in _DTYPE_BY_TORCH:
             raise TypeError(f"cannot encode torch dtype {tensor.dtype}; expected float32, int64 or bool")

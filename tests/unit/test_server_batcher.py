@@ -57,8 +57,8 @@ async def test_queued_items_share_one_forward_and_get_their_own_rows(executor):
     assert model.calls == [6]
     for item, result in zip(items, results, strict=True):
         solo = model.model.forward(item.obs)[0]
-        torch.testing.assert_close(result.q_values, solo, rtol=1e-6, atol=1e-6)
-        assert torch.equal(result.actions, result.q_values.argmax(1)) and result.batch_size == 6
+        torch.testing.assert_close(torch.from_numpy(result.q_values), solo, rtol=1e-6, atol=1e-6)
+        assert (result.actions == result.q_values.argmax(1)).all() and result.batch_size == 6
     await batcher.close()
 
 
@@ -107,8 +107,8 @@ async def test_recurrent_state_lives_in_the_table_per_slot(executor):
         )
         qa, hidden_a = model.model.forward(obs_a, hidden_a)
         qb, hidden_b = model.model.forward(obs_b, hidden_b)
-        torch.testing.assert_close(ra.q_values, qa, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(rb.q_values, qb, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.from_numpy(ra.q_values), qa, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.from_numpy(rb.q_values), qb, rtol=1e-5, atol=1e-6)
     assert model.calls == [3, 3, 3, 3]  # both streams rode in one forward at every step
     torch.testing.assert_close(batcher.table.h[2], hidden_b[0][0, 0], rtol=1e-5, atol=1e-6)
     await batcher.close()
@@ -122,7 +122,7 @@ async def test_explicit_hidden_is_returned_and_the_table_untouched(executor):
     hidden = (torch.randn(1, 3, 16), torch.randn(1, 3, 16))
     result = await batcher.submit(WorkItem(obs, hidden=hidden, return_hidden=True))
     q, new_hidden = model.model.forward(obs, hidden)
-    assert torch.equal(result.q_values, q) and torch.equal(result.hidden[0], new_hidden[0])
+    assert torch.equal(torch.from_numpy(result.q_values), q) and torch.equal(result.hidden[0], new_hidden[0])
     assert torch.count_nonzero(batcher.table.h) == 0
     await batcher.close()
 
@@ -164,5 +164,5 @@ async def test_table_grows_to_the_slot_limit_the_item_declares(executor):
         WorkItem(obs, slot_index=torch.tensor([100]), slot_limit=101, reset=torch.ones(1, dtype=torch.bool))
     )
     assert batcher.table.capacity >= 101
-    torch.testing.assert_close(result.q_values, model.model.forward(obs)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(result.q_values), model.model.forward(obs)[0], rtol=1e-5, atol=1e-6)
     await batcher.close()
