@@ -142,21 +142,22 @@ class _Stream:
         self.steps_taken = 0
 
     async def run(self) -> None:
+        if self.spec.predict_fraction >= 1.0:  # Predict only: no stream to hold open
+            await self._calls(None)
+            return
         while not self.rec.stopping:
-            if self.spec.predict_fraction >= 1.0:
-                await self._calls(None)
-                return
             call = self.stub.StreamEpisode()
             try:
                 await call.write(self.start)
-                first = await call.read()
-                if first is grpc.aio.EOF or first.HasField("ended"):
-                    self._ended(first, await call.code())
-                else:
-                    await self._calls(call)
+                last = await call.read()
+                if last is not grpc.aio.EOF and not last.HasField("ended"):
+                    last = await self._calls(call)
+                if last is None:  # the run is over: close our side, read what is left
                     await call.done_writing()
                     while await call.read() is not grpc.aio.EOF:
                         pass
+                else:  # the server ended the stream: count it once, by its in-band code or its final status
+                    self._ended(last, await call.code())
             except grpc.aio.AioRpcError as exc:
                 self.rec.error(exc.code().name)
             except asyncio.InvalidStateError:  # a write after the server had already finished the stream
@@ -164,8 +165,9 @@ class _Stream:
             if not self.rec.stopping:
                 await asyncio.sleep(_REOPEN_PAUSE_S)
 
-    async def _calls(self, call: Any) -> None:
-        """Step (or Predict) until the run stops or the server ends the stream."""
+    async def _calls(self, call: Any) -> Any:
+        """Step (or Predict) until the run stops (returns None) or the server ends the stream (returns its
+        last response: ``EpisodeEnded`` or EOF)."""
         fraction = self.spec.predict_fraction
         while not self.rec.stopping:
             started = await self._wait_until_due()
@@ -183,10 +185,10 @@ class _Stream:
             await call.write(self.reset_step if reset else self.step)
             response = await call.read()
             if response is grpc.aio.EOF or response.HasField("ended"):
-                self._ended(response, None)
-                return
+                return response
             self.steps_taken += 1
             self.rec.call("step", started, time.perf_counter())
+        return None
 
     async def _wait_until_due(self) -> float:
         """The time the next call's latency counts from. Lock-step: now. Open loop: when the call was due if
@@ -203,13 +205,13 @@ class _Stream:
             self.rec.late(due)
         return due
 
-    def _ended(self, response: Any, code: grpc.StatusCode | None) -> None:
+    def _ended(self, response: Any, code: grpc.StatusCode) -> None:
         if response is not grpc.aio.EOF and response.HasField("ended"):
             self.rec.error(_CODE_NAMES.get(response.ended.status_code, str(response.ended.status_code)))
-        elif code is not None and code is not grpc.StatusCode.OK:
+        elif code is not grpc.StatusCode.OK:
             self.rec.error(code.name)
-        else:
-            self.rec.error("ENDED_WITHOUT_STATUS")
+        else:  # OK, but before the client closed: not an error code, still a stream the load lost
+            self.rec.error("CLOSED_BY_SERVER")
 
 
 def scrape_batch_totals(urls: Sequence[str]) -> tuple[float, float] | None:

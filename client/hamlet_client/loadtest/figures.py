@@ -119,6 +119,7 @@ class RunFigures:
     step_latency: LatencySummary = field(default_factory=lambda: summarize_latencies([]))
     predict_latency: LatencySummary = field(default_factory=lambda: summarize_latencies([]))
     errors: dict[str, int] = field(default_factory=dict)
+    """Failed calls and streams the server ended, by gRPC status code name, over the whole run (warm-up too)."""
     mean_server_batch: float | None = None
     client_cpu: float = 0.0
     """Client process CPU seconds per wall second (1.0 = one core busy: the client may be the limit)."""
