@@ -253,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     table_out = sys.stderr if to_stdout_json else sys.stdout
     try:
         config, ours, floor = asyncio.run(_measure(args, sys.stderr))
+    except KeyboardInterrupt:  # Ctrl-C: the streams are cancelled and the floor stopped on the way out
+        print("hamlet-bench: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, LookupError, FileNotFoundError, RuntimeError) as exc:  # bad settings, model, floor
         print(f"hamlet-bench: error: {exc}", file=sys.stderr)
         return 2
