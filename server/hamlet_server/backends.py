@@ -14,6 +14,7 @@ Both give the batcher the same surface: `forward(obs [B, obs_dim] float32 tensor
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["BACKENDS", "OnnxBackedModel", "load_backend"]
+__all__ = ["BACKENDS", "OnnxBackedModel", "load_backend", "resolve_backend"]
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnx")
@@ -52,6 +53,15 @@ class OnnxBackedModel:
         if new_hidden is None:
             return torch.from_numpy(q), None
         return torch.from_numpy(q), (torch.from_numpy(new_hidden[0]), torch.from_numpy(new_hidden[1]))
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """``auto`` -> ``onnx`` on the CPU when onnx and onnxruntime are installed (faster at the small batches a
+    server mostly sees), else ``torch`` (any device, and CUDA); ``torch`` and ``onnx`` are returned as given."""
+    if backend != "auto":
+        return backend
+    installed = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+    return "onnx" if torch.device(device).type == "cpu" and installed else "torch"
 
 
 def load_backend(path: Path, device: str, backend: str = "torch", threads: int = 1) -> Any:

@@ -43,7 +43,6 @@ async def _serve(config: ServerConfig) -> None:
         await server.start()
     except (ValueError, OSError) as exc:  # a setting that passed check_startup but still cannot work
         raise StartupError(str(exc)) from None
-    print(f"READY {grpc_address(config.host, server.port)}", flush=True)
     loop = asyncio.get_running_loop()
     drain_task: list[asyncio.Task[None]] = []
 
@@ -56,6 +55,7 @@ async def _serve(config: ServerConfig) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    print(f"READY {grpc_address(config.host, server.port)}", flush=True)  # after the handlers: a SIGTERM drains
     await server.wait()
 
 

@@ -54,9 +54,10 @@ class ServerConfig:
     port: int = _opt(50051, "gRPC port (0 picks a free one)")
     device: str = _opt("auto", "torch device for the models: auto (cuda when present), cpu, cuda, cuda:N")
     backend: str = _opt(
-        "torch",
-        "torch (eager PyTorch, any device; Q-values exactly HamletModel.predict's) or onnx (exported at load "
-        "and run by onnxruntime on the CPU: several times faster at small batch, within 1e-5 + 1e-5 x |Q|)",
+        "auto",
+        "auto (onnx on the CPU when onnxruntime is installed, else torch), torch (eager PyTorch, any device; "
+        "Q-values exactly HamletModel.predict's) or onnx (exported and verified at load, run by onnxruntime on "
+        "the CPU: faster at small batch, within 1e-5 + 1e-5 x |Q| of PyTorch)",
     )
     default_model: str = _opt("", "model used when a request names none (empty: the first name in sorted order)")
     max_sessions: int = _opt(1024, "most concurrent StreamEpisode streams; more get RESOURCE_EXHAUSTED")
@@ -80,9 +81,10 @@ class ServerConfig:
         0, "microseconds the batcher waits for more work after the first item (0: take whatever is queued, never wait)"
     )
     forward_thread: bool = _opt(
-        True,
-        "run forwards on a worker thread (true) so the event loop keeps decoding other requests meanwhile, "
-        "or on the event loop itself (false: one thread hop less per batch, the loop blocks during a forward)",
+        False,
+        "run forwards on a worker thread (true: the event loop keeps decoding other requests meanwhile) or on "
+        "the event loop itself (false, the default: one thread hop less per batch and no GIL contention; "
+        "measured faster on 2 CPU cores at every load, see docs/PERFORMANCE.md; try true on a GPU box)",
     )
     inline_rows: int = _opt(
         1,
@@ -126,7 +128,7 @@ class ServerConfig:
             (self.threads >= 1, "threads must be >= 1"),
             (self.max_message_mb >= 1, "max_message_mb must be >= 1"),
             (self.grace >= 0, "grace must be >= 0"),
-            (self.backend in ("torch", "onnx"), f"backend must be torch or onnx, got {self.backend!r}"),
+            (self.backend in ("auto", "torch", "onnx"), f"backend must be auto, torch or onnx, got {self.backend!r}"),
             (
                 _DEVICE.fullmatch(self.device) is not None,
                 f"--device {self.device}: unknown device; use auto, cpu, cuda or cuda:N",

@@ -21,7 +21,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_server.backends import load_backend
+from hamlet_server.backends import load_backend, resolve_backend
 from hamlet_server.config import ServerConfig
 from hamlet_server.metrics import ServerMetrics
 from hamlet_server.repository import ModelRepository
@@ -75,7 +75,8 @@ class HamletServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.device = resolve_device(config.device)
-        if config.backend == "onnx" and self.device != "cpu":
+        self.backend = resolve_backend(config.backend, self.device)
+        if self.backend == "onnx" and self.device != "cpu":
             raise ValueError(f"--backend onnx runs on the CPU; got --device {config.device} (resolved {self.device})")
         self.metrics = ServerMetrics()
         self.streams = StreamTable(
@@ -93,12 +94,13 @@ class HamletServer:
             config.models, self.device, self._executor if config.forward_thread else None,
             max_batch=config.max_batch, max_delay_us=config.max_delay_us, inline_rows=config.inline_rows,
             default_model=config.default_model,
-            loader=functools.partial(load_backend, backend=config.backend, threads=config.threads),
+            loader=functools.partial(load_backend, backend=self.backend, threads=config.threads),
             on_batch=lambda name, n: self.metrics.batch_size.labels(name).observe(n),
             on_load_failure=lambda name, reason: self.metrics.load_failures.labels(name, reason).inc(),
         )  # fmt: skip
         self.metrics.bind_gauges(lambda: len(self.streams), self.repository.loaded_count)
         self.servicer = InferenceServicer(self.repository, self.streams, config, self.metrics)
+        self.servicer.backend = self.backend
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -135,9 +137,9 @@ class HamletServer:
             self._tasks.append(loop.create_task(self._poll(), name="hamlet-poll"))
         self._tasks.append(loop.create_task(self._sweep(), name="hamlet-sweep"))
         log.info(
-            "serving %s on %s:%d (device %s, %d torch thread(s), max batch %d, max delay %d us)%s",
+            "serving %s on %s:%d (device %s, backend %s, %d thread(s), max batch %d, max delay %d us)%s",
             ", ".join(f"{n} v{self.repository.latest(n).version}" for n in names) or "no models",
-            self.config.host, self.port, self.device, self.config.threads, self.config.max_batch,
+            self.config.host, self.port, self.device, self.backend, self.config.threads, self.config.max_batch,
             self.config.max_delay_us, self._metrics_note(),
         )  # fmt: skip
         return self.port

@@ -172,6 +172,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         self.metrics = metrics
         self.draining = False
         self.snapshot_key: bytes | None = None  # the bearer token: signs and checks episode snapshots
+        self.backend = config.backend  # the resolved backend (the server sets it)
         self._step_latency = metrics.latency.labels("StreamEpisode.step")
         self._predict_latency = metrics.latency.labels("Predict")
 
@@ -228,7 +229,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
             server_version=_server_version(), max_envs=c.max_envs, max_predict_batch=c.max_predict_batch,
             max_message_bytes=c.max_message_bytes, session_ttl_seconds=c.session_ttl,
             start_timeout_seconds=c.start_timeout, max_sessions=c.max_sessions, max_slots=c.max_slots,
-            device=self.repository.device, backend=c.backend,
+            device=self.repository.device, backend=self.backend,
         )  # fmt: skip
 
     # ---- Predict ---------------------------------------------------------------------------------

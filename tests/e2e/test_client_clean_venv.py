@@ -28,7 +28,10 @@ from townlet.inference import HamletModel, save_inference_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "client"
-ALLOWED_DISTRIBUTIONS = {"hamlet-client", "grpcio", "protobuf", "numpy", "pip", "setuptools", "typing-extensions"}
+ALLOWED_DISTRIBUTIONS = {
+    "hamlet-client", "grpcio", "protobuf", "numpy", "pip", "setuptools", "typing-extensions",
+    "googleapis-common-protos",  # google.rpc error details (ErrorInfo, BadRequest)
+}  # fmt: skip
 SIM_SNIPPET = r"""
 import importlib.util, json, sys
 import numpy as np
@@ -90,7 +93,9 @@ def mlp_server(tmp_path: Path) -> Iterator[tuple[str, HamletModel]]:
     model = HamletModel(SimpleQNetwork(obs_dim=91, action_dim=6))
     metadata = {"episode": 1, "level": "L1", "seed": 3}  # what hamlet-train writes; remote_rollout reads them
     save_inference_checkpoint(model, tmp_path / "models" / "mlp" / "model_ep00001.pt", metadata=metadata)
-    server = ThreadedServer(ServerConfig(models=tmp_path / "models", port=0, metrics_port=0, poll_interval=0))
+    server = ThreadedServer(
+        ServerConfig(models=tmp_path / "models", port=0, metrics_port=0, poll_interval=0, backend="torch")
+    )
     yield server.target, model
     server.stop()
 

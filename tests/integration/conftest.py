@@ -41,6 +41,7 @@ async def server_factory(model_dir: Path) -> AsyncIterator[Callable[..., Any]]:
         settings: dict[str, Any] = {
             "models": model_dir, "port": 0, "metrics_port": 0, "poll_interval": 0.1, "grace": 1.0,
             "device": "cpu",  # exact equality with the local CPU model; the gpu test asks for cuda
+            "backend": "torch",  # likewise (the default, auto, is onnx on the CPU: tested on its own)
         }  # fmt: skip
         settings.update(overrides)
         server = HamletServer(ServerConfig(**settings))

@@ -40,7 +40,8 @@ def threaded_server_factory(model_dir: Path) -> Iterator[Callable[..., ThreadedS
     servers: list[ThreadedServer] = []
 
     def start(**overrides: Any) -> ThreadedServer:
-        settings: dict[str, Any] = {"models": model_dir, "port": 0, "metrics_port": 0, "poll_interval": 0.1}
+        settings: dict[str, Any] = {"models": model_dir, "port": 0, "metrics_port": 0, "poll_interval": 0.1,
+                                    "backend": "torch"}  # fmt: skip
         settings.update(overrides)
         servers.append(ThreadedServer(ServerConfig(**settings)))
         return servers[-1]

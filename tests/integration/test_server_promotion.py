@@ -142,3 +142,9 @@ async def test_onnx_backend_serves_the_trained_demo_models(server_factory) -> No
         clear = top2[:, 1] - top2[:, 0] > 1e-3
         assert clear.sum() >= 250
         np.testing.assert_array_equal(np.array(got.actions)[clear], np.array(want.actions)[clear])
+
+
+async def test_the_default_backend_serves_the_demo_models_with_onnxruntime(server_factory) -> None:
+    server = await server_factory(models=REPO / "models", backend="auto")
+    assert server.backend == "onnx"
+    assert server.repository.latest("townlet-L2-lstm").model.metadata["backend"] == "onnxruntime"

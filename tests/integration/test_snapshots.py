@@ -178,13 +178,13 @@ def test_the_blocking_client_resumes_a_drained_episode_on_another_replica(model_
         with HamletClient(servers[0].target, timeout=30.0) as plain, plain.episode(LSTM, num_envs=ENVS, epsilon=0.3,
                                                                                    seed=5) as episode:  # fmt: skip
             reference = [episode.step(obs[t], reset=_resets(t)).q_values for t in range(STEPS)]
-        with HamletClient([s.target for s in servers], timeout=30.0) as client:
-            with client.episode(LSTM, num_envs=ENVS, epsilon=0.3, seed=5, resume=True, snapshot_every=0) as episode:
-                got = [episode.step(obs[t], reset=_resets(t)).q_values for t in range(CUT)]
-                holder = next(s for s in servers if s.sessions() == 1)
-                holder.stop()  # drains: the episode's snapshot comes back in-band
-                got += [episode.step(obs[t], reset=_resets(t)).q_values for t in range(CUT, STEPS)]
-                assert episode.resumes == 1
+        client = HamletClient([s.target for s in servers], timeout=30.0)
+        with client, client.episode(LSTM, num_envs=ENVS, epsilon=0.3, seed=5, resume=True, snapshot_every=0) as episode:
+            got = [episode.step(obs[t], reset=_resets(t)).q_values for t in range(CUT)]
+            holder = next(s for s in servers if s.sessions() == 1)
+            holder.stop()  # drains: the episode's snapshot comes back in-band
+            got += [episode.step(obs[t], reset=_resets(t)).q_values for t in range(CUT, STEPS)]
+            assert episode.resumes == 1
         for q, q_ref in zip(got, reference, strict=True):
             np.testing.assert_array_equal(q, q_ref)
     finally:

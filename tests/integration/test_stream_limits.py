@@ -129,12 +129,12 @@ def test_blocking_client_gets_session_expired_with_the_servers_message(model_dir
 
 async def test_asyncio_client_gets_session_expired_not_invalid_state(server_factory) -> None:
     server = await server_factory(session_ttl=0.3)
-    async with AsyncHamletClient(f"127.0.0.1:{server.port}", timeout=30.0) as client:
-        async with client.episode(LSTM, num_envs=2) as episode:
+    client = AsyncHamletClient(f"127.0.0.1:{server.port}", timeout=30.0)
+    async with client, client.episode(LSTM, num_envs=2) as episode:
+        await episode.step(np.zeros((2, 54), np.float32))
+        await asyncio.sleep(1.5)
+        with pytest.raises(SessionExpiredError) as caught:
             await episode.step(np.zeros((2, 54), np.float32))
-            await asyncio.sleep(1.5)
-            with pytest.raises(SessionExpiredError) as caught:
-                await episode.step(np.zeros((2, 54), np.float32))
     assert caught.value.end_reason == "idle_timeout" and "--session-ttl" in caught.value.message
 
 

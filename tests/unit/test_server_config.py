@@ -75,3 +75,12 @@ def test_unknown_devices_are_refused(device):
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1"])
 def test_known_devices_pass_the_config(device):
     assert ServerConfig(device=device).device == device
+
+
+def test_the_default_backend_is_onnx_on_the_cpu_and_torch_elsewhere() -> None:
+    from hamlet_server.backends import resolve_backend
+
+    assert ServerConfig().backend == "auto"
+    assert resolve_backend("auto", "cpu") == "onnx"  # onnx and onnxruntime are installed with the dev extra
+    assert resolve_backend("auto", "cuda") == "torch" and resolve_backend("auto", "cuda:1") == "torch"
+    assert resolve_backend("torch", "cpu") == "torch" and resolve_backend("onnx", "cpu") == "onnx"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hamlet_server.sessions import HiddenStateTable, SlotAllocator
-from hamlet_server.streams import EndReason, Ending, Phase, SessionLimitError, SlotLimitError, StreamTable
+from hamlet_server.streams import Ending, EndReason, Phase, SessionLimitError, SlotLimitError, StreamTable
 
 
 class _FakeServed:
@@ -88,7 +88,7 @@ def test_streams_count_from_open_and_free_everything():
     served = _FakeServed()
     table = StreamTable(max_streams=2)
     s1, s2 = table.open(), table.open()  # not started: they count already
-    with pytest.raises(SessionLimitError, match="maximum of 2 streams .*not yet started"):
+    with pytest.raises(SessionLimitError, match=r"maximum of 2 streams .*not yet started"):
         table.open()
     session = table.start(s1, served.acquire(), num_envs=3, epsilon=0.1, seed=5)
     assert session.slots == [0, 1, 2] and session.generator is not None and s1.started and not s2.started
