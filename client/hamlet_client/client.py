@@ -410,9 +410,7 @@ class Episode:
                     raise
                 error = exc
                 continue
-            self._resume.resumes += 1
-            logger.info("episode resumed at step %d on %s after %s", self._next_step, self.session_id,
-                        type(error).__name__)  # fmt: skip
+            self._resume.resumed(self._next_step, self.session_id, error)
             return response
         raise error
 

@@ -10,6 +10,7 @@ by the blocking and the asyncio client; nothing here touches the network.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from hamlet_client.errors import (
 )
 
 __all__ = ["ResumeState", "is_resumable"]
+
+logger = logging.getLogger("hamlet_client")
 
 _RESUMABLE = (UnavailableError, InternalError, CancelledError, DeadlineExceededError)
 """The server went away or ended the episode for a reason of its own (not the request's)."""
@@ -66,6 +69,11 @@ class ResumeState:
                 allow_other_version=self.allow_other_version,
             )
         )
+
+    def resumed(self, step: int, session_id: str, error: BaseException) -> None:
+        """Count and log one reopening (``step`` was sent again on stream ``session_id``)."""
+        self.resumes += 1
+        logger.info("episode resumed at step %d on %s after %s", step, session_id, type(error).__name__)
 
     def waits(self) -> Iterator[float]:
         """Seconds to wait before each reopen attempt: 0, then ``backoff`` doubling."""
