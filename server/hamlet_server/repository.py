@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 from hamlet_server.batcher import StepBatcher
 from hamlet_server.canary import canary_problem
 from hamlet_server.sessions import SlotAllocator
+from townlet.inference.filenames import parse_checkpoint_name
 
 __all__ = [
     "ModelLoadError",
@@ -40,7 +40,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_EPISODE = re.compile(r"ep(\d+)")
 
 
 class UnknownModelError(LookupError):
@@ -64,27 +63,32 @@ class ModelFile:
 
 
 def _rank(path: Path) -> int:
-    return 0 if path.name.startswith("model_") else 1  # inference files beat training files
+    parsed = parse_checkpoint_name(path.name)
+    return 0 if parsed is not None and parsed.is_inference else 1  # inference files beat training files
 
 
 def scan_models(root: Path) -> dict[str, dict[int, ModelFile]]:
-    """What is on disk now: name -> version -> file. Ignores hidden and temporary files."""
+    """What is on disk now: name -> version -> file. Ignores hidden and temporary files.
+
+    File names are read by `townlet.inference.filenames`: inside a model directory only ``<stem>_epN.pt`` files
+    are versions (N); a single file ``<name>_epN.pt`` is model ``name`` version N, any other ``<name>.pt`` is
+    version 0.
+    """
     found: dict[str, dict[int, ModelFile]] = {}
     if not root.is_dir():
         return found
-    candidates: list[tuple[str, Path]] = []
+    candidates: list[tuple[str, int, Path]] = []
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            candidates += [(entry.name, p) for p in sorted(entry.glob("*.pt")) if not p.name.startswith(".")]
+            for path in sorted(entry.glob("*.pt")):
+                if (parsed := parse_checkpoint_name(path.name)) is not None:
+                    candidates.append((entry.name, parsed.episode, path))
         elif entry.suffix == ".pt":
-            candidates.append((re.sub(r"_ep\d+$", "", entry.stem), entry))
-    for name, path in candidates:
-        match = _EPISODE.search(path.stem)
-        if match is None and path.parent != root:
-            continue  # inside a model directory only episode-numbered files are versions
-        version = int(match.group(1)) if match else 0
+            parsed = parse_checkpoint_name(entry.name)
+            candidates.append((parsed.stem, parsed.episode, entry) if parsed else (entry.stem, 0, entry))
+    for name, version, path in candidates:
         try:
             stat = path.stat()
         except OSError:

@@ -10,7 +10,6 @@ Two entry points:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from townlet.inference.checkpoint import load_training_checkpoint, save_inference_checkpoint
+from townlet.inference.filenames import TRAINING_GLOB, inference_checkpoint_name, parse_checkpoint_name
 
 __all__ = [
     "MigrationConflictError",
@@ -29,8 +29,6 @@ __all__ = [
     "plan_migration",
     "save_inference_beside",
 ]
-
-_TRAINING_NAME = re.compile(r"^checkpoint_ep(\d+)\.pt$")
 
 
 class MigrationConflictError(ValueError):
@@ -51,8 +49,11 @@ class MigrationResult:
 def inference_path_for(training_path: str | Path, out_dir: str | Path | None = None) -> Path:
     """``checkpoint_ep00100.pt`` -> ``model_ep00100.pt`` in ``out_dir`` (default: beside); else ``model_<stem>.pt``."""
     training_path = Path(training_path)
-    match = _TRAINING_NAME.match(training_path.name)
-    name = f"model_ep{match.group(1)}.pt" if match else f"model_{training_path.stem}.pt"
+    parsed = parse_checkpoint_name(training_path.name)
+    if parsed is not None and parsed.is_training:
+        name = inference_checkpoint_name(parsed.episode)
+    else:
+        name = f"model_{training_path.stem}.pt"
     return Path(out_dir if out_dir is not None else training_path.parent) / name
 
 
@@ -100,12 +101,17 @@ def _sources_with_roots(paths: Iterable[str | Path]) -> list[tuple[Path, Path | 
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend((source, path) for source in sorted(path.rglob("checkpoint_ep*.pt")))
+            found.extend((source, path) for source in sorted(path.rglob(TRAINING_GLOB)) if _is_training(source))
         elif path.is_file():
             found.append((path, None))
         else:
             raise FileNotFoundError(f"{path}: no such file or directory")
     return found
+
+
+def _is_training(path: Path) -> bool:
+    parsed = parse_checkpoint_name(path.name)
+    return parsed is not None and parsed.is_training
 
 
 def migrate_checkpoint(

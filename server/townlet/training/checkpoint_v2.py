@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from townlet.inference.checkpoint import atomic_torch_save
+from townlet.inference.filenames import training_checkpoint_name
 
 __all__ = [
     "AFFORDANCE_NAMES",
@@ -24,7 +25,6 @@ __all__ = [
     "build_training_checkpoint",
     "rnd_state",
     "save_training_checkpoint",
-    "training_checkpoint_name",
 ]
 
 METER_NAMES = ["energy", "hygiene", "satiation", "money", "mood", "social", "health", "fitness"]
@@ -32,11 +32,6 @@ AFFORDANCE_NAMES = [
     "Bed", "LuxuryBed", "Shower", "HomeMeal", "FastFood", "Doctor", "Hospital",
     "Therapist", "Recreation", "Bar", "Job", "Labor", "Gym", "Park",
 ]  # fmt: skip
-
-
-def training_checkpoint_name(episode: int) -> str:
-    """``checkpoint_ep{episode:05d}.pt``, Hamlet's file name."""
-    return f"checkpoint_ep{episode:05d}.pt"
 
 
 def rnd_state(obs_dim: int, embed_dim: int = 128, epsilon: float = 1.0, seed: int = 0) -> dict[str, Any]:

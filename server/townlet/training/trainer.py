@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from torch import nn
 
 from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
 from townlet.env import NUM_AFFORDANCE_TYPES, NUM_METERS, VectorTownletEnv
+from townlet.inference.filenames import TRAINING_GLOB, parse_checkpoint_name
 from townlet.inference.migration import save_inference_beside
 from townlet.inference.policy import epsilon_greedy
 from townlet.training.checkpoint_v2 import build_training_checkpoint, save_training_checkpoint
@@ -48,7 +48,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_CHECKPOINT = re.compile(r"^checkpoint_ep(\d+)\.pt$")
 # Settings a resumed run may change; every other field must match the checkpoint's.
 _RESUMABLE_CHANGES = frozenset({"episodes", "out", "checkpoint_every", "keep_last"})
 
@@ -102,10 +101,12 @@ def build_q_network(config: TrainConfig) -> nn.Module:
 
 def training_checkpoints(directory: str | Path) -> list[Path]:
     """The ``checkpoint_epNNNNN.pt`` files in ``directory``, oldest (lowest episode) first."""
-    found = [
-        (int(m.group(1)), p) for p in Path(directory).glob("checkpoint_ep*.pt") if (m := _CHECKPOINT.match(p.name))
-    ]
-    return [p for _, p in sorted(found)]
+    found = []
+    for path in Path(directory).glob(TRAINING_GLOB):
+        parsed = parse_checkpoint_name(path.name)
+        if parsed is not None and parsed.is_training:
+            found.append((parsed.episode, path))
+    return [path for _, path in sorted(found)]
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
