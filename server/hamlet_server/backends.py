@@ -1,8 +1,9 @@
 """How a checkpoint becomes something the batcher can run: eager PyTorch, or ONNX Runtime.
 
-Both give the batcher the same surface: `forward(obs [B, obs_dim] float32 tensor on device, hidden (h, c)
-[1, B, H] or None) -> (q [B, A], hidden' or None)` plus `obs_dim`, `action_dim`, `is_recurrent`,
-`hidden_dim`, `device`, `num_parameters` and `metadata`.
+Both give the batcher the same surface, named `Backend`: `forward(obs [B, obs_dim] float32 tensor on device,
+hidden (h, c) [1, B, H] or None) -> (q [B, A], hidden' or None)` plus `obs_dim`, `action_dim`,
+`is_recurrent`, `hidden_dim`, `device`, `num_parameters` and `metadata`. `HamletModel` and `OnnxBackedModel`
+implement it structurally (neither inherits from it).
 
 - `torch`: `HamletModel.load(path, device)`; its `forward` is exactly what `HamletModel.predict` computes.
 - `onnx`: the checkpoint is loaded with `HamletModel.load`, exported to ONNX and verified against PyTorch
@@ -18,20 +19,56 @@ import importlib.util
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-__all__ = ["BACKENDS", "OnnxBackedModel", "load_backend", "resolve_backend"]
+if TYPE_CHECKING:
+    from townlet.inference.model import HamletModel
+    from townlet.inference.onnx_runtime import OnnxModel
+
+__all__ = ["BACKENDS", "Backend", "Hidden", "OnnxBackedModel", "load_backend", "resolve_backend"]
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnx")
+
+Hidden = tuple[torch.Tensor, torch.Tensor]
+"""LSTM state ``(h, c)``, each ``[1, B, H]`` on the backend's device."""
+
+
+class Backend(Protocol):
+    """What the batcher and the canary run for one model version (`HamletModel`, `OnnxBackedModel`).
+
+    `forward` is the trusted fast path: no validation, no sampling. The server calls it under
+    ``torch.inference_mode()``; a backend must give the same answer there as outside it.
+    """
+
+    @property
+    def obs_dim(self) -> int: ...
+    @property
+    def action_dim(self) -> int: ...
+    @property
+    def is_recurrent(self) -> bool: ...
+    @property
+    def hidden_dim(self) -> int | None:
+        """``H`` of a recurrent backend, else None."""
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def num_parameters(self) -> int: ...
+    @property
+    def metadata(self) -> dict[str, Any]: ...
+
+    def forward(self, obs: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden | None]:
+        """``obs [B, obs_dim]`` float32 on `device`, ``hidden`` (h, c) ``[1, B, H]`` or None (zeros) ->
+        ``(q [B, A], hidden')``; ``hidden'`` is None for a feed-forward backend."""
+        ...
 
 
 class OnnxBackedModel:
     """A HamletModel's metadata with an onnxruntime session doing the forward (CPU, torch tensors in/out)."""
 
-    def __init__(self, model: Any, onnx_model: Any) -> None:
+    def __init__(self, model: HamletModel, onnx_model: OnnxModel) -> None:
         self._model = model
         self._onnx = onnx_model
         self.obs_dim = int(model.obs_dim)
@@ -45,9 +82,7 @@ class OnnxBackedModel:
     def metadata(self) -> dict[str, Any]:
         return {**self._model.metadata, "backend": "onnxruntime"}
 
-    def forward(
-        self, obs: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    def forward(self, obs: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden | None]:
         np_hidden = None if hidden is None else (hidden[0].numpy(), hidden[1].numpy())
         q, new_hidden = self._onnx.forward(obs.numpy(), np_hidden)
         if new_hidden is None:
@@ -64,7 +99,7 @@ def resolve_backend(backend: str, device: str) -> str:
     return "onnx" if torch.device(device).type == "cpu" and installed else "torch"
 
 
-def load_backend(path: Path, device: str, backend: str = "torch", threads: int = 1) -> Any:
+def load_backend(path: Path, device: str, backend: str = "torch", threads: int = 1) -> Backend:
     """Load `path` for serving with `backend` ("torch" or "onnx") on `device`."""
     from townlet.inference import HamletModel
 
@@ -84,3 +119,10 @@ def load_backend(path: Path, device: str, backend: str = "torch", threads: int =
     log.info("%s: exported to ONNX and verified against PyTorch (%s); serving with onnxruntime",
              path.name, report.brief())  # fmt: skip
     return OnnxBackedModel(model, onnx_model)
+
+
+if TYPE_CHECKING:
+
+    def _implements_backend(torch_model: HamletModel, onnx_model: OnnxBackedModel) -> tuple[Backend, Backend]:
+        """Never called: mypy checks here that both backends implement `Backend`."""
+        return torch_model, onnx_model

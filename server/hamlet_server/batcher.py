@@ -19,11 +19,11 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
+from hamlet_server.backends import Backend
 from hamlet_server.sessions import HiddenStateTable
 from townlet.inference.policy import epsilon_greedy
 
@@ -66,7 +66,7 @@ class StepBatcher:
 
     def __init__(
         self,
-        model: Any,
+        model: Backend,
         executor: Executor | None,
         *,
         max_batch: int = 256,
@@ -87,10 +87,8 @@ class StepBatcher:
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.device = torch.device(model.device)  # cached: HamletModel.device walks the parameters
-        self.table = HiddenStateTable(model.hidden_dim, self.device) if model.is_recurrent else None
-        # HamletModel.forward wraps the network in no_grad; under inference_mode call the network directly.
-        network = getattr(model, "network", None)
-        self._net_forward = network if isinstance(network, torch.nn.Module) else model.forward
+        self.table = HiddenStateTable(model.hidden_dim or 0, self.device) if model.is_recurrent else None
+        self._net_forward = model.forward  # HamletModel.forward adds no guard of its own under inference_mode
         self.batches = 0
         self.rows = 0
         self._compact_later: Callable[[], int] | None = None  # a shrink waiting for the forward in flight

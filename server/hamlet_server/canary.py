@@ -11,19 +11,20 @@ says what came out non-finite.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+
+from hamlet_server.backends import Backend, Hidden
 
 __all__ = ["CANARY_BATCHES", "canary_problem"]
 
 CANARY_BATCHES = (1, 8)
 
 
-def canary_problem(model: Any, *, seed: int = 0) -> str | None:
+def canary_problem(model: Backend, *, seed: int = 0) -> str | None:
     """None if every output of every canary forward is finite, else what was not (one line).
 
-    ``model`` is what a backend loader returns: ``forward``, ``obs_dim``, ``is_recurrent``, ``device``.
+    ``model`` is what a backend loader returns (`load_backend`): it uses ``forward``, ``obs_dim``,
+    ``is_recurrent`` and ``device``.
     """
     generator = torch.Generator().manual_seed(seed)
     for batch in CANARY_BATCHES:
@@ -38,7 +39,7 @@ def canary_problem(model: Any, *, seed: int = 0) -> str | None:
     return None
 
 
-def _run(model: Any, obs: torch.Tensor, what: str) -> str | None:
+def _run(model: Backend, obs: torch.Tensor, what: str) -> str | None:
     with torch.inference_mode():
         q, hidden = model.forward(obs, None)
         problem = _non_finite(q, hidden, what)
@@ -48,7 +49,7 @@ def _run(model: Any, obs: torch.Tensor, what: str) -> str | None:
         return _non_finite(q, hidden, f"{what}, second recurrent step")
 
 
-def _non_finite(q: torch.Tensor, hidden: Any, what: str) -> str | None:
+def _non_finite(q: torch.Tensor, hidden: Hidden | None, what: str) -> str | None:
     outputs = {"q_values": q}
     if hidden is not None:
         outputs.update(hidden_h=hidden[0], hidden_c=hidden[1])

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from hamlet_server.backends import Backend
 from hamlet_server.batcher import StepBatcher
 from hamlet_server.canary import canary_problem
 from hamlet_server.sessions import SlotAllocator
@@ -103,7 +103,7 @@ def scan_models(root: Path) -> dict[str, dict[int, ModelFile]]:
 class ServedModel:
     """One loaded version: the model, its batcher, its hidden-state rows and a reference count."""
 
-    def __init__(self, file: ModelFile, model: Any, batcher: StepBatcher) -> None:
+    def __init__(self, file: ModelFile, model: Backend, batcher: StepBatcher) -> None:
         self.file = file
         self.model = model
         self.batcher = batcher
@@ -138,14 +138,14 @@ class ServedModel:
 @dataclass
 class _Loaded:
     file: ModelFile
-    model: Any = None
+    model: Backend | None = None
     error: str | None = None
     """Why the file is not servable, without server paths (it may reach clients)."""
     reason: str = ""
     """Metric label of a failure: ``load_error`` (unreadable, non-finite weights, ...) or ``canary``."""
 
 
-def _default_loader(path: Path, device: str) -> Any:
+def _default_loader(path: Path, device: str) -> Backend:
     from townlet.inference import HamletModel
 
     return HamletModel.load(path, device=device)
@@ -164,7 +164,7 @@ class ModelRepository:
         max_delay_us: int = 0,
         inline_rows: int = 0,
         default_model: str = "",
-        loader: Callable[[Path, str], Any] = _default_loader,
+        loader: Callable[[Path, str], Backend] = _default_loader,
         on_batch: Callable[[str, int], None] | None = None,
         on_load_failure: Callable[[str, str], None] | None = None,
     ) -> None:
@@ -354,6 +354,8 @@ class ModelRepository:
 
     def _install(self, loaded: _Loaded) -> ServedModel:
         key = (loaded.file.name, loaded.file.version)
+        if loaded.model is None:
+            raise ValueError(f"model {key[0]!r} version {key[1]}: nothing loaded to install ({loaded.error})")
         on_batch = None
         if self._on_batch is not None:
             report, name = self._on_batch, key[0]

@@ -207,7 +207,13 @@ class HamletModel:
         return zeros, zeros.clone()
 
     def forward(self, obs: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden | None]:
-        """Trusted fast path (no validation): ``obs [B, obs_dim]`` float32 on `device` -> ``(q [B, A], hidden')``."""
+        """Trusted fast path (no validation): ``obs [B, obs_dim]`` float32 on `device` -> ``(q [B, A], hidden')``.
+
+        Runs under ``torch.no_grad()``, or as it is when the caller is already under ``torch.inference_mode()``
+        (the server's batcher): the same numbers without a second grad-mode guard per forward.
+        """
+        if torch.is_inference_mode_enabled():
+            return self.network(obs, hidden)  # type: ignore[no-any-return]
         with torch.no_grad():
             return self.network(obs, hidden)  # type: ignore[no-any-return]
 
