@@ -50,8 +50,7 @@ class Backend(Protocol):
     @property
     def is_recurrent(self) -> bool: ...
     @property
-    def hidden_dim(self) -> int | None:
-        """``H`` of a recurrent backend, else None."""
+    def hidden_dim(self) -> int | None: ...  # H of a recurrent backend, else None
     @property
     def device(self) -> torch.device: ...
     @property
