@@ -40,13 +40,34 @@ def test_client_imports_nothing_of_the_server_or_torch() -> None:
     assert not imported & {"torch", "townlet", "hamlet_server", "onnxruntime"}
 
 
-def test_agent_networks_import_no_inference_model() -> None:
+def test_agent_imports_nothing_above_it() -> None:
     imported = _imports(ROOT / "server" / "townlet" / "agent")
-    assert not {
-        n
-        for n in imported
-        if n.startswith("townlet.") and n != "townlet.inference.errors" and not n.startswith("townlet.agent")
-    }
+    assert {n for n in imported if n.startswith("townlet")} <= {"townlet.agent.errors", "townlet.agent.networks"}
+    assert not _top(imported) & {"hamlet_server", "hamlet_client", "hamlet_viewer", "grpc"}
+
+
+def test_brain_spec_error_is_one_class_re_exported_by_inference() -> None:
+    from townlet.agent.brain import normalize_brain_spec
+    from townlet.agent.errors import BrainSpecError
+    from townlet.inference import BrainSpecError as from_inference
+
+    assert from_inference is BrainSpecError and issubclass(BrainSpecError, ValueError)
+    with pytest.raises(from_inference, match=r"network\.type"):
+        normalize_brain_spec({"network": {"type": "transformer"}})
+
+
+def test_server_builds_on_inference_and_client_only() -> None:
+    imported = _imports(ROOT / "server" / "hamlet_server")
+    ours = {n for n in imported if _top({n}) & {"townlet", "hamlet_server", "hamlet_client", "hamlet_viewer"}}
+    allowed = ("townlet.inference", "hamlet_client", "hamlet_server")
+    assert not {n for n in ours if not n.startswith(allowed)}, "hamlet_server may import townlet.inference only"
+    for folder in ("server/townlet", "client/hamlet_client"):
+        assert "hamlet_server" not in _top(_imports(ROOT / folder)), folder
+
+
+def test_training_is_imported_by_nothing_below_it() -> None:
+    for folder in ("server/townlet/agent", "server/townlet/env", "server/townlet/inference", "server/hamlet_server"):
+        assert not {n for n in _imports(ROOT / folder) if n.startswith("townlet.training")}, folder
 
 
 @pytest.mark.slow  # starts a Python process per module

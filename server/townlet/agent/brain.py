@@ -32,8 +32,8 @@ from typing import Any
 import yaml
 from torch import nn
 
+from townlet.agent.errors import BrainSpecError
 from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
-from townlet.inference.errors import BrainSpecError
 
 __all__ = [
     "BrainSpecError",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from townlet.inference.errors import CheckpointError, InferenceError
+from townlet.inference.errors import BrainSpecError, CheckpointError, InferenceError
 
 __all__ = ["main", "migrate_main"]
 
@@ -45,7 +45,7 @@ def migrate_main(argv: Sequence[str] | None = None, prog: str | None = None) -> 
 def _run(args: argparse.Namespace, prog: str) -> int:
     try:
         return int(args.func(args))
-    except (UserError, InferenceError, FileNotFoundError, FileExistsError) as exc:
+    except (UserError, InferenceError, BrainSpecError, FileNotFoundError, FileExistsError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,12 +2,17 @@
 
 At the gRPC boundary these map one-to-one onto status codes: `InvalidInputError` -> INVALID_ARGUMENT,
 `CheckpointError` (and its subclasses) -> FAILED_PRECONDITION / INTERNAL when a hosted file is bad.
+`BrainSpecError` is defined by `townlet.agent.errors` (brain specs belong to the agent layer, which imports
+nothing of this one) and re-exported here: a ``ValueError``, the one error of the model layer that is not an
+`InferenceError`; the loaders wrap it in a `CheckpointError` naming the file.
 This module imports nothing heavy (no torch), so torch-free code such as the ONNX Runtime predictor uses it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from townlet.agent.errors import BrainSpecError
 
 __all__ = [
     "BrainSpecError",
@@ -19,16 +24,12 @@ __all__ = [
 
 
 class InferenceError(Exception):
-    """Base class of every error raised by `townlet.inference`."""
+    """Base class of the errors raised by `townlet.inference` (all but `BrainSpecError`, a ValueError)."""
 
 
 class InvalidInputError(InferenceError, ValueError):
     """An argument to `predict()` (or a similar call) does not fit the model: the message says what was
     expected and what came."""
-
-
-class BrainSpecError(InferenceError, ValueError):
-    """A brain spec (or a checkpoint's ``network_params``) is malformed; the message names the field."""
 
 
 class CheckpointError(InferenceError):
