@@ -68,9 +68,6 @@ class RetryPolicy:
             yield draw(0.0, backoff) if self.jitter else backoff
 
 
-NO_RETRY = RetryPolicy(max_attempts=1)
-
-
 def channel_credentials(tls: bool | bytes | grpc.ChannelCredentials | None) -> grpc.ChannelCredentials | None:
     """None/False: plaintext. True: TLS with the system's root certificates. bytes: TLS trusting these PEM
     root certificates (e.g. a self-signed server's). A `grpc.ChannelCredentials` is used as given."""

@@ -37,7 +37,7 @@ from townlet.agent.brain import (
     build_network,
     normalize_brain_spec,
 )
-from townlet.inference.errors import CheckpointError, UnsafeCheckpointError
+from townlet.inference.errors import CheckpointError, UnsafeCheckpointError, first_line
 
 __all__ = [
     "INFERENCE_V1",
@@ -92,16 +92,16 @@ def read_checkpoint(
     except pickle.UnpicklingError as exc:
         wanted = _unsafe_globals(data)
         if not wanted:
-            raise CheckpointError(path, f"not a readable torch checkpoint: {_first_line(exc)}") from None
+            raise CheckpointError(path, f"not a readable torch checkpoint: {first_line(exc)}") from None
         if not trust_pickle:
             raise UnsafeCheckpointError(path, wanted) from None
         logger.warning("%s: unpickling arbitrary globals %s because trust_pickle=True", path, wanted)
     except Exception as exc:  # a truncated zip, random bytes, a directory ...: all mean "not a checkpoint"
-        raise CheckpointError(path, f"not a readable torch checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(path, f"not a readable torch checkpoint ({first_line(exc)})") from None
     try:
         return torch.load(io.BytesIO(data), map_location=device, weights_only=False), sha256
     except Exception as exc:
-        raise CheckpointError(path, f"trusted unpickling failed: {_first_line(exc)}") from None
+        raise CheckpointError(path, f"trusted unpickling failed: {first_line(exc)}") from None
 
 
 def detect_format(obj: Any) -> str | None:
@@ -482,8 +482,3 @@ def _unsafe_globals(data: bytes) -> list[str]:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)))
     except Exception:
         return []
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

@@ -20,6 +20,7 @@ __all__ = [
     "InferenceError",
     "InvalidInputError",
     "UnsafeCheckpointError",
+    "first_line",
 ]
 
 
@@ -56,3 +57,10 @@ class UnsafeCheckpointError(CheckpointError):
             f"not allow ({listed}). Nothing in it was run. If you trust this file, pass "
             f"trust_pickle=True (CLI: --trust).",
         )
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (at most 300 characters), else its type name: how a message of
+    ours quotes a foreign library's error (torch, onnx, onnxruntime) without its multi-line dump."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:300]

@@ -42,7 +42,7 @@ import torch
 from onnx import numpy_helper
 from torch import Tensor, nn
 
-from townlet.inference.errors import InferenceError, InvalidInputError
+from townlet.inference.errors import InferenceError, InvalidInputError, first_line
 from townlet.inference.model import HamletModel
 from townlet.inference.onnx_runtime import HAMLET_ONNX_FORMAT, INPUT_NAMES, OUTPUT_NAMES, OnnxModel, parse_metadata
 from townlet.inference.validation import ONNX_ATOL, ONNX_RTOL
@@ -232,7 +232,7 @@ def export_to_onnx(model: HamletModel, path: str | os.PathLike[str], *, opset: i
             if "opset" not in str(exc):
                 raise
             raise InvalidInputError(
-                f"opset {opset}: torch {torch.__version__}'s exporter cannot write it ({_first_line(exc)}); "
+                f"opset {opset}: torch {torch.__version__}'s exporter cannot write it ({first_line(exc)}); "
                 f"use {DEFAULT_OPSET} (the default)"
             ) from None
         proto = onnx.load(str(raw_path))
@@ -356,7 +356,7 @@ def verify_onnx_export(
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
-        raise ExportVerificationError(path, [f"onnx.checker rejects the file: {_first_line(exc)}"]) from None
+        raise ExportVerificationError(path, [f"onnx.checker rejects the file: {first_line(exc)}"]) from None
     props = {entry.key: entry.value for entry in proto.metadata_props}
     try:
         meta = parse_metadata(props, path)
@@ -453,7 +453,7 @@ def _load_proto(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # truncated / random bytes: protobuf DecodeError and friends
-        raise ExportVerificationError(path, [f"not a readable ONNX file: {_first_line(exc)}"]) from None
+        raise ExportVerificationError(path, [f"not a readable ONNX file: {first_line(exc)}"]) from None
 
 
 def _identity_problems(
@@ -563,8 +563,3 @@ def _torch_flat(network: nn.Module, obs: np.ndarray, hidden: Any) -> list[np.nda
 
 def _short(value: Any) -> str:
     return "none" if not value else str(value)[:12]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

@@ -23,7 +23,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from townlet.inference import validation
-from townlet.inference.errors import CheckpointError, InvalidInputError
+from townlet.inference.errors import CheckpointError, InvalidInputError, first_line
 
 __all__ = [
     "HAMLET_ONNX_FORMAT",
@@ -171,8 +171,7 @@ class OnnxModel:
                 str(self.path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own pybind classes for bad protobufs / graphs
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise CheckpointError(self.path, f"onnxruntime cannot load the file: {first}") from None
+            raise CheckpointError(self.path, f"onnxruntime cannot load the file: {first_line(exc)}") from None
         self._metadata = parse_metadata(self._session.get_modelmeta().custom_metadata_map, self.path)
         kind = self._metadata["network_type"]
         got_in = tuple(i.name for i in self._session.get_inputs())

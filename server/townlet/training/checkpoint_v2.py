@@ -16,22 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from townlet.env import AFFORDANCE_NAMES, METER_NAMES
 from townlet.inference.checkpoint import atomic_torch_save
 from townlet.inference.filenames import training_checkpoint_name
 
 __all__ = [
-    "AFFORDANCE_NAMES",
-    "METER_NAMES",
     "build_training_checkpoint",
     "rnd_state",
     "save_training_checkpoint",
 ]
-
-METER_NAMES = ["energy", "hygiene", "satiation", "money", "mood", "social", "health", "fitness"]
-AFFORDANCE_NAMES = [
-    "Bed", "LuxuryBed", "Shower", "HomeMeal", "FastFood", "Doctor", "Hospital",
-    "Therapist", "Recreation", "Bar", "Job", "Labor", "Gym", "Park",
-]  # fmt: skip
 
 
 def rnd_state(obs_dim: int, embed_dim: int = 128, epsilon: float = 1.0, seed: int = 0) -> dict[str, Any]:

@@ -1,0 +1,61 @@
+"""Each fact has one home: checkpoint file names, the one-line quote of a foreign error, the meter and
+affordance names, the device rule. A second copy appearing anywhere in the packages fails here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from townlet.inference.errors import first_line
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = [ROOT / "server", ROOT / "client" / "hamlet_client"]
+
+
+def _sources() -> dict[str, str]:
+    return {
+        path.relative_to(ROOT).as_posix(): path.read_text()
+        for base in PACKAGES
+        for path in base.rglob("*.py")
+        if "_generated" not in path.parts
+    }
+
+
+def _defining(pattern: str) -> set[str]:
+    return {name for name, text in _sources().items() if re.search(pattern, text, re.MULTILINE)}
+
+
+def test_checkpoint_names_are_parsed_in_one_module() -> None:
+    # hamlet_viewer.brains keeps its own regex until its owner moves it onto townlet.inference.filenames
+    assert _defining(r"_ep\(\\d\+\)|ep\(\\d\+\)") <= {
+        "server/townlet/inference/filenames.py",
+        "server/hamlet_viewer/brains.py",
+    }
+    assert _defining(r"^_NAME = re\.compile") == {"server/townlet/inference/filenames.py"}
+
+
+def test_one_first_line_helper() -> None:
+    assert _defining(r"^def _?first_line\(") == {"server/townlet/inference/errors.py"}
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (RuntimeError("  bad magic number\n  at offset 0\n"), "bad magic number"),
+        (ValueError(""), "ValueError"),
+        (OSError("x" * 400), "x" * 300),
+    ],
+)
+def test_first_line(exc: BaseException, expected: str) -> None:
+    assert first_line(exc) == expected
+
+
+def test_meter_and_affordance_names_live_in_the_env() -> None:
+    assert _defining(r"^METER_NAMES\b") == {"server/townlet/env/meters.py"}
+    assert _defining(r"^AFFORDANCE_NAMES\b") == {"server/townlet/env/affordances.py"}
+
+
+def test_dead_names_stay_gone() -> None:
+    assert not _defining(r"^NO_RETRY\b")
