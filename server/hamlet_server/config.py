@@ -155,9 +155,6 @@ class ServerConfig:
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
 
-    def replace(self, **changes: Any) -> ServerConfig:
-        return dataclasses.replace(self, **changes)
-
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")

@@ -29,8 +29,9 @@ from hamlet_server.security import BearerTokenInterceptor, read_token, server_cr
 from hamlet_server.servicer import InferenceServicer, add_to_server
 from hamlet_server.startup import bind_grpc, grpc_address, serve_metrics
 from hamlet_server.streams import Ending, StreamTable
+from townlet.inference.model import resolve_device
 
-__all__ = ["LIVENESS_NAME", "SERVICE_NAME", "HamletServer", "model_health_name", "resolve_device"]
+__all__ = ["LIVENESS_NAME", "SERVICE_NAME", "HamletServer", "model_health_name"]
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -42,16 +43,6 @@ with nothing servable yet must not be restarted, only kept out of traffic by rea
 def model_health_name(model: str) -> str:
     """The grpc.health.v1 service name that follows one model: SERVING while it has a servable version."""
     return f"{SERVICE_NAME}/{model}"
-
-
-def resolve_device(device: str) -> str:
-    """`auto` -> `cuda` when CUDA is present, else `cpu`; anything else is checked and returned."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    parsed = torch.device(device)
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use cpu or auto")
-    return str(parsed)
 
 
 def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -74,7 +65,7 @@ class HamletServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = str(resolve_device(config.device))  # the model layer's rule: auto -> cuda if present
         self.backend = resolve_backend(config.backend, self.device)
         if self.backend == "onnx" and self.device != "cpu":
             raise ValueError(f"--backend onnx runs on the CPU; got --device {config.device} (resolved {self.device})")
