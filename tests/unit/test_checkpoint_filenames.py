@@ -45,7 +45,7 @@ def test_parse_inverts_format(episode: int) -> None:
         ("checkpoint_ep_notes.pt", None),
         ("step100.pt", None),  # "ep" inside a word is no episode number
         ("model_ep00001.pt.tmp", None),
-        (".model_ep00001.pt", None),  # hidden: atomic_torch_save's temporary files start with a dot
+        (".model_ep00001.pt", None),  # hidden: atomic_write's temporary files start with a dot
         ("model_ep-1.pt", None),
         ("_ep5.pt", None),
     ],

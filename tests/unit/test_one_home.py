@@ -59,3 +59,22 @@ def test_meter_and_affordance_names_live_in_the_env() -> None:
 
 def test_dead_names_stay_gone() -> None:
     assert not _defining(r"^NO_RETRY\b")
+
+
+def test_one_device_rule_and_one_atomic_write() -> None:
+    assert _defining(r"^def resolve_device\(") == {"server/townlet/inference/model.py"}
+    assert _defining(r"os\.fsync\(") == {"server/townlet/inference/atomic_write.py"}
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
+    from townlet.inference.atomic_write import atomic_write
+
+    target = atomic_write(tmp_path / "sub" / "model_ep00001.pt", lambda handle: handle.write(b"first"))
+    assert target.read_bytes() == b"first" and target.stat().st_mode & 0o777 == 0o644
+
+    def broken(handle: object) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_bytes() == b"first" and [p.name for p in target.parent.iterdir()] == [target.name]

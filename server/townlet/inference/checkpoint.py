@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import pickle
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from townlet.agent.brain import (
     build_network,
     normalize_brain_spec,
 )
+from townlet.inference.atomic_write import atomic_write
 from townlet.inference.errors import CheckpointError, UnsafeCheckpointError, first_line
 
 __all__ = [
@@ -323,20 +323,8 @@ def save_inference_checkpoint(
 
 
 def atomic_torch_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` to a temp file beside ``path``, fsync, then rename over it: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be read by others (a server)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` through `atomic_write`: readers never see half a file."""
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 # --------------------------------------------------------------------------- small pieces

@@ -3,7 +3,7 @@
 Hamlet's trainer names a training checkpoint ``checkpoint_ep{episode:05d}.pt``; the inference checkpoint made
 from it is ``model_ep{episode:05d}.pt``. Readers accept any number of digits (``model_ep7.pt`` is episode 7)
 and any stem before ``_ep`` (a single-file model ``mlp_ep00007.pt`` in a model repository is ``mlp``, episode
-7). Hidden and temporary files (``.model_ep00001.pt.<random>.tmp``, written by `atomic_torch_save`) never parse.
+7). Hidden and temporary files (``.model_ep00001.pt.<random>.tmp``, written by `atomic_write`) never parse.
 
 The trainer, the migration, the model repository of the server and the tests all go through this module.
 Pure functions, no torch.

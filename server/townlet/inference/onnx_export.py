@@ -42,6 +42,7 @@ import torch
 from onnx import numpy_helper
 from torch import Tensor, nn
 
+from townlet.inference.atomic_write import atomic_write
 from townlet.inference.errors import InferenceError, InvalidInputError, first_line
 from townlet.inference.model import HamletModel
 from townlet.inference.onnx_runtime import HAMLET_ONNX_FORMAT, INPUT_NAMES, OUTPUT_NAMES, OnnxModel, parse_metadata
@@ -237,7 +238,8 @@ def export_to_onnx(model: HamletModel, path: str | os.PathLike[str], *, opset: i
             ) from None
         proto = onnx.load(str(raw_path))
     _set_metadata(proto, model, network, opset)
-    out = _atomic_write(proto.SerializeToString(), Path(path))
+    data = proto.SerializeToString()
+    out = atomic_write(Path(path), lambda handle: handle.write(data))
     logger.info("exported %s network to %s in %.2fs (opset %d)", kind, out, time.perf_counter() - started, opset)
     return out
 
@@ -304,22 +306,6 @@ def _set_metadata(proto: onnx.ModelProto, model: HamletModel, network: nn.Module
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-
-
-def _atomic_write(data: bytes, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; an exported model is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------- verification
