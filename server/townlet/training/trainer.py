@@ -38,6 +38,7 @@ from townlet.training.replay import ReplayBuffer, SequenceReplayBuffer
 
 __all__ = [
     "EpisodeStats",
+    "RunState",
     "TrainResult",
     "build_q_network",
     "latest_checkpoint",
@@ -130,6 +131,25 @@ def prune_checkpoints(directory: str | Path, keep_last: int) -> list[Path]:
     return stale
 
 
+@dataclass
+class RunState:
+    """What a run carries from one episode to the next, and what a training checkpoint saves and restores.
+
+    `_run_episode` advances it (the networks learn, the counters count); nothing else changes it.
+    """
+
+    q_network: nn.Module
+    target_network: nn.Module
+    optimizer: torch.optim.Optimizer
+    replay: ReplayBuffer | SequenceReplayBuffer
+    layout: dict[str, tuple[int, int]] | None  # the fixed affordance layout (None: a new one every reset)
+    episode: int = 0  # episodes done
+    total_steps: int = 0  # batched env steps
+    gradient_steps: int = 0
+    survival_history: list[int] = field(default_factory=list)  # the last 100 env episodes' survival
+    wall_before: float = 0.0  # training seconds spent before this process (resumed runs)
+
+
 def train(
     config: TrainConfig,
     *,
@@ -143,142 +163,140 @@ def train(
     ``keep_last``). Without it, ``config.out`` must not hold checkpoints already. ``on_episode`` is called
     after every episode. With ``keep_last`` > 0 older training checkpoints are deleted after each save.
     """
-    level = config.level_config
-    recurrent = config.network_type == "recurrent"
-    out = Path(config.out)
-
-    # --- networks, optimiser, replay -----------------------------------------------------------------
-    q_network = build_q_network(config)
-    target_network = copy.deepcopy(q_network)
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=config.learning_rate)
-    replay: ReplayBuffer | SequenceReplayBuffer = (
-        SequenceReplayBuffer(config.buffer_capacity)
-        if recurrent
-        else ReplayBuffer(config.buffer_capacity, level.obs_dim)
-    )
-    layout = None if config.relayout else training_layout(level, config.seed)
-    episode, total_steps, gradient_steps, wall_before = 0, 0, 0, 0.0
-    survival_history: list[int] = []
-
     if resume:
-        restored = _restore(config, q_network, target_network, optimizer, recurrent, level.obs_dim)
-        episode, total_steps, gradient_steps, replay, layout, survival_history, wall_before = restored
-    elif latest_checkpoint(out) is not None:
-        raise ResumeError(f"{out} already holds checkpoints; pass resume=True (CLI: --resume) or choose another out")
-
+        state = _restore(config)
+    elif latest_checkpoint(config.out) is not None:
+        raise ResumeError(
+            f"{Path(config.out)} already holds checkpoints; pass resume=True (CLI: --resume) or choose another out"
+        )
+    else:
+        state = _fresh_state(config)
     env = VectorTownletEnv(
-        level,
+        config.level_config,
         config.num_envs,
         seed=config.seed,
         relayout_each_reset=config.relayout,
         depletion_multiplier=config.depletion_multiplier,
-        layout=layout,
+        layout=state.layout,
     )
-    result = TrainResult(q_network, episode)
+    result = TrainResult(state.q_network, state.episode)
     started = time.perf_counter()
-    logger.info(
-        "training %s %s on %s: episodes %d -> %d, %d envs, seed %d",
-        config.network_type,
-        type(q_network).__name__,
-        level.name,
-        episode,
-        config.episodes,
-        config.num_envs,
-        config.seed,
-    )
-
-    while episode < config.episodes:
-        # --- one episode: every env starts together and runs until all are finished -----------------
-        env_seed, act_seed, sample_seed = np.random.SeedSequence([config.seed, episode]).generate_state(3)
-        act_gen = torch.Generator().manual_seed(int(act_seed))
-        sample_gen = torch.Generator().manual_seed(int(sample_seed))
-        epsilon = config.epsilon_at(episode)
-        obs = env.reset(seed=int(env_seed))
-        hidden = q_network.initial_hidden(config.num_envs) if isinstance(q_network, RecurrentSpatialQNetwork) else None
-        history: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        returns = np.zeros(config.num_envs)
-        losses: list[float] = []
-        while True:
-            obs_t = torch.from_numpy(obs)
-            with torch.no_grad():
-                q_values, hidden = q_network(obs_t, hidden)
-            actions = epsilon_greedy(q_values, epsilon, torch.from_numpy(env.action_masks()), act_gen)
-            next_obs, reward, done, info = env.step(actions.numpy())
-            active = info["active"]
-            returns += reward
-            if recurrent:
-                history.append((obs, actions.numpy(), reward, done))
-            else:
-                rows = torch.from_numpy(active)
-                replay.push(  # type: ignore[union-attr]
-                    obs_t[rows], actions[rows], torch.from_numpy(reward)[rows], torch.from_numpy(next_obs)[rows],
-                    torch.from_numpy(done)[rows],
-                )  # fmt: skip
-            total_steps += 1
-            obs = next_obs
-
-            # --- learn: one gradient step every train_frequency batched env steps -----------------------
-            if len(replay) >= config.learning_starts and total_steps % config.train_frequency == 0:
-                losses.append(_gradient_step(config, q_network, target_network, optimizer, replay, sample_gen))
-                gradient_steps += 1
-                if gradient_steps % config.target_update_frequency == 0:
-                    target_network.load_state_dict(q_network.state_dict())
-            if (done | info["truncated"]).all():
-                break
-
-        survived = info["step_counts"].astype(int)
-        if recurrent:
-            _store_episodes(replay, history, survived)  # type: ignore[arg-type]
-        survival_history = (survival_history + survived.tolist())[-100:]
-        episode += 1
-        wall = wall_before + time.perf_counter() - started
-        stats = EpisodeStats(
-            episode=episode,
-            episodes=config.episodes,
-            mean_survival=float(survived.mean()),
-            max_survival=int(survived.max()),
-            mean_return=float(returns.mean()),
-            epsilon=epsilon,
-            loss=float(np.mean(losses)) if losses else None,
-            total_steps=total_steps,
-            gradient_steps=gradient_steps,
-            wall_seconds=wall,
-        )
-        if episode % 10 == 0 or episode == config.episodes:
-            logger.info(
-                "episode %d/%d: survival %.1f (max %d), return %.1f, epsilon %.3f, loss %s, %d grad steps, %.0f s",
-                episode, config.episodes, stats.mean_survival, stats.max_survival, stats.mean_return, epsilon,
-                "-" if stats.loss is None else f"{stats.loss:.4f}", gradient_steps, wall,
-            )  # fmt: skip
+    logger.info("training %s %s on %s: episodes %d -> %d, %d envs, seed %d", config.network_type,
+                type(state.q_network).__name__, config.level_config.name, state.episode, config.episodes,
+                config.num_envs, config.seed)  # fmt: skip
+    while state.episode < config.episodes:
+        stats = _run_episode(config, state, env, started)
+        _log_episode(stats)
         if on_episode is not None:
             on_episode(stats)
-
-        # --- checkpoints: Hamlet v2 training file, then the inference file beside it --------------------
-        if episode % config.checkpoint_every == 0 or episode == config.episodes:
-            run = {"total_steps": total_steps, "gradient_steps": gradient_steps, "wall_seconds": wall}
-            state = {"replay": replay, "survival_history": survival_history, "layout": env.affordance_positions(0)}
-            training_path, model_path = _save(config, episode, q_network, target_network, optimizer, state, run)
+        if state.episode % config.checkpoint_every == 0 or state.episode == config.episodes:
+            training_path, model_path = _save(config, state, env.affordance_positions(0), stats.wall_seconds)
             result.checkpoints.append(training_path)
             result.models.append(model_path)
-            result.removed += prune_checkpoints(out, config.keep_last)
-
-    result.episode = episode
+            result.removed += prune_checkpoints(config.out, config.keep_last)
+    result.episode = state.episode
     result.wall_seconds = time.perf_counter() - started
     return result
+
+
+def _fresh_state(config: TrainConfig) -> RunState:
+    """Episode 0: the seeded network, its target copy, a new optimiser and an empty replay buffer."""
+    level = config.level_config
+    q_network = build_q_network(config)
+    replay: ReplayBuffer | SequenceReplayBuffer = (
+        SequenceReplayBuffer(config.buffer_capacity)
+        if config.network_type == "recurrent"
+        else ReplayBuffer(config.buffer_capacity, level.obs_dim)
+    )
+    return RunState(
+        q_network=q_network,
+        target_network=copy.deepcopy(q_network),
+        optimizer=torch.optim.Adam(q_network.parameters(), lr=config.learning_rate),
+        replay=replay,
+        layout=None if config.relayout else training_layout(level, config.seed),
+    )
+
+
+def _run_episode(config: TrainConfig, state: RunState, env: VectorTownletEnv, started: float) -> EpisodeStats:
+    """One episode (every env starts together and runs until all are finished), learning as it goes.
+
+    Its env seed, exploration and replay-sampling generators come from ``SeedSequence([seed, episode])``.
+    Advances ``state``; ``started`` is when this process began training (for the wall clock).
+    """
+    recurrent = config.network_type == "recurrent"
+    q_network = state.q_network
+    env_seed, act_seed, sample_seed = np.random.SeedSequence([config.seed, state.episode]).generate_state(3)
+    act_gen = torch.Generator().manual_seed(int(act_seed))
+    sample_gen = torch.Generator().manual_seed(int(sample_seed))
+    epsilon = config.epsilon_at(state.episode)
+    obs = env.reset(seed=int(env_seed))
+    hidden = q_network.initial_hidden(config.num_envs) if isinstance(q_network, RecurrentSpatialQNetwork) else None
+    history: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    returns = np.zeros(config.num_envs)
+    losses: list[float] = []
+    while True:
+        obs_t = torch.from_numpy(obs)
+        with torch.no_grad():
+            q_values, hidden = q_network(obs_t, hidden)
+        actions = epsilon_greedy(q_values, epsilon, torch.from_numpy(env.action_masks()), act_gen)
+        next_obs, reward, done, info = env.step(actions.numpy())
+        active = info["active"]
+        returns += reward
+        if recurrent:
+            history.append((obs, actions.numpy(), reward, done))
+        else:
+            rows = torch.from_numpy(active)
+            state.replay.push(  # type: ignore[union-attr]
+                obs_t[rows], actions[rows], torch.from_numpy(reward)[rows], torch.from_numpy(next_obs)[rows],
+                torch.from_numpy(done)[rows],
+            )  # fmt: skip
+        state.total_steps += 1
+        obs = next_obs
+
+        # --- learn: one gradient step every train_frequency batched env steps ---------------------------
+        if len(state.replay) >= config.learning_starts and state.total_steps % config.train_frequency == 0:
+            losses.append(_gradient_step(config, state, sample_gen))
+            state.gradient_steps += 1
+            if state.gradient_steps % config.target_update_frequency == 0:
+                state.target_network.load_state_dict(q_network.state_dict())
+        if (done | info["truncated"]).all():
+            break
+
+    survived = info["step_counts"].astype(int)
+    if recurrent:
+        _store_episodes(state.replay, history, survived)  # type: ignore[arg-type]
+    state.survival_history = (state.survival_history + survived.tolist())[-100:]
+    state.episode += 1
+    return EpisodeStats(
+        episode=state.episode,
+        episodes=config.episodes,
+        mean_survival=float(survived.mean()),
+        max_survival=int(survived.max()),
+        mean_return=float(returns.mean()),
+        epsilon=epsilon,
+        loss=float(np.mean(losses)) if losses else None,
+        total_steps=state.total_steps,
+        gradient_steps=state.gradient_steps,
+        wall_seconds=state.wall_before + time.perf_counter() - started,
+    )
+
+
+def _log_episode(stats: EpisodeStats) -> None:
+    if stats.episode % 10 == 0 or stats.episode == stats.episodes:
+        logger.info(
+            "episode %d/%d: survival %.1f (max %d), return %.1f, epsilon %.3f, loss %s, %d grad steps, %.0f s",
+            stats.episode, stats.episodes, stats.mean_survival, stats.max_survival, stats.mean_return,
+            stats.epsilon, "-" if stats.loss is None else f"{stats.loss:.4f}", stats.gradient_steps,
+            stats.wall_seconds,
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- pieces of the loop
 
 
-def _gradient_step(
-    config: TrainConfig,
-    q_network: nn.Module,
-    target_network: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    replay: ReplayBuffer | SequenceReplayBuffer,
-    generator: torch.Generator,
-) -> float:
+def _gradient_step(config: TrainConfig, state: RunState, generator: torch.Generator) -> float:
     """Sample a batch, take one Adam step on the TD loss (gradient norm clipped); returns the loss."""
+    q_network, target_network, optimizer, replay = state.q_network, state.target_network, state.optimizer, state.replay
     if isinstance(replay, SequenceReplayBuffer):
         batch = replay.sample(config.batch_size, config.sequence_length, generator)
         loss = sequence_td_loss(q_network, target_network, batch, config.gamma, config.loss)
@@ -355,40 +373,36 @@ def _hamlet_training_config(config: TrainConfig, run: dict[str, Any]) -> dict[st
 
 
 def _save(
-    config: TrainConfig,
-    episode: int,
-    q_network: nn.Module,
-    target_network: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: dict[str, Any],
-    run: dict[str, Any],
+    config: TrainConfig, state: RunState, layout: dict[str, tuple[int, int]], wall_seconds: float
 ) -> tuple[Path, Path]:
+    """The Hamlet v2 training checkpoint of ``state``, then the inference checkpoint beside it."""
     level = config.level_config
+    run = {"total_steps": state.total_steps, "gradient_steps": state.gradient_steps, "wall_seconds": wall_seconds}
     stage = stage_for_multiplier(config.depletion_multiplier)
-    next_epsilon = config.epsilon_at(episode)
+    next_epsilon = config.epsilon_at(state.episode)
     config_dir = f"configs/{level.pack}"
     checkpoint = build_training_checkpoint(
-        q_network,
-        episode=episode,
+        state.q_network,
+        episode=state.episode,
         epsilon=next_epsilon,
         training_config=_hamlet_training_config(config, run),
         config_dir=config_dir,
-        target_network=target_network,
-        optimizer=optimizer,
-        replay_buffer=state["replay"].state_dict(),
-        total_steps=run["total_steps"],
-        training_step_counter=run["gradient_steps"],
+        target_network=state.target_network,
+        optimizer=state.optimizer,
+        replay_buffer=state.replay.state_dict(),
+        total_steps=state.total_steps,
+        training_step_counter=state.gradient_steps,
         agent_stages=[stage] * config.num_envs,
-        affordance_positions=state["layout"],
-        survival_history=state["survival_history"],
+        affordance_positions=layout,
+        survival_history=state.survival_history,
         intrinsic_weight=0.0,
     )
     training_path = save_training_checkpoint(checkpoint, config.out)
-    recent = state["survival_history"]
+    recent = state.survival_history
     model_path = save_inference_beside(
         training_path,
-        q_network,
-        episode=episode,
+        state.q_network,
+        episode=state.episode,
         epsilon=next_epsilon,
         curriculum_stage=stage,
         config_dir=config_dir,
@@ -398,31 +412,26 @@ def _save(
             "seed": config.seed,
             "depletion_multiplier": config.depletion_multiplier,
             "relayout": config.relayout,
-            "affordance_layout": None if config.relayout else {k: list(v) for k, v in state["layout"].items()},
-            "total_env_steps": run["total_steps"] * config.num_envs,
-            "gradient_steps": run["gradient_steps"],
-            "training_wall_seconds": round(run["wall_seconds"], 1),
+            "affordance_layout": None if config.relayout else {k: list(v) for k, v in layout.items()},
+            "total_env_steps": state.total_steps * config.num_envs,
+            "gradient_steps": state.gradient_steps,
+            "training_wall_seconds": round(wall_seconds, 1),
             "recent_mean_survival": float(np.mean(recent)) if recent else None,
         },
     )
-    logger.info("episode %d: wrote %s and %s", episode, training_path.name, model_path.name)
+    logger.info("episode %d: wrote %s and %s", state.episode, training_path.name, model_path.name)
     return training_path, model_path
 
 
-def _restore(
-    config: TrainConfig,
-    q_network: nn.Module,
-    target_network: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    recurrent: bool,
-    obs_dim: int,
-) -> tuple[int, int, int, ReplayBuffer | SequenceReplayBuffer, dict[str, Any] | None, list[int], float]:
-    """Load the latest checkpoint of ``config.out`` into the given objects; returns the loop's counters."""
+def _restore(config: TrainConfig) -> RunState:
+    """The `RunState` saved in the latest checkpoint of ``config.out``, after checking that it was written by
+    this trainer with the same settings (apart from `_RESUMABLE_CHANGES`)."""
     path = latest_checkpoint(config.out)
     if path is None:
         raise ResumeError(f"nothing to resume: {config.out} holds no checkpoint_epNNNNN.pt")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    saved = checkpoint.get("training_config", {}).get("townlet_trainer")
+    training_config = checkpoint.get("training_config", {})
+    saved = training_config.get("townlet_trainer")
     if not isinstance(saved, dict):
         raise ResumeError(f"{path} was not written by townlet.training (no training_config.townlet_trainer)")
     current = config.to_dict()
@@ -430,27 +439,22 @@ def _restore(
     if differ:
         detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current[k]!r}" for k in differ)
         raise ResumeError(f"{path} was written with different settings ({detail}); resume with the same ones")
+    state = _fresh_state(config)
     population = checkpoint["population_state"]
-    q_network.load_state_dict(population["q_network"])
-    target_network.load_state_dict(population["target_network"])
-    optimizer.load_state_dict(population["optimizer"])
+    state.q_network.load_state_dict(population["q_network"])
+    state.target_network.load_state_dict(population["target_network"])
+    state.optimizer.load_state_dict(population["optimizer"])
     replay_state = population["replay_buffer"]
-    replay: ReplayBuffer | SequenceReplayBuffer = (
-        SequenceReplayBuffer.from_state_dict(replay_state)
-        if recurrent
-        else ReplayBuffer.from_state_dict(replay_state, obs_dim)
-    )
+    if isinstance(state.replay, SequenceReplayBuffer):
+        state.replay = SequenceReplayBuffer.from_state_dict(replay_state)
+    else:
+        state.replay = ReplayBuffer.from_state_dict(replay_state, config.level_config.obs_dim)
     positions = checkpoint["affordance_layout"]["positions"]
-    layout = None if config.relayout else {k: tuple(v) for k, v in positions.items()}
-    history = [int(s) for s in population["exploration_state"]["survival_history"]]
-    run = checkpoint["training_config"].get("townlet_trainer_run", {})
-    logger.info("resuming from %s (episode %d)", path, checkpoint["episode"])
-    return (
-        int(checkpoint["episode"]),
-        int(population["total_steps"]),
-        int(population["training_step_counter"]),
-        replay,
-        layout,
-        history,
-        float(run.get("wall_seconds", 0.0)),
-    )
+    state.layout = None if config.relayout else {k: (int(v[0]), int(v[1])) for k, v in positions.items()}
+    state.episode = int(checkpoint["episode"])
+    state.total_steps = int(population["total_steps"])
+    state.gradient_steps = int(population["training_step_counter"])
+    state.survival_history = [int(s) for s in population["exploration_state"]["survival_history"]]
+    state.wall_before = float(training_config.get("townlet_trainer_run", {}).get("wall_seconds", 0.0))
+    logger.info("resuming from %s (episode %d)", path, state.episode)
+    return state
