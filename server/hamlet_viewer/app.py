@@ -33,7 +33,7 @@ from hamlet_viewer.errors import ViewerError
 from hamlet_viewer.frames import FRAME_SCHEMA
 from hamlet_viewer.session import SessionSettings, ViewerSession
 
-__all__ = ["MAX_SPEED", "STATIC_DIR", "PagePlayer", "create_app"]
+__all__ = ["MAX_SPEED", "STATIC_DIR", "PagePlayer", "create_app", "same_origin"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class PagePlayer:
         await self._send(self._status())
 
 
-def _same_origin(websocket: WebSocket) -> bool:
+def same_origin(websocket: WebSocket) -> bool:
     """Browsers send Origin on WebSocket upgrades; refuse pages of other sites (cross-site WebSocket
     hijacking of a viewer on localhost). Non-browser clients send none and are allowed."""
     origin = websocket.headers.get("origin")
@@ -186,7 +186,7 @@ def create_app(brain: Brain, settings: SessionSettings, *, speed: float = 8.0) -
         return JSONResponse(FRAME_SCHEMA)
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
-        if not _same_origin(websocket):
+        if not same_origin(websocket):
             await websocket.close(code=1008, reason="cross-origin page")
             return
         await websocket.accept()

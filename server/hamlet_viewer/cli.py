@@ -1,5 +1,6 @@
 """``hamlet-viewer``: serve the live viewer page (default http://127.0.0.1:8765) for a Hamlet Serve server
-(default localhost:50051) or, with ``--checkpoint``, for a local checkpoint (no server needed)."""
+(default localhost:50051) or, with ``--checkpoint``, for a local checkpoint (no server needed); with
+``--watch``, a read-only page following a running episode stream of the server."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
 
 from hamlet_viewer.app import MAX_SPEED, create_app
 from hamlet_viewer.brains import Brain, LocalBrain, RemoteBrain
 from hamlet_viewer.errors import ViewerError
 from hamlet_viewer.session import MAX_ENVS, SessionSettings
+from hamlet_viewer.watch_app import create_watch_app
 
-__all__ = ["brain_from_args", "build_parser", "main"]
+__all__ = ["brain_from_args", "build_parser", "main", "watch_app_from_args"]
 
 logger = logging.getLogger("hamlet_viewer")
 
@@ -57,8 +62,31 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     start.add_argument("--speed", type=float, default=8.0, help=f"steps per second, 0.1..{MAX_SPEED:g} (default 8)")
     start.add_argument("--follow-latest", action="store_true", help="switch to newer model versions as they appear")
+    watch = parser.add_argument_group(
+        "watch mode: follow a running episode stream of the server (read-only; the server needs --enable-watch)"
+    )
+    watch.add_argument(
+        "--watch", action="store_true",
+        help="render a session of the server from its observations instead of running episodes here",
+    )  # fmt: skip
+    watch.add_argument("--session", default=None, help="session id to watch (default: the first open one)")
+    watch.add_argument(
+        "--max-fps", type=float, default=30.0, help="most frames a second sent to a page, each the newest (default 30)"
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if not args.token_file:
+        return None
+    try:
+        token = Path(args.token_file).read_text().strip()
+    except OSError as exc:
+        raise ViewerError(f"--token-file {args.token_file}: {exc.strerror}") from None
+    if not token:
+        raise ViewerError(f"--token-file {args.token_file} is empty; put the server's bearer token in it")
+    return token
 
 
 def brain_from_args(args: argparse.Namespace) -> Brain:
@@ -68,15 +96,23 @@ def brain_from_args(args: argparse.Namespace) -> Brain:
 
         torch.set_num_threads(1)  # small batches: one thread is several times faster than torch's default
         return LocalBrain(Path(args.checkpoint))
-    token = None
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            raise ViewerError(f"--token-file {args.token_file}: {exc.strerror}") from None
-        if not token:
-            raise ViewerError(f"--token-file {args.token_file} is empty; put the server's bearer token in it")
-    return RemoteBrain(args.target, token=token, tls=args.tls)
+    return RemoteBrain(args.target, token=_token(args), tls=args.tls)
+
+
+def watch_app_from_args(args: argparse.Namespace) -> Starlette:
+    """The ``--watch`` app: each page gets an `AsyncHamletClient` of ``--target`` with the token and TLS."""
+    if args.checkpoint:
+        raise ViewerError("--watch follows a session of a server; it does not take --checkpoint")
+    if not 0.5 <= args.max_fps <= 120:
+        raise ViewerError(f"--max-fps must be in [0.5, 120], got {args.max_fps}")
+    token = _token(args)
+
+    def connect() -> Any:
+        from hamlet_client import AsyncHamletClient
+
+        return AsyncHamletClient(args.target, token=token, tls=args.tls or None)
+
+    return create_watch_app(connect, session_id=args.session, level=args.level, max_fps=args.max_fps)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -98,18 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     try:
-        settings = SessionSettings(
-            model=args.model, version=args.version, level=args.level, num_envs=args.envs, epsilon=args.epsilon,
-            seed=args.seed, follow_latest=args.follow_latest, layout=args.layout,
-        ).checked()  # fmt: skip
-        brain = brain_from_args(args)
-        app = create_app(brain, settings, speed=args.speed)
-        try:
-            names = [entry.name for entry in brain.models()]
-            logger.info("%s serves %s", brain.label, ", ".join(names))
-        except Exception as exc:  # the page retries; say now what is wrong
-            logger.warning("cannot list the models of %s yet (%s); is `make serve` running?", brain.label, exc)
-        sock = _bind(args.host, args.port)
+        if args.watch:
+            app = watch_app_from_args(args)
+            logger.info("watching the sessions of %s", args.target)
+            sock = _bind(args.host, args.port)
+        else:
+            app, sock = _play_app(args)
     except ViewerError as exc:
         print(f"hamlet-viewer: {exc}", file=sys.stderr)
         return 2
@@ -122,6 +152,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down already
         asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
     return 0
+
+
+def _play_app(args: argparse.Namespace) -> tuple[Starlette, socket.socket]:
+    """The play mode's app (episodes run here) and its listening socket."""
+    if args.session:
+        raise ViewerError("--session names the session to watch; add --watch")
+    settings = SessionSettings(
+        model=args.model, version=args.version, level=args.level, num_envs=args.envs, epsilon=args.epsilon,
+        seed=args.seed, follow_latest=args.follow_latest, layout=args.layout,
+    ).checked()  # fmt: skip
+    brain = brain_from_args(args)
+    app = create_app(brain, settings, speed=args.speed)
+    try:
+        names = [entry.name for entry in brain.models()]
+        logger.info("%s serves %s", brain.label, ", ".join(names))
+    except Exception as exc:  # the page retries; say now what is wrong
+        logger.warning("cannot list the models of %s yet (%s); is `make serve` running?", brain.label, exc)
+    return app, _bind(args.host, args.port)
 
 
 if __name__ == "__main__":
