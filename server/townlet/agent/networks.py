@@ -10,16 +10,36 @@ Both networks share one call signature so that callers need not branch::
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["NUM_EXTRAS", "Hidden", "RecurrentSpatialQNetwork", "SimpleQNetwork"]
+__all__ = ["NUM_EXTRAS", "Hidden", "QNetwork", "RecurrentSpatialQNetwork", "SimpleQNetwork"]
 
 NUM_EXTRAS = 4
 """Trailing observation features every Townlet level carries (time sin/cos, progress, lifetime); unread."""
 
 Hidden = tuple[Tensor, Tensor]
 """LSTM state ``(h, c)``, each ``[1, B, H]`` (num_layers = 1, batch on axis 1)."""
+
+
+@runtime_checkable
+class QNetwork(Protocol):
+    """What the model layer reads from a Q-network besides ``nn.Module``'s own API: both networks below have
+    it, and a network of your own that has it can be wrapped in a ``HamletModel`` (saving it needs one of the
+    two). ``isinstance(module, QNetwork)`` checks that the members exist."""
+
+    @property
+    def is_recurrent(self) -> bool: ...
+    @property
+    def obs_dim(self) -> int: ...
+    @property
+    def action_dim(self) -> int: ...
+
+    def __call__(self, obs: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden | None]:
+        """``obs [B, obs_dim]`` -> ``(q [B, action_dim], hidden')``; ``hidden'`` is None when not recurrent."""
+        ...
 
 
 class SimpleQNetwork(nn.Module):

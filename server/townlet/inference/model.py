@@ -20,7 +20,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from townlet.agent.networks import Hidden
+from townlet.agent.networks import Hidden, QNetwork
 from townlet.inference import validation
 from townlet.inference.checkpoint import (
     LoadedCheckpoint,
@@ -80,15 +80,18 @@ class HamletModel:
     """
 
     def __init__(self, network: nn.Module, metadata: dict[str, Any] | None = None) -> None:
-        if not hasattr(network, "is_recurrent") or not hasattr(network, "action_dim"):
-            raise TypeError(f"expected a SimpleQNetwork or RecurrentSpatialQNetwork, got {type(network).__name__}")
+        if not isinstance(network, QNetwork):
+            raise TypeError(
+                f"expected a SimpleQNetwork or RecurrentSpatialQNetwork (a module with is_recurrent, obs_dim, "
+                f"action_dim and forward(obs, hidden) -> (q, hidden)), got {type(network).__name__}"
+            )
         self.network = network.eval()
         params = network_params_of(network)
         self._hidden_dim: int | None = params["hidden_dim"] if network.is_recurrent else None
         base = {
             "format_version": None,
             "network_type": params["network_type"],
-            "obs_dim": int(getattr(network, "obs_dim")),  # noqa: B009 - both networks define it
+            "obs_dim": int(network.obs_dim),
             "action_dim": params["action_dim"],
             "hidden_dim": self._hidden_dim,
             "num_parameters": sum(p.numel() for p in network.parameters()),
