@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from townlet.env import AFFORDANCE_NAMES, NO_AFFORDANCE, NUM_METERS, LevelConfig
+from townlet.env import AFFORDANCE_NAMES, NO_AFFORDANCE, NUM_METERS, LevelConfig, compute_action_masks
 
-__all__ = ["Cell", "FullGridTracker", "ObservedEnv", "decode_partial", "observed_json"]
+__all__ = ["Cell", "FullGridTracker", "ObservedEnv", "action_mask", "decode_partial", "observed_json"]
 
 Cell = tuple[int, int]
 """``(x, y)`` on the grid."""
@@ -196,6 +196,20 @@ class FullGridTracker:
         """The trained layout explains this grid: its cells plus one (the agent's) are the marked ones."""
         cells = frozenset(self._layout)
         return bool(cells) and cells <= marked and len(marked - cells) == 1
+
+
+def action_mask(seen: ObservedEnv, level: LevelConfig) -> npt.NDArray[np.bool_]:
+    """``[6]`` the actions `townlet.env` allows in the state ``seen`` shows (moves off the grid and INTERACT
+    with nothing open underfoot masked); every action while the agent's cell is unknown. The watched
+    simulator may mask differently: the page says this mask is inferred."""
+    if seen.position is None:
+        return np.ones(6, dtype=bool)
+    here = AFFORDANCE_NAMES.index(seen.affordance_here) if seen.affordance_here else NO_AFFORDANCE
+    hour = np.array([seen.time_of_day]) if level.temporal_mechanics and seen.time_of_day is not None else None
+    mask: npt.NDArray[np.bool_] = compute_action_masks(
+        np.array([seen.position]), np.array([here]), seen.grid_size, np.zeros(1, dtype=bool), hour
+    )[0]
+    return mask
 
 
 def observed_json(seen: ObservedEnv) -> dict[str, Any]:

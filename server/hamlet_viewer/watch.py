@@ -8,8 +8,9 @@ Server -> page messages of the watch mode (JSON, ``type``):
   the meter and action descriptions. Sent when a watch starts.
 - ``watch_frame``: the latest frame (the page gets the newest, not every one): step index, model and
   version, ``frames_dropped`` (by the server for this watcher) and ``skipped`` (received but replaced by a
-  newer one before the page was sent it), and per env what the observation shows, the Q-values, the action
-  and whether the observation started an episode.
+  newer one before the page was sent it), and per env what the observation shows, the Q-values, the action,
+  the mask `townlet.env` would apply in the state shown (inferred: the frame carries none), the argmax
+  under it, and whether the observation started an episode.
 - ``watch_status``: ``waiting`` (no session to watch yet), ``ended`` (the watched stream ended), with a
   message; ``error``.
 """
@@ -23,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hamlet_viewer.frames import ACTION_NAMES, level_json, meters_json
-from hamlet_viewer.observed import FullGridTracker, ObservedEnv, decode_partial, observed_json
+from hamlet_viewer.observed import FullGridTracker, ObservedEnv, action_mask, decode_partial, observed_json
 from hamlet_viewer.world import choose_level, trained_layout
 
 __all__ = ["SessionLike", "WatchFrameLike", "WatchView", "sessions_message"]
@@ -136,13 +137,15 @@ class WatchView:
         envs = []
         for i, env in enumerate(seen):
             q = q_values[i] if i < len(q_values) else np.zeros(0, dtype=np.float32)
+            mask = action_mask(env, self.level)[: q.size] if q.size == 6 else np.ones(q.size, dtype=bool)
             envs.append(
                 {
                     "env": i,
                     **observed_json(env),
                     "q_values": [round(float(v), 4) for v in q],
+                    "mask": [bool(m) for m in mask],
                     "action": int(frame.actions[i]) if i < len(frame.actions) else None,
-                    "greedy_action": int(np.argmax(q)) if q.size else None,
+                    "greedy_action": int(np.argmax(np.where(mask, q, -np.inf))) if q.size else None,
                     "reset": bool(reset[i]) if i < reset.size else False,
                 }
             )

@@ -19,7 +19,15 @@ from hamlet_viewer.cli import build_parser, main
 from hamlet_viewer.observed import FullGridTracker, ObservedEnv, decode_partial
 from hamlet_viewer.watch import WatchView
 from hamlet_viewer.watch_app import create_watch_app
-from townlet.env import AFFORDANCE_NAMES, NO_AFFORDANCE, EnvState, VectorTownletEnv, get_level, random_valid_actions
+from townlet.env import (
+    AFFORDANCE_NAMES,
+    NO_AFFORDANCE,
+    EnvState,
+    VectorTownletEnv,
+    compute_action_masks,
+    get_level,
+    random_valid_actions,
+)
 
 
 @dataclass
@@ -176,6 +184,11 @@ def test_decoding_refuses_an_observation_of_another_width() -> None:
         FullGridTracker(get_level("L2"))
 
 
+def state_masks(state: EnvState) -> np.ndarray:
+    here = state.layouts[np.arange(len(state.positions)), state.positions[:, 1], state.positions[:, 0]]
+    return compute_action_masks(state.positions, here, state.layouts.shape[1], np.zeros(len(here), dtype=bool))
+
+
 def frames_of(level: str, num_envs: int, steps: int, session_id: str = "s1") -> list[tuple[Frame, EnvState]]:
     out = []
     for index, played in enumerate(rollout(level, num_envs, steps, relayout=False)):
@@ -204,7 +217,10 @@ def test_the_watch_frame_json_is_the_state_the_observations_came_from(level_name
             assert env["step"] == state.step_counts[i]
             assert env["q_values"] == [round(float(v), 4) for v in frame.q_values[i]]
             assert env["action"] == frame.actions[i] and env["reset"] == bool(frame.reset[i])
-            assert env["greedy_action"] == int(np.argmax(frame.q_values[i]))
+            if env["position"] is not None:  # the mask the simulator computed for that state
+                assert env["mask"] == state_masks(state)[i].tolist()
+            greedy = np.where(env["mask"], frame.q_values[i], -np.inf).argmax()
+            assert env["greedy_action"] == greedy
 
 
 def test_the_level_comes_from_metadata_else_from_the_observation_width() -> None:
