@@ -142,24 +142,25 @@ class WatchPlayer:
                 latest.wake.clear()
                 if self._switch.is_set():
                     return
+                if time.monotonic() >= next_refresh:
+                    next_refresh = time.monotonic() + _REFRESH_SECONDS
+                    sessions = await self.client.list_sessions()
+                    await self._send(sessions_message(sessions, session.session_id))
+                    if all(s.session_id != session.session_id for s in sessions) and latest.frame is last:
+                        await self._send_status("ended", f"session {session.session_id} is no longer open")
+                        return
                 if latest.frame is not None and latest.frame is not last:
                     last, shown = latest.frame, shown + 1
                     await self._send(view.frame_message(last, skipped=latest.received - shown))
                     await asyncio.sleep(self.min_interval)  # frames that come meanwhile replace each other
                     latest.wake.set()  # look again: a newer frame may be waiting
-                if reader.done():
+                    continue
+                if reader.done():  # the newest frame is shown: say why it stopped
                     error = reader.exception()
                     reason = f": {error}" if error else ""
                     await self._send_status("ended", f"session {session.session_id} ended{reason}")
                     await self._pause(_WAIT_SECONDS)
                     return
-                if time.monotonic() >= next_refresh:
-                    next_refresh = time.monotonic() + _REFRESH_SECONDS
-                    sessions = await self.client.list_sessions()
-                    await self._send(sessions_message(sessions, session.session_id))
-                    if all(s.session_id != session.session_id for s in sessions):
-                        await self._send_status("ended", f"session {session.session_id} is no longer open")
-                        return
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)

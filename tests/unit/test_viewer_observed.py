@@ -236,9 +236,10 @@ def test_the_level_comes_from_metadata_else_from_the_observation_width() -> None
 class FakeClient:
     """`AsyncHamletClient`'s watch side: one session whose frames all come at once, as fast as they can."""
 
-    def __init__(self, frames: list[Frame], session: Session) -> None:
+    def __init__(self, frames: list[Frame], session: Session, *, ends: bool = False) -> None:
         self.frames = frames
         self.session = session
+        self.ends = ends
         self.yielded = 0
         self.closed = False
 
@@ -258,7 +259,8 @@ class FakeClient:
             self.yielded += 1
             yield frame
             await asyncio.sleep(0)
-        await asyncio.sleep(3600)  # the stream stays open
+        if not self.ends:
+            await asyncio.sleep(3600)  # the stream stays open
 
     async def close(self) -> None:
         self.closed = True
@@ -306,3 +308,15 @@ def test_cli_watch_flags() -> None:
     assert (args.watch, args.session, args.max_fps) == (True, "abc", 30.0)
     assert main(["--session", "abc"]) == 2  # --session without --watch
     assert main(["--watch", "--checkpoint", "x.pt"]) == 2
+
+
+def test_a_session_that_ends_shows_its_last_frame_then_says_it_ended() -> None:
+    frames = [frame for frame, _ in frames_of("L2", 1, 50)]
+    fake = FakeClient(frames, Session("s9", "m", 2, 1, 54), ends=True)
+    with TestClient(create_watch_app(lambda: fake, session_id="s9", max_fps=10)) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "watch.js" in page.text
+        with client.websocket_connect("/ws") as ws:
+            messages = receive_until(ws, "watch_status")
+    shown = [m["step_index"] for m in messages if m["type"] == "watch_frame"]
+    assert shown[-1] == 49 and messages[-1]["state"] == "ended"
