@@ -68,6 +68,7 @@ class WatchPlayer:
         listener = asyncio.create_task(self._listen())
         try:
             while not self.page_gone.is_set():
+                self._switch.clear()  # a switch asked from here on is seen by _pause or _follow
                 sessions = await self.client.list_sessions()
                 target = self._pick(sessions)
                 await self._send(sessions_message(sessions, target.session_id if target else None))
@@ -132,7 +133,6 @@ class WatchPlayer:
         await self._send(view.session_message())
         latest = _Latest()
         reader = asyncio.create_task(self._read(session.session_id, latest))
-        self._switch.clear()
         shown, last = 0, None
         next_refresh = time.monotonic() + _REFRESH_SECONDS
         try:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -236,15 +237,18 @@ def test_the_level_comes_from_metadata_else_from_the_observation_width() -> None
 class FakeClient:
     """`AsyncHamletClient`'s watch side: one session whose frames all come at once, as fast as they can."""
 
-    def __init__(self, frames: list[Frame], session: Session, *, ends: bool = False) -> None:
+    def __init__(
+        self, frames: list[Frame], session: Session, *, ends: bool = False, others: tuple[str, ...] = ()
+    ) -> None:
         self.frames = frames
         self.session = session
         self.ends = ends
+        self.others = [dataclasses.replace(session, session_id=other) for other in others]
         self.yielded = 0
         self.closed = False
 
     async def list_sessions(self) -> list[Session]:
-        return [self.session]
+        return [self.session, *self.others]
 
     async def metadata(self, model: str, *, version: int | None = None) -> Any:
         @dataclass
@@ -254,10 +258,10 @@ class FakeClient:
         return Meta({"level": "L1"})
 
     async def watch(self, session_id: str | None = None) -> AsyncIterator[Frame]:
-        assert session_id == self.session.session_id
+        assert session_id in {s.session_id for s in [self.session, *self.others]}
         for frame in self.frames:
             self.yielded += 1
-            yield frame
+            yield dataclasses.replace(frame, session_id=session_id)
             await asyncio.sleep(0)
         if not self.ends:
             await asyncio.sleep(3600)  # the stream stays open
@@ -320,3 +324,17 @@ def test_a_session_that_ends_shows_its_last_frame_then_says_it_ended() -> None:
             messages = receive_until(ws, "watch_status")
     shown = [m["step_index"] for m in messages if m["type"] == "watch_frame"]
     assert shown[-1] == 49 and messages[-1]["state"] == "ended"
+
+
+def test_the_page_switches_to_another_session() -> None:
+    frames = [frame for frame, _ in frames_of("L1", 1, 5)]
+    fake = FakeClient(frames, Session("s1", "m", 2, 1, 91), others=("s2",))
+    with TestClient(create_watch_app(lambda: fake)) as client, client.websocket_connect("/ws") as ws:
+        assert receive_until(ws, "watch")[-1]["session_id"] == "s1"
+        ws.send_json({"type": "watch", "session_id": "s2"})
+        switched = receive_until(ws, "watch")
+        listed = switched[-2]
+        assert switched[-1]["session_id"] == "s2" and listed["type"] == "sessions" and listed["watching"] == "s2"
+        assert [s["session_id"] for s in listed["sessions"]] == ["s1", "s2"]
+        frame = receive_until(ws, "watch_frame")[-1]
+        assert frame["session_id"] == "s2"
