@@ -29,7 +29,15 @@ from hamlet_client.errors import (
     UnavailableError,
     UnimplementedError,
 )
-from hamlet_client.results import ModelInfo, ModelMetadata, Prediction, ServerInfo, StepResult
+from hamlet_client.results import (
+    ModelInfo,
+    ModelMetadata,
+    Prediction,
+    ServerInfo,
+    SessionInfo,
+    StepResult,
+    WatchFrame,
+)
 
 __version__ = "0.1.0"
 
@@ -55,9 +63,11 @@ __all__ = [
     "ServerDrainingError",
     "ServerInfo",
     "SessionExpiredError",
+    "SessionInfo",
     "StepResult",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
+    "WatchFrame",
     "__version__",
 ]

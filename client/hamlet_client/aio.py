@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from hamlet_client.errors import (
     HamletError,
     InternalError,
     error_for_code,
+    from_rpc_error,
     reason_in,
 )
 from hamlet_client.messages import (
@@ -44,12 +45,16 @@ from hamlet_client.results import (
     ModelMetadata,
     Prediction,
     ServerInfo,
+    SessionInfo,
     StepResult,
+    WatchFrame,
     metadata_from_proto,
     model_infos_from_proto,
     prediction_from_proto,
     server_info_from_proto,
+    session_infos_from_proto,
     step_result_from_proto,
+    watch_frame_from_proto,
 )
 from hamlet_client.resume import ResumeState, is_resumable
 from hamlet_client.stub import InferenceStub
@@ -135,6 +140,25 @@ class AsyncHamletClient:
         timeout, ...) and its version."""
         request = service_pb2.GetServerInfoRequest()
         return server_info_from_proto(await self._unary(self._stub.GetServerInfo, request, timeout))
+
+    async def list_sessions(self, *, timeout: float | None = None) -> list[SessionInfo]:
+        """The episode streams open on the server; see `HamletClient.list_sessions`."""
+        response = await self._unary(self._stub.ListSessions, service_pb2.ListSessionsRequest(), timeout)
+        return session_infos_from_proto(response)
+
+    async def watch(self, session_id: str | None = None) -> AsyncIterator[WatchFrame]:
+        """Follow running episodes; see `HamletClient.watch`."""
+        call = self._stub.WatchEpisodes(
+            service_pb2.WatchEpisodesRequest(session_id=session_id or ""), metadata=self._metadata
+        )
+        try:
+            async for frame in call:
+                yield watch_frame_from_proto(frame)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise from_rpc_error(exc) from exc
+        finally:
+            call.cancel()
 
     async def metadata(
         self, model: str | None = None, *, version: int | None = None, timeout: float | None = None

@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -45,12 +45,16 @@ from hamlet_client.results import (
     ModelMetadata,
     Prediction,
     ServerInfo,
+    SessionInfo,
     StepResult,
+    WatchFrame,
     metadata_from_proto,
     model_infos_from_proto,
     prediction_from_proto,
     server_info_from_proto,
+    session_infos_from_proto,
     step_result_from_proto,
+    watch_frame_from_proto,
 )
 from hamlet_client.resume import ResumeState, is_resumable
 from hamlet_client.stub import InferenceStub
@@ -184,6 +188,27 @@ class HamletClient:
         timeout, ...) and its version."""
         request = service_pb2.GetServerInfoRequest()
         return server_info_from_proto(self._unary(self._stub.GetServerInfo, request, timeout))
+
+    def list_sessions(self, *, timeout: float | None = None) -> list[SessionInfo]:
+        """The episode streams open on the server (it must run with ``--enable-watch``)."""
+        response = self._unary(self._stub.ListSessions, service_pb2.ListSessionsRequest(), timeout)
+        return session_infos_from_proto(response)
+
+    def watch(self, session_id: str | None = None) -> Iterator[WatchFrame]:
+        """Follow running episodes: a `WatchFrame` per answered step of ``session_id`` (None: of every stream)
+        until the stream ends or the server drains. Never slows the watched streams: a slow reader misses
+        frames (``frame.frames_dropped``). Break out of the loop to stop; the server needs ``--enable-watch``."""
+        call = self._stub.WatchEpisodes(
+            service_pb2.WatchEpisodesRequest(session_id=session_id or ""), metadata=self._metadata
+        )
+        try:
+            for frame in call:
+                yield watch_frame_from_proto(frame)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise from_rpc_error(exc) from exc
+        finally:
+            call.cancel()
 
     def metadata(
         self, model: str | None = None, *, version: int | None = None, timeout: float | None = None

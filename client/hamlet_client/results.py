@@ -17,12 +17,16 @@ __all__ = [
     "ModelMetadata",
     "Prediction",
     "ServerInfo",
+    "SessionInfo",
     "StepResult",
+    "WatchFrame",
     "metadata_from_proto",
     "model_infos_from_proto",
     "prediction_from_proto",
     "server_info_from_proto",
+    "session_infos_from_proto",
     "step_result_from_proto",
+    "watch_frame_from_proto",
 ]
 
 _NETWORK_TYPES: dict[int, str] = {
@@ -69,6 +73,39 @@ class StepResult:
     def model_version(self) -> tuple[str, int]:
         """``(model, version)`` that produced this step."""
         return self.model, self.version
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """One episode stream open on the server (from `HamletClient.list_sessions`, with ``--enable-watch``)."""
+
+    session_id: str
+    model: str
+    version: int
+    num_envs: int
+    obs_dim: int
+    action_dim: int
+    step_index: int
+    """The index of its next step."""
+
+
+@dataclass(frozen=True)
+class WatchFrame:
+    """One answered step of a watched episode (from `HamletClient.watch`)."""
+
+    session_id: str
+    model: str
+    version: int
+    step_index: int
+    observations: npt.NDArray[np.float32]
+    """``[num_envs, obs_dim]``: what the simulator sent."""
+    q_values: npt.NDArray[np.float32]
+    """``[num_envs, action_dim]``: what the actions were chosen from."""
+    actions: npt.NDArray[np.int64]
+    reset: npt.NDArray[np.bool_]
+    """``[num_envs]``: True where the observation started a new episode."""
+    frames_dropped: int
+    """Frames this watcher missed so far by reading too slowly."""
 
 
 @dataclass(frozen=True)
@@ -215,4 +252,21 @@ def server_info_from_proto(resp: service_pb2.GetServerInfoResponse) -> ServerInf
         max_message_bytes=resp.max_message_bytes, session_ttl_seconds=resp.session_ttl_seconds,
         start_timeout_seconds=resp.start_timeout_seconds, max_sessions=resp.max_sessions,
         max_slots=resp.max_slots, device=resp.device, backend=resp.backend,
+    )  # fmt: skip
+
+
+def session_infos_from_proto(resp: service_pb2.ListSessionsResponse) -> list[SessionInfo]:
+    return [
+        SessionInfo(s.session_id, s.model, s.version, s.num_envs, s.obs_dim, s.action_dim, s.step_index)
+        for s in resp.sessions
+    ]
+
+
+def watch_frame_from_proto(frame: service_pb2.WatchEpisodesResponse) -> WatchFrame:
+    num_envs = len(frame.actions)
+    reset = np.array(frame.reset, dtype=bool) if len(frame.reset) else np.zeros(num_envs, dtype=bool)
+    return WatchFrame(
+        session_id=frame.session_id, model=frame.model, version=frame.version, step_index=frame.step_index,
+        observations=decode_tensor(frame.observations), q_values=decode_tensor(frame.q_values),
+        actions=np.array(frame.actions, dtype=np.int64), reset=reset, frames_dropped=frame.frames_dropped,
     )  # fmt: skip

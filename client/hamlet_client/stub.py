@@ -37,6 +37,16 @@ class InferenceStub:
             request_serializer=service_pb2.PredictRequest.SerializeToString,
             response_deserializer=service_pb2.PredictResponse.FromString,
         )
+        self.ListSessions: Any = channel.unary_unary(
+            prefix + "ListSessions",
+            request_serializer=service_pb2.ListSessionsRequest.SerializeToString,
+            response_deserializer=service_pb2.ListSessionsResponse.FromString,
+        )
+        self.WatchEpisodes: Any = channel.unary_stream(
+            prefix + "WatchEpisodes",
+            request_serializer=service_pb2.WatchEpisodesRequest.SerializeToString,
+            response_deserializer=service_pb2.WatchEpisodesResponse.FromString,
+        )
         self.StreamEpisode: Any = channel.stream_stream(
             prefix + "StreamEpisode",
             request_serializer=service_pb2.StreamEpisodeRequest.SerializeToString,

@@ -71,6 +71,11 @@ class ServerConfig:
     start_timeout: float = _opt(
         5.0, "seconds a new stream has to send its EpisodeStart; then it ends with DEADLINE_EXCEEDED (start_timeout)"
     )
+    enable_watch: bool = _opt(
+        False,
+        "serve ListSessions and WatchEpisodes: anyone who may call the server (the token, when set) can then "
+        "follow every running episode's observations, Q-values and actions; frames are dropped for a slow watcher",
+    )
     max_slots: int = _opt(
         65536,
         "most environment rows (the sum of num_envs of its open streams) per model version; more get "

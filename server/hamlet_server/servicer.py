@@ -31,7 +31,7 @@ from hamlet_server.config import ServerConfig
 from hamlet_server.metrics import ServerMetrics
 from hamlet_server.repository import ModelLoadError, ModelRepository, ServedModel, UnknownVersionError
 from hamlet_server.snapshots import open_snapshot, restore, take_snapshot
-from hamlet_server.status import RequestError, rich_status, status_for
+from hamlet_server.status import RequestError, rich_status, status_for, truncate
 from hamlet_server.streams import Ending, EndReason, EpisodeStream, Phase, SessionLimitError, StreamTable
 from hamlet_server.tensor_codec import (
     decode_action_mask,
@@ -40,6 +40,7 @@ from hamlet_server.tensor_codec import (
     encode_hidden,
     encode_tensor,
 )
+from hamlet_server.watch import WatchHub
 from townlet.inference.validation import check_epsilon
 
 __all__ = ["InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto"]
@@ -85,6 +86,7 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
         "GetModelMetadata": (pb.GetModelMetadataRequest, pb.GetModelMetadataResponse),
         "GetServerInfo": (pb.GetServerInfoRequest, pb.GetServerInfoResponse),
         "Predict": (pb.PredictRequest, pb.PredictResponse),
+        "ListSessions": (pb.ListSessionsRequest, pb.ListSessionsResponse),
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
@@ -98,6 +100,11 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
         servicer.StreamEpisode,
         request_deserializer=_lenient(pb.StreamEpisodeRequest.FromString, "StreamEpisodeRequest"),
         response_serializer=pb.StreamEpisodeResponse.SerializeToString,
+    )
+    handlers["WatchEpisodes"] = grpc.unary_stream_rpc_method_handler(
+        servicer.WatchEpisodes,
+        request_deserializer=_lenient(pb.WatchEpisodesRequest.FromString, "WatchEpisodesRequest"),
+        response_serializer=pb.WatchEpisodesResponse.SerializeToString,
     )
     service = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
@@ -161,7 +168,7 @@ def metadata_to_proto(served: ServedModel) -> model_pb2.ModelMetadata:
     return msg
 
 
-class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
     """hamlet.v1.InferenceService on grpc.aio."""
 
     def __init__(
@@ -174,6 +181,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         self.draining = False
         self.snapshot_key: bytes | None = None  # the bearer token: signs and checks episode snapshots
         self.backend = config.backend  # the resolved backend (the server sets it)
+        self.watch = WatchHub()
         self._step_latency = metrics.latency.labels("StreamEpisode.step")
         self._predict_latency = metrics.latency.labels("Predict")
 
@@ -232,6 +240,55 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
             start_timeout_seconds=c.start_timeout, max_sessions=c.max_sessions, max_slots=c.max_slots,
             device=self.repository.device, backend=self.backend,
         )  # fmt: skip
+
+    # ---- ListSessions / WatchEpisodes (--enable-watch) ------------------------------------------
+    def _require_watch(self) -> None:
+        if not self.config.enable_watch:
+            raise RequestError(
+                SC.FAILED_PRECONDITION,
+                "watching episodes is off on this server; start it with --enable-watch (HAMLET_ENABLE_WATCH=true)",
+                "WATCH_DISABLED",
+            )
+
+    async def ListSessions(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            _reject_malformed(request)
+            self._require_watch()
+        except Exception as exc:
+            await self._fail(context, "ListSessions", exc)
+        response = pb.ListSessionsResponse()
+        for stream in self.streams.all():
+            session = stream.session
+            if session is not None and not session.closed:
+                m = session.model
+                response.sessions.add(
+                    session_id=stream.stream_id, model=m.name, version=m.version, num_envs=session.num_envs,
+                    obs_dim=m.obs_dim, action_dim=m.action_dim, step_index=session.step_index,
+                )  # fmt: skip
+        self.metrics.record("ListSessions", "OK")
+        return response
+
+    async def WatchEpisodes(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        try:
+            _reject_malformed(request)
+            self._require_watch()
+            if request.session_id and request.session_id not in self.streams:
+                raise RequestError(
+                    SC.NOT_FOUND, f"no open stream {truncate(request.session_id, 80)!r}; see ListSessions",
+                    "UNKNOWN_SESSION",
+                )  # fmt: skip
+        except Exception as exc:
+            await self._fail(context, "WatchEpisodes", exc)
+        watcher = self.watch.subscribe(request.session_id)
+        try:
+            while (frame := await watcher.next()) is not None:
+                out = pb.WatchEpisodesResponse()
+                out.CopyFrom(frame)  # one frame is shared by its watchers; the dropped count is this one's
+                out.frames_dropped = watcher.frames_dropped
+                await context.write(out)
+        finally:
+            self.watch.unsubscribe(watcher)
+        self.metrics.record("WatchEpisodes", "OK")
 
     # ---- Predict ---------------------------------------------------------------------------------
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -353,9 +410,17 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
             return self._started(stream)
         raise RequestError(SC.INVALID_ARGUMENT, "empty StreamEpisodeRequest: set start or step", "EMPTY_REQUEST")
 
+    @staticmethod
+    def _frame(stream_id: str, step: pb.EpisodeStep, out: pb.EpisodeStepResult) -> pb.WatchEpisodesResponse:
+        return pb.WatchEpisodesResponse(
+            session_id=stream_id, model=out.model, version=out.version, step_index=out.step_index,
+            observations=step.observations, q_values=out.q_values, actions=out.actions, reset=step.reset,
+        )  # fmt: skip
+
     def _ended(self, stream: EpisodeStream, ending: Ending) -> None:
         """Free the stream's state (before anything is sent), count and log how it ended."""
         self.streams.free(stream)
+        self.watch.end(stream.stream_id)
         self.metrics.record("StreamEpisode", ending.code.name)
         self.metrics.stream_ends.labels(ending.reason.value).inc()
         log.log(ending.log_level, "stream %s ended: %s (%s) %s", stream.stream_id, ending.reason.value,
@@ -475,6 +540,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):  # type: ignore[misc]
         encode_tensor(result.q_values, out.q_values)
         out.model = served.name
         out.version = served.version
+        if self.watch.active:
+            self.watch.publish(stream.stream_id, lambda: self._frame(stream.stream_id, step, out))
         session.step_index += 1
         if session.snapshot_every and session.step_index % session.snapshot_every == 0:
             out.snapshot.CopyFrom(take_snapshot(session, self.snapshot_key))

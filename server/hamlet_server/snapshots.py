@@ -63,7 +63,7 @@ def open_snapshot(snapshot: pb.EpisodeSnapshot, key: bytes | None) -> pb.Episode
             "SNAPSHOT_FORGED",
         )
     try:
-        state = pb.EpisodeState.FromString(payload)
+        state: pb.EpisodeState = pb.EpisodeState.FromString(payload)
     except DecodeError:
         raise _bad("resume_from: the snapshot's state does not parse") from None
     if state.format_version != SNAPSHOT_FORMAT:

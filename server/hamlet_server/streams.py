@@ -189,6 +189,9 @@ class StreamTable:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def __contains__(self, stream_id: object) -> bool:
+        return stream_id in self._streams
+
     def all(self) -> list[EpisodeStream]:
         return list(self._streams.values())
 
