@@ -107,7 +107,7 @@ def test_the_watch_page_follows_a_running_session_step_by_step(
         assert (message["model"], message["num_envs"], message["level"]["name"]) == (simulator.model, 2, level)
         assert message["layout_known"] is True  # the demo models record their training layout
         frames = []
-        while len(frames) < 20 or frames[-1]["step_index"] < 140:
+        while not frames or frames[-1]["step_index"] < 149:  # the stream's last step is always shown
             message = ws.receive_json()
             assert message["type"] in ("watch_frame", "sessions"), message
             if message["type"] == "watch_frame":
@@ -115,7 +115,7 @@ def test_the_watch_page_follows_a_running_session_step_by_step(
     simulator.join(timeout=30)
     assert simulator.error is None, simulator.error
     indices = [frame["step_index"] for frame in frames]
-    assert indices == sorted(set(indices))  # in order, each at most once (the newest, not a queue)
+    assert len(frames) >= 5 and indices == sorted(set(indices))  # in order, each at most once (the newest, not a queue)
     for frame in frames:
         step = simulator.record[frame["step_index"]]
         assert (frame["model"], frame["session_id"] != "") == (simulator.model, True)
