@@ -31,9 +31,9 @@ import numpy as np
 from floor import spawn_ready
 
 from hamlet_client import HamletClient
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
-from hamlet_client._generated.hamlet.v1 import tensor_pb2
+from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
+from hamlet_client.proto import tensor_pb2
 
 
 def _write_models(root: Path) -> None:

@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import floor as floor_module
 from floor import spawn_ready
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
-from hamlet_client._generated.hamlet.v1 import tensor_pb2
+from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
+from hamlet_client.proto import tensor_pb2
 
 MODELS = {"lstm": ("untrained-lstm-L2", 54), "mlp": ("untrained-mlp-L1", 91)}
 F32 = tensor_pb2.DATA_TYPE_FLOAT32

@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 import grpc
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as service_pb2
 from hamlet_client.connection import RetryPolicy, auth_metadata, channel_target, open_channel, retry_wait
 from hamlet_client.errors import (
     DeadlineExceededError,
@@ -40,6 +39,7 @@ from hamlet_client.messages import (
     metadata_request,
     predict_request,
 )
+from hamlet_client.proto import inference_service_pb2 as service_pb2
 from hamlet_client.results import (
     ModelInfo,
     ModelMetadata,

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as service_pb2
 from hamlet_client.errors import HamletError, InvalidArgumentError, error_for_ended
+from hamlet_client.proto import inference_service_pb2 as service_pb2
 from hamlet_client.tensors import encode_action_mask, encode_hidden, encode_observations, encode_reset
 
 __all__ = [

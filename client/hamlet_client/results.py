@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as service_pb2
-from hamlet_client._generated.hamlet.v1 import model_pb2
+from hamlet_client.proto import inference_service_pb2 as service_pb2
+from hamlet_client.proto import model_pb2
 from hamlet_client.tensors import Hidden, decode_hidden, decode_tensor
 
 __all__ = [

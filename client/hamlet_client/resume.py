@@ -14,13 +14,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as service_pb2
 from hamlet_client.errors import (
     CancelledError,
     DeadlineExceededError,
     InternalError,
     UnavailableError,
 )
+from hamlet_client.proto import inference_service_pb2 as service_pb2
 
 __all__ = ["ResumeState", "is_resumable"]
 

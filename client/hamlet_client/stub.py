@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as service_pb2
+from hamlet_client.proto import inference_service_pb2 as service_pb2
 
 __all__ = ["SERVICE_NAME", "InferenceStub"]
 

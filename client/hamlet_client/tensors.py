@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hamlet_client._generated.hamlet.v1 import tensor_pb2
 from hamlet_client.errors import InternalError, InvalidArgumentError
+from hamlet_client.proto import tensor_pb2
 
 __all__ = [
     "Hidden",

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_server.backends import load_backend, resolve_backend
 from hamlet_server.config import ServerConfig
 from hamlet_server.metrics import ServerMetrics

@@ -23,9 +23,9 @@ import grpc
 import torch
 from google.protobuf.message import DecodeError
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
-from hamlet_client._generated.hamlet.v1 import model_pb2
+from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
+from hamlet_client.proto import model_pb2
 from hamlet_server.batcher import WorkItem
 from hamlet_server.config import ServerConfig
 from hamlet_server.metrics import ServerMetrics

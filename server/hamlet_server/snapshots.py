@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_server.sessions import Session
 from hamlet_server.status import RequestError
 from hamlet_server.tensor_codec import encode_tensor

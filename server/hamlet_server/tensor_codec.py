@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hamlet_client._generated.hamlet.v1 import tensor_pb2
+from hamlet_client.proto import tensor_pb2
 from townlet.inference.validation import all_finite
 
 __all__ = [

@@ -15,7 +15,7 @@ import pytest
 import torch
 from server_helpers import LSTM, MLP, write_model
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
+from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_server.config import ServerConfig
 from hamlet_server.server import HamletServer
 from townlet.inference import HamletModel

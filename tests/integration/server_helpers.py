@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_client._generated.hamlet.v1 import tensor_pb2
+from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import tensor_pb2
 from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
 from townlet.inference import HamletModel, save_inference_checkpoint
 

@@ -11,7 +11,7 @@ from google.rpc import error_details_pb2, status_pb2
 from server_helpers import LSTM, MLP, enc, read_to_end, start_msg, step_msg
 
 from hamlet_client import AsyncHamletClient, ModelNotFoundError
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2 as pb
 
 
 def _details(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, list[tuple[str, str]]]:

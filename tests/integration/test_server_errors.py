@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from server_helpers import LSTM, MLP, assert_ended, dec, enc, obs_batch, read_to_end, start_msg, step_msg
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
-from hamlet_client._generated.hamlet.v1 import tensor_pb2
+from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
+from hamlet_client.proto import tensor_pb2
 
 IA = grpc.StatusCode.INVALID_ARGUMENT
 RNG = np.random.default_rng(0)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from server_helpers import LSTM, MLP, dec, enc, obs_batch, start_msg, step_msg
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
-from hamlet_client._generated.hamlet.v1 import model_pb2, tensor_pb2
+from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
+from hamlet_client.proto import model_pb2, tensor_pb2
 
 
 @pytest.mark.parametrize("kind", [MLP, LSTM])

@@ -19,8 +19,8 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_helpers import MLP, dec, enc, obs_batch, write_model
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
+from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_server.server import LIVENESS_NAME, HamletServer, model_health_name
 from townlet.agent.networks import SimpleQNetwork
 from townlet.inference import HamletModel, save_inference_checkpoint

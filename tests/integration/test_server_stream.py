@@ -12,7 +12,7 @@ import pytest
 import torch
 from server_helpers import LSTM, MLP, assert_ended, dec, obs_batch, read_to_end, start_msg, step_msg, write_model
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2 as pb
 
 
 async def _wait_for(predicate, timeout=5.0):
@@ -121,7 +121,7 @@ async def test_freed_rows_are_reused_from_zero_state(stub, local_models):
 async def test_stream_beyond_max_sessions_is_resource_exhausted(server_factory):
     server = await server_factory(max_sessions=2)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
+        from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 
         stub = pb_grpc.InferenceServiceStub(channel)
         held = [await _open(stub, LSTM, 1) for _ in range(2)]
@@ -143,7 +143,7 @@ async def test_stream_beyond_max_sessions_is_resource_exhausted(server_factory):
 async def test_idle_stream_is_ended_and_freed_after_ttl(server_factory):
     server = await server_factory(session_ttl=0.3)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
+        from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 
         call, _ = await _open(pb_grpc.InferenceServiceStub(channel), LSTM, 2)
         assert len(server.streams) == 1
@@ -219,7 +219,7 @@ async def test_stream_on_cuda_matches_the_cpu_rollout(server_factory, local_mode
     server = await server_factory(device="cuda")
     assert server.repository.latest(LSTM).device.type == "cuda"
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
+        from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 
         call, _ = await _open(pb_grpc.InferenceServiceStub(channel), LSTM, 3)
         rng = np.random.default_rng(8)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from server_helpers import LSTM, MLP, assert_ended, dec, read_to_end, step_msg, write_model
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
+from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 
 ENVS, STEPS, CUT = 4, 10, 4
 

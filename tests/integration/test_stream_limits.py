@@ -23,8 +23,8 @@ from hamlet_client import (
     ServerDrainingError,
     SessionExpiredError,
 )
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
+from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_server.config import ServerConfig
 
 DE = grpc.StatusCode.DEADLINE_EXCEEDED

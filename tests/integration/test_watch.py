@@ -12,8 +12,8 @@ import pytest
 from server_helpers import LSTM, MLP, start_msg, step_msg
 
 from hamlet_client import AsyncHamletClient, FailedPreconditionError, ModelNotFoundError
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
+from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 
 
 async def test_watching_is_off_by_default(server) -> None:

@@ -13,8 +13,8 @@ from hamlet_client import (
     SessionExpiredError,
     UnavailableError,
 )
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
 from hamlet_client.connection import channel_target
+from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.resume import ResumeState, is_resumable
 
 

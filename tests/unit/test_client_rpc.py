@@ -26,9 +26,9 @@ from hamlet_client import (
     RetryPolicy,
     UnavailableError,
 )
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2_grpc as pb_grpc
-from hamlet_client._generated.hamlet.v1 import model_pb2
+from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
+from hamlet_client.proto import model_pb2
 from hamlet_client.tensors import decode_tensor, encode_tensor
 
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.005)

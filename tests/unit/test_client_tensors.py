@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from hamlet_client import errors
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_client._generated.hamlet.v1 import model_pb2, tensor_pb2
 from hamlet_client.connection import DEFAULT_OPTIONS, RetryPolicy, auth_metadata, channel_options
 from hamlet_client.messages import episode_start_request, episode_step_request, predict_request
+from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import model_pb2, tensor_pb2
 from hamlet_client.results import metadata_from_proto, model_infos_from_proto, prediction_from_proto
 from hamlet_client.tensors import (
     decode_hidden,

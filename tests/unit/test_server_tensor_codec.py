@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hamlet_client._generated.hamlet.v1 import tensor_pb2
+from hamlet_client.proto import tensor_pb2
 from hamlet_server.tensor_codec import (
     InvalidTensorError,
     decode_action_mask,

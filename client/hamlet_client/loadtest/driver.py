@@ -25,9 +25,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from hamlet_client._generated.hamlet.v1 import inference_service_pb2 as pb
-from hamlet_client._generated.hamlet.v1 import tensor_pb2
 from hamlet_client.loadtest.figures import Pacer, RunFigures, histogram_totals, mean_batch, summarize_latencies
+from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import tensor_pb2
 from hamlet_client.stub import InferenceStub
 
 __all__ = ["LoadSpec", "Progress", "discover_model", "run_load", "scrape_batch_totals"]
