@@ -48,6 +48,7 @@ lint: install proto  ## ruff, mypy and buf lint
 	$(VENV)/bin/ruff format --check server client tests examples scripts bench
 	$(VENV)/bin/mypy server/townlet client/hamlet_client
 	$(VENV)/bin/mypy server/hamlet_server
+	$(VENV)/bin/mypy server/hamlet_viewer
 	npx --yes @bufbuild/buf@1 lint proto
 
 format: install  ## apply ruff's formatting and autofixes
