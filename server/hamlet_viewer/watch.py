@@ -18,45 +18,21 @@ Server -> page messages of the watch mode (JSON, ``type``):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
 from hamlet_viewer.frames import ACTION_NAMES, level_json, meters_json
 from hamlet_viewer.observed import FullGridTracker, ObservedEnv, action_mask, decode_partial, observed_json
 from hamlet_viewer.world import choose_level, trained_layout
 
-__all__ = ["SessionLike", "WatchFrameLike", "WatchView", "sessions_message"]
+if TYPE_CHECKING:  # for the annotations only: `hamlet-viewer --checkpoint` starts without the client's gRPC
+    from hamlet_client import SessionInfo, WatchFrame
+
+__all__ = ["WatchView", "sessions_message"]
 
 
-class SessionLike(Protocol):
-    """What `hamlet_client.SessionInfo` carries."""
-
-    session_id: str
-    model: str
-    version: int
-    num_envs: int
-    obs_dim: int
-    action_dim: int
-    step_index: int
-
-
-class WatchFrameLike(Protocol):
-    """What `hamlet_client.WatchFrame` carries."""
-
-    session_id: str
-    model: str
-    version: int
-    step_index: int
-    observations: npt.NDArray[np.float32]
-    q_values: npt.NDArray[np.float32]
-    actions: npt.NDArray[np.int64]
-    reset: npt.NDArray[np.bool_]
-    frames_dropped: int
-
-
-def sessions_message(sessions: list[Any], watching: str | None) -> dict[str, Any]:
+def sessions_message(sessions: list[SessionInfo], watching: str | None) -> dict[str, Any]:
     """The ``sessions`` message from `HamletClient.list_sessions`'s answer."""
     return {
         "type": "sessions",
@@ -86,7 +62,7 @@ class WatchView:
         level: read the observations as this level instead.
     """
 
-    def __init__(self, session: SessionLike, metadata: Mapping[str, Any], level: str | None = None) -> None:
+    def __init__(self, session: SessionInfo, metadata: Mapping[str, Any], level: str | None = None) -> None:
         self.session = session
         self.level = choose_level(int(session.obs_dim), level, metadata)
         self.layout = trained_layout(metadata, self.level)
@@ -112,7 +88,7 @@ class WatchView:
             "actions": list(ACTION_NAMES)[: int(s.action_dim)],
         }
 
-    def decode(self, frame: WatchFrameLike) -> list[ObservedEnv]:
+    def decode(self, frame: WatchFrame) -> list[ObservedEnv]:
         """What each env's observation of ``frame`` shows (advances the full-grid trackers)."""
         obs = np.asarray(frame.observations, dtype=np.float32)
         if obs.ndim != 2 or obs.shape[1] != self.level.obs_dim:
@@ -129,7 +105,7 @@ class WatchView:
             self._trackers = [FullGridTracker(self.level, self.layout) for _ in range(len(obs))]
         return [tracker.update(row, bool(r)) for tracker, row, r in zip(self._trackers, obs, reset, strict=True)]
 
-    def frame_message(self, frame: WatchFrameLike, *, skipped: int = 0) -> dict[str, Any]:
+    def frame_message(self, frame: WatchFrame, *, skipped: int = 0) -> dict[str, Any]:
         """The ``watch_frame`` message of ``frame``; ``skipped``: frames this viewer received but did not show."""
         seen = self.decode(frame)
         q_values = np.asarray(frame.q_values, dtype=np.float32)

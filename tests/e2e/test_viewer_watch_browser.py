@@ -7,17 +7,14 @@ observations moves, the Q chart changes; there are no play controls; no console 
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from browser_helpers import Page, chromium, needs_chromium, save_screenshot, viewer_process
 from live_server import ThreadedServer
 
 from hamlet_client import HamletClient
@@ -26,17 +23,7 @@ from hamlet_viewer.world import trained_layout
 from townlet.env import VectorTownletEnv, get_level
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-WAIT = 20.0
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        CHROMIUM is None or CHROMEDRIVER is None,
-        reason="needs Debian's chromium and chromium-driver: `make browser-deps` (run by `make test`)",
-    ),
-]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 @pytest.fixture(scope="module")
@@ -76,76 +63,42 @@ def simulator(server: ThreadedServer) -> Iterator[threading.Event]:
 
 @pytest.fixture
 def viewer(server: ThreadedServer) -> Iterator[str]:
-    command = [sys.executable, "-m", "hamlet_viewer.cli", "--watch", "--target", server.target, "--port", "0"]
-    proc = subprocess.Popen(
-        [*command, "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("READY "):
-            proc.kill()
-            pytest.fail(f"hamlet-viewer --watch did not start: {line}{proc.communicate(timeout=10)[1]}")
-        yield line.split()[1]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with viewer_process("--watch", "--target", server.target) as url:
+        yield url
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,760"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
+    with chromium(1400, 760) as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-@pytest.fixture
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = Path(os.environ.get("HAMLET_VIEWER_ARTIFACTS") or tmp_path_factory.mktemp("viewer-artifacts"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def test_the_watch_page_follows_a_remote_simulators_session(
-    simulator: threading.Event, viewer: str, browser: Any, artifacts: Path, capsys: pytest.CaptureFixture[str]
+    simulator: threading.Event,
+    viewer: str,
+    browser: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    def text(element_id: str) -> str:
-        return str(browser.find_element(By.ID, element_id).text)
+    page = Page(browser)
 
     def step_index() -> int:
-        return int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-step-index") or -1)
-
-    def wait(condition: Callable[[], Any], what: str) -> Any:
-        return WebDriverWait(browser, WAIT, poll_frequency=0.05).until(lambda _: condition(), message=what)
+        return page.counter("step-index", missing=-1)
 
     def agent() -> str:
-        return str(browser.find_element(By.ID, "card-0").get_attribute("data-agent") or "")
+        return page.attribute("card-0", "data-agent")
 
     browser.get(viewer)
-    wait(lambda: text("model-label") == "townlet-L1-mlp" and step_index() >= 0, "the first frame")
-    assert text("level-label") == "L1" and browser.find_elements(By.ID, "play") == []  # read-only
-    first_q, first_index = browser.find_element(By.ID, "qchart").get_attribute("data-q"), step_index()
+    page.wait(lambda: page.text("model-label") == "townlet-L1-mlp" and step_index() >= 0, "the first frame")
+    assert page.text("level-label") == "L1" and browser.find_elements("id", "play") == []  # read-only
+    first_q, first_index = page.attribute("qchart", "data-q"), step_index()
     seen = {agent()}
-    wait(lambda: seen.add(agent()) or len(seen - {""}) >= 3, "the agent to visit three cells")
-    wait(lambda: browser.find_element(By.ID, "qchart").get_attribute("data-q") != first_q, "the Q chart to change")
+    page.wait(lambda: seen.add(agent()) or len(seen - {""}) >= 3, "the agent to visit three cells")
+    page.wait(lambda: page.attribute("qchart", "data-q") != first_q, "the Q chart to change")
     assert step_index() > first_index
-    wait(lambda: step_index() >= 60, "step 60")
-    shot = artifacts / "viewer-watch.png"
-    browser.save_screenshot(str(shot))
-    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    page.wait(lambda: step_index() >= 60, "step 60")
+    shot = save_screenshot(browser, "viewer-watch.png", tmp_path_factory)
+    errors = page.console_errors()
     assert not errors, errors
     with capsys.disabled():
         print(f"\nwatch screenshot: {shot}")

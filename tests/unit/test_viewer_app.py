@@ -42,9 +42,10 @@ def receive_until(ws: Any, kind: str) -> list[dict[str, Any]]:
 
 def test_page_and_assets_are_served_from_the_package(client: TestClient) -> None:
     page = client.get("/")
-    assert page.status_code == 200 and "viewer.js" in page.text
-    for name in ("viewer.js", "viewer.css"):
-        assert client.get(f"/static/{name}").status_code == 200
+    scripts = re.findall(r'<script src="([^"]+)">', page.text)
+    assert page.status_code == 200 and scripts == ["/static/common.js", "/static/viewer.js"]  # shared code first
+    for path in [*scripts, "/static/viewer.css"]:
+        assert client.get(path).status_code == 200
     assert client.get("/frame-schema.json").json()["properties"]["type"] == {"const": "frame"}
 
 

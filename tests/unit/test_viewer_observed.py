@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import numpy.typing as npt
 import pytest
 from starlette.testclient import TestClient
 
+from hamlet_client import SessionInfo, WatchFrame
 from hamlet_viewer.cli import build_parser, main
 from hamlet_viewer.observed import FullGridTracker, ObservedEnv, decode_partial
 from hamlet_viewer.watch import WatchView
@@ -31,32 +33,9 @@ from townlet.env import (
 )
 
 
-@dataclass
-class Frame:
-    """What `hamlet_client.WatchFrame` carries."""
-
-    session_id: str
-    model: str
-    version: int
-    step_index: int
-    observations: npt.NDArray[np.float32]
-    q_values: npt.NDArray[np.float32]
-    actions: npt.NDArray[np.int64]
-    reset: npt.NDArray[np.bool_]
-    frames_dropped: int = 0
-
-
-@dataclass
-class Session:
-    """What `hamlet_client.SessionInfo` carries."""
-
-    session_id: str
-    model: str
-    version: int
-    num_envs: int
-    obs_dim: int
-    action_dim: int = 6
-    step_index: int = 0
+def session_info(session_id: str, num_envs: int, obs_dim: int) -> SessionInfo:
+    """A stream of version 2 of the 6-action model ``m``, as ListSessions lists it before its first step."""
+    return SessionInfo(session_id, "m", 2, num_envs, obs_dim, action_dim=6, step_index=0)
 
 
 @dataclass
@@ -190,11 +169,11 @@ def state_masks(state: EnvState) -> np.ndarray:
     return compute_action_masks(state.positions, here, state.layouts.shape[1], np.zeros(len(here), dtype=bool))
 
 
-def frames_of(level: str, num_envs: int, steps: int, session_id: str = "s1") -> list[tuple[Frame, EnvState]]:
+def frames_of(level: str, num_envs: int, steps: int, session_id: str = "s1") -> list[tuple[WatchFrame, EnvState]]:
     out = []
     for index, played in enumerate(rollout(level, num_envs, steps, relayout=False)):
         q = np.random.default_rng(index).normal(size=(num_envs, 6)).astype(np.float32)
-        frame = Frame(session_id, "m", 2, index, played.obs, q, played.actions, played.reset)
+        frame = WatchFrame(session_id, "m", 2, index, played.obs, q, played.actions, played.reset, frames_dropped=0)
         out.append((frame, played.state))
     return out
 
@@ -202,7 +181,7 @@ def frames_of(level: str, num_envs: int, steps: int, session_id: str = "s1") -> 
 @pytest.mark.parametrize("level_name", ["L1", "L2"])
 def test_the_watch_frame_json_is_the_state_the_observations_came_from(level_name: str) -> None:
     obs_dim = get_level(level_name).obs_dim
-    view = WatchView(Session("s1", "m", 2, 2, obs_dim), {"level": level_name})
+    view = WatchView(session_info("s1", 2, obs_dim), {"level": level_name})
     assert view.session_message()["level"]["name"] == level_name
     for frame, state in frames_of(level_name, 2, 80):
         message = view.frame_message(frame, skipped=3)
@@ -225,10 +204,10 @@ def test_the_watch_frame_json_is_the_state_the_observations_came_from(level_name
 
 
 def test_the_level_comes_from_metadata_else_from_the_observation_width() -> None:
-    assert WatchView(Session("s", "m", 0, 1, 54), {}).level.name == "L2"
-    assert WatchView(Session("s", "m", 0, 1, 54), {"level": "L3"}).level.name == "L3"
-    assert WatchView(Session("s", "m", 0, 1, 54), {}, level="L3").level.name == "L3"
-    assert WatchView(Session("s", "m", 0, 1, 91), {}).level.name == "L1"
+    assert WatchView(session_info("s", 1, 54), {}).level.name == "L2"
+    assert WatchView(session_info("s", 1, 54), {"level": "L3"}).level.name == "L3"
+    assert WatchView(session_info("s", 1, 54), {}, level="L3").level.name == "L3"
+    assert WatchView(session_info("s", 1, 91), {}).level.name == "L1"
 
 
 # --------------------------------------------------------------------------- the page, over a fake client
@@ -238,7 +217,7 @@ class FakeClient:
     """`AsyncHamletClient`'s watch side: one session whose frames all come at once, as fast as they can."""
 
     def __init__(
-        self, frames: list[Frame], session: Session, *, ends: bool = False, others: tuple[str, ...] = ()
+        self, frames: list[WatchFrame], session: SessionInfo, *, ends: bool = False, others: tuple[str, ...] = ()
     ) -> None:
         self.frames = frames
         self.session = session
@@ -247,7 +226,7 @@ class FakeClient:
         self.yielded = 0
         self.closed = False
 
-    async def list_sessions(self) -> list[Session]:
+    async def list_sessions(self) -> list[SessionInfo]:
         return [self.session, *self.others]
 
     async def metadata(self, model: str, *, version: int | None = None) -> Any:
@@ -257,7 +236,7 @@ class FakeClient:
 
         return Meta({"level": "L1"})
 
-    async def watch(self, session_id: str | None = None) -> AsyncIterator[Frame]:
+    async def watch(self, session_id: str | None = None) -> AsyncIterator[WatchFrame]:
         assert session_id in {s.session_id for s in [self.session, *self.others]}
         for frame in self.frames:
             self.yielded += 1
@@ -280,7 +259,7 @@ def receive_until(ws: Any, kind: str) -> list[dict[str, Any]]:
 
 def test_the_page_gets_the_newest_frames_and_a_slow_page_does_not_hold_the_reader_back() -> None:
     frames = [frame for frame, _ in frames_of("L1", 2, 300)]
-    fake = FakeClient(frames, Session("s1", "m", 2, 2, 91))
+    fake = FakeClient(frames, session_info("s1", 2, 91))
     app = create_watch_app(lambda: fake, max_fps=20)
     with TestClient(app) as client, client.websocket_connect("/ws") as ws:
         sessions = ws.receive_json()
@@ -316,10 +295,12 @@ def test_cli_watch_flags() -> None:
 
 def test_a_session_that_ends_shows_its_last_frame_then_says_it_ended() -> None:
     frames = [frame for frame, _ in frames_of("L2", 1, 50)]
-    fake = FakeClient(frames, Session("s9", "m", 2, 1, 54), ends=True)
+    fake = FakeClient(frames, session_info("s9", 1, 54), ends=True)
     with TestClient(create_watch_app(lambda: fake, session_id="s9", max_fps=10)) as client:
         page = client.get("/")
-        assert page.status_code == 200 and "watch.js" in page.text
+        scripts = re.findall(r'<script src="([^"]+)">', page.text)
+        assert page.status_code == 200 and scripts == ["/static/common.js", "/static/watch.js"]  # shared code first
+        assert all(client.get(path).status_code == 200 for path in scripts)
         with client.websocket_connect("/ws") as ws:
             messages = receive_until(ws, "watch_status")
     shown = [m["step_index"] for m in messages if m["type"] == "watch_frame"]
@@ -328,7 +309,7 @@ def test_a_session_that_ends_shows_its_last_frame_then_says_it_ended() -> None:
 
 def test_the_page_switches_to_another_session() -> None:
     frames = [frame for frame, _ in frames_of("L1", 1, 5)]
-    fake = FakeClient(frames, Session("s1", "m", 2, 1, 91), others=("s2",))
+    fake = FakeClient(frames, session_info("s1", 1, 91), others=("s2",))
     with TestClient(create_watch_app(lambda: fake)) as client, client.websocket_connect("/ws") as ws:
         assert receive_until(ws, "watch")[-1]["session_id"] == "s1"
         ws.send_json({"type": "watch", "session_id": "s2"})

@@ -1,36 +1,17 @@
 // Hamlet viewer page: renders the `session` and `frame` messages of /ws and sends the controls back.
-// Plain JS, no build step, no dependencies.
+// Plain JS, no build step, no dependencies but common.js (what both pages draw alike), loaded first.
 "use strict";
 
 (() => {
-  const SVG = "http://www.w3.org/2000/svg";
-  const $ = (id) => document.getElementById(id);
-  const AFFORDANCES = {
-    Bed: ["Bd", "#8fb3f5"], LuxuryBed: ["LB", "#5d8ef0"], Shower: ["Sh", "#8fe0e6"],
-    HomeMeal: ["HM", "#f7c27b"], FastFood: ["FF", "#f59e42"], Doctor: ["Dr", "#f5a3a3"],
-    Hospital: ["Ho", "#e35d5d"], Therapist: ["Th", "#c9a6f0"], Recreation: ["Re", "#e3b5f5"],
-    Bar: ["Ba", "#f29ec8"], Job: ["Jb", "#8fd19e"], Labor: ["La", "#5fb877"],
-    Gym: ["Gy", "#f2e27a"], Park: ["Pk", "#b9e07a"],
-  };
+  const { $, el, count, connect, buildGrids, drawAffordance, buildMeters, renderMeters, renderQChart } =
+    window.hamletViewer;  // common.js
 
   const view = {
-    session: null, envs: [], layouts: [], focus: 0, history: [], socket: null, playing: false,
+    session: null, envs: [], layouts: [], focus: 0, history: [], playing: false,
     lastFrameEnvs: null,
   };
 
   // ------------------------------------------------------------------ helpers
-
-  function el(tag, attrs = {}, parent = null, text = null) {
-    const node = document.createElementNS(SVG, tag);
-    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-    if (text !== null) node.textContent = text;
-    if (parent) parent.appendChild(node);
-    return node;
-  }
-
-  function send(message) {
-    if (view.socket && view.socket.readyState === WebSocket.OPEN) view.socket.send(JSON.stringify(message));
-  }
 
   let bannerTimer = null;
   function showError(text) {
@@ -86,37 +67,16 @@
       ? `${s.level.name}: ${s.level.grid_size}x${s.level.grid_size} grid; the dashed square is the `
         + `${2 * s.level.vision_range + 1}x${2 * s.level.vision_range + 1} window the agent sees`
       : `${s.level.name}: ${s.level.grid_size}x${s.level.grid_size} grid, fully observed`;
-    buildGrids();
-    buildMeters();
-    renderAll();
-    renderSurvival();
-  }
-
-  function buildGrids() {
-    const s = view.session;
-    const g = s.level.grid_size;
-    const size = s.num_envs === 1 ? 440 : s.num_envs <= 4 ? 230 : 150;
-    const grids = $("grids");
-    grids.replaceChildren();
-    for (let i = 0; i < s.num_envs; i++) {
-      const card = document.createElement("div");
-      card.className = "grid-card";
-      card.id = `card-${i}`;
-      card.addEventListener("click", () => { view.focus = i; renderAll(); });
-      const svg = el("svg", { viewBox: `0 0 ${g} ${g}`, width: size, height: size, id: `grid-${i}` }, card);
-      for (let y = 0; y < g; y++) for (let x = 0; x < g; x++) {
-        el("rect", { x, y, width: 1, height: 1, class: "cell" }, svg);
-      }
+    buildGrids(s.num_envs, s.level.grid_size, (i) => { view.focus = i; renderAll(); }, (i, svg) => {
       el("g", { id: `affs-${i}` }, svg);
       if (s.level.partial) el("rect", { id: `window-${i}`, class: "window" }, svg);
       el("circle", { id: `agent-${i}`, class: "agent", r: 0.3, cx: 0.5, cy: 0.5 }, svg);
-      const caption = document.createElement("div");
-      caption.className = "caption";
-      caption.id = `caption-${i}`;
-      card.appendChild(caption);
-      grids.appendChild(card);
       drawLayout(i);
-    }
+    });
+    buildMeters(s.meters, (meter) => (meter.threshold !== null ? `below ${meter.threshold} it drains other meters` : "")
+      + (meter.fatal_at_zero ? "; the agent dies at 0" : ""));
+    renderAll();
+    renderSurvival();
   }
 
   function drawLayout(i) {
@@ -124,51 +84,11 @@
     if (!group) return;
     group.replaceChildren();
     for (const cell of view.layouts[i] || []) {
-      const [abbr, colour] = AFFORDANCES[cell.name] || [cell.name.slice(0, 2), "#ddd"];
-      const rect = el("rect", {
-        x: cell.x + 0.06, y: cell.y + 0.06, width: 0.88, height: 0.88, rx: 0.12, fill: colour,
-        class: "aff", "data-name": cell.name, id: `aff-${i}-${cell.name}`,
-      }, group);
-      el("title", {}, rect, cell.name);
-      el("text", { x: cell.x + 0.5, y: cell.y + 0.5, class: "aff-label" }, group, abbr);
-    }
-  }
-
-  function buildMeters() {
-    const box = $("meters");
-    box.replaceChildren();
-    for (const [i, meter] of view.session.meters.entries()) {
-      const row = document.createElement("div");
-      row.className = "meter";
-      row.id = `meter-${i}`;
-      const name = document.createElement("span");
-      name.className = "name";
-      name.textContent = meter.name + (meter.fatal_at_zero ? " ☠" : "");
-      name.title = (meter.threshold !== null ? `below ${meter.threshold} it drains other meters` : "")
-        + (meter.fatal_at_zero ? "; the agent dies at 0" : "");
-      const track = document.createElement("div");
-      track.className = "track";
-      const fill = document.createElement("div");
-      fill.className = "fill";
-      track.appendChild(fill);
-      if (meter.threshold !== null) {
-        const mark = document.createElement("div");
-        mark.className = "threshold";
-        mark.style.left = `${meter.threshold * 100}%`;
-        track.appendChild(mark);
-      }
-      const value = document.createElement("span");
-      value.className = "value";
-      row.append(name, track, value);
-      box.appendChild(row);
+      drawAffordance(group, cell, { "data-name": cell.name, id: `aff-${i}-${cell.name}` });
     }
   }
 
   // ------------------------------------------------------------------ frames
-
-  function count(kind) {  // message counters on <body data-*>, for people and browser tests alike
-    document.body.dataset[kind] = String(Number(document.body.dataset[kind] || 0) + 1);
-  }
 
   function onFrame(f) {
     if (!view.session || f.envs.length !== view.session.num_envs) return;  // a frame of a session being replaced
@@ -234,54 +154,19 @@
       const explored = e.action !== e.greedy_action ? " (random, ε)" : " (greedy)";
       $("action-label").textContent = s.actions[e.action] + explored + (e.interaction ? ` → used ${e.interaction}` : "");
     }
-    s.meters.forEach((meter, i) => {
-      const row = $(`meter-${i}`);
-      const v = e.meters[i];
-      row.querySelector(".fill").style.width = `${Math.max(0, Math.min(1, v)) * 100}%`;
-      row.querySelector(".value").textContent = meter.name === "money" ? `$${(v * 100).toFixed(0)}` : v.toFixed(2);
-      const critical = (meter.threshold !== null && v < meter.threshold) || (meter.fatal_at_zero && v < 0.1);
-      row.classList.toggle("critical", critical);
-      row.classList.toggle("low", !critical && v < 0.5);
-    });
+    renderMeters(s.meters, e.meters);
     renderQ(e);
   }
 
   function renderQ(e) {
-    const svg = $("qchart");
-    svg.replaceChildren();
-    const defs = el("defs", {}, svg);
-    const pattern = el("pattern", { id: "hatch", width: 6, height: 6, patternUnits: "userSpaceOnUse",
-      patternTransform: "rotate(45)" }, defs);
-    el("rect", { width: 6, height: 6, fill: "#eee" }, pattern);
-    el("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#bbb", "stroke-width": 3 }, pattern);
-    const names = view.session.actions;
-    if (!e.q_values) {
-      svg.setAttribute("data-q", "");
-      el("text", { x: 180, y: 85, class: "qname" }, svg, "press Play or Step: Q-values appear with the first decision");
+    if (e.q_values) {
+      renderQChart(e, view.session.actions, "greedy");
       return;
     }
-    const q = e.q_values;
-    svg.setAttribute("data-q", q.join(","));
-    svg.setAttribute("data-action", e.action);
-    const lo = Math.min(...q), hi = Math.max(...q);
-    const span = hi - lo || 1;
-    const floor = lo - span * 0.25;  // bars start below the smallest Q so small differences show
-    const top = 22, bottom = 140, width = 360 / q.length;
-    q.forEach((value, a) => {
-      const h = ((value - floor) / (hi - floor || 1)) * (bottom - top);
-      const masked = !e.mask[a];
-      const cls = masked ? "masked" : a === e.action ? "chosen" : "";
-      el("rect", { x: a * width + 8, y: bottom - h, width: width - 16, height: h, class: `qbar ${cls}`,
-        id: `qbar-${a}` }, svg);
-      el("text", { x: (a + 0.5) * width, y: bottom - h - 5, class: "qlabel" }, svg, value.toFixed(2));
-      el("text", { x: (a + 0.5) * width, y: bottom + 14, class: `qname ${cls}` }, svg,
-        names[a] + (masked ? " ✕" : ""));
-      if (a === e.greedy_action && a !== e.action) {
-        el("text", { x: (a + 0.5) * width, y: bottom + 27, class: "qname" }, svg, "greedy");
-      }
-      if (a === e.action) el("text", { x: (a + 0.5) * width, y: bottom + 27, class: "qname chosen" }, svg, "chosen");
-    });
-    el("line", { x1: 0, x2: 360, y1: bottom, y2: bottom, class: "axis" }, svg);
+    const svg = $("qchart");
+    svg.replaceChildren();
+    svg.setAttribute("data-q", "");
+    el("text", { x: 180, y: 85, class: "qname" }, svg, "press Play or Step: Q-values appear with the first decision");
   }
 
   // ------------------------------------------------------------------ survival plot
@@ -341,27 +226,16 @@
     $("speed-value").textContent = st.speed;
   }
 
-  function connect() {
-    const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const socket = new WebSocket(`${scheme}://${location.host}/ws`);
-    view.socket = socket;
-    socket.onopen = () => { $("conn").textContent = "live"; $("conn").className = "conn up"; };
-    socket.onclose = () => {
-      $("conn").textContent = "reconnecting";
-      $("conn").className = "conn down";
-      setTimeout(connect, 2000);
-    };
-    socket.onmessage = (event) => {
-      const message = JSON.parse(event.data);
-      if (message.type === "session") onSession(message);
-      else if (message.type === "frame") onFrame(message);
-      else if (message.type === "status") onStatus(message);
-      const counter = { session: "sessions", frame: "frames", status: "statuses", error: "errors" }[message.type];
-      if (counter) count(counter);
-      else if (message.type === "error") { console.warn("viewer:", message.message); showError(message.message); }
-    };
+  function onMessage(message) {
+    if (message.type === "session") onSession(message);
+    else if (message.type === "frame") onFrame(message);
+    else if (message.type === "status") onStatus(message);
+    const counter = { session: "sessions", frame: "frames", status: "statuses", error: "errors" }[message.type];
+    if (counter) count(counter);
+    else if (message.type === "error") { console.warn("viewer:", message.message); showError(message.message); }
   }
 
+  const send = connect(onMessage);  // (message) => void, on the socket open at the time
   function configure(settings) { send({ type: "configure", settings }); }
 
   $("play").addEventListener("click", () => send({ type: "play" }));
@@ -383,5 +257,4 @@
     if (ev.key === " ") { ev.preventDefault(); send({ type: view.playing ? "pause" : "play" }); }
     if (ev.key === "ArrowRight") send({ type: "step" });
   });
-  connect();
 })();
