@@ -141,6 +141,15 @@ window.hamletViewer = (() => {
     });
   }
 
+  /** Defines in `svg` the pattern #hatch, which fills the bars of masked actions (viewer.css). */
+  function drawHatch(svg) {
+    const defs = el("defs", {}, svg);
+    const pattern = el("pattern", { id: "hatch", width: 6, height: 6, patternUnits: "userSpaceOnUse",
+      patternTransform: "rotate(45)" }, defs);
+    el("rect", { width: 6, height: 6, fill: "#eee" }, pattern);
+    el("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#bbb", "stroke-width": 3 }, pattern);
+  }
+
   /**
    * Draws the Q-values `e.q_values` [A] as bars in #qchart (data-q and data-action hold them for tests): the
    * chosen action `e.action` highlighted, actions masked out by `e.mask` [A] hatched and marked ✕, and
@@ -153,11 +162,7 @@ window.hamletViewer = (() => {
     svg.setAttribute("data-q", q.join(","));
     svg.setAttribute("data-action", e.action);
     if (!q.length) return;
-    const defs = el("defs", {}, svg);
-    const pattern = el("pattern", { id: "hatch", width: 6, height: 6, patternUnits: "userSpaceOnUse",
-      patternTransform: "rotate(45)" }, defs);
-    el("rect", { width: 6, height: 6, fill: "#eee" }, pattern);
-    el("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#bbb", "stroke-width": 3 }, pattern);
+    drawHatch(svg);
     const lo = Math.min(...q), hi = Math.max(...q);
     const span = hi - lo || 1;
     const floor = lo - span * 0.25;  // bars start below the smallest Q so small differences show
@@ -180,6 +185,6 @@ window.hamletViewer = (() => {
   }
 
   return Object.freeze({
-    $, el, count, connect, buildGrids, drawAffordance, buildMeters, renderMeters, renderQChart,
+    $, el, count, connect, buildGrids, drawAffordance, buildMeters, renderMeters, drawHatch, renderQChart,
   });
 })();

@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const { $, el, count, connect, buildGrids, drawAffordance, buildMeters, renderMeters, renderQChart } =
+  const { $, el, count, connect, buildGrids, drawAffordance, buildMeters, renderMeters, drawHatch, renderQChart } =
     window.hamletViewer;  // common.js
 
   const view = {
@@ -166,6 +166,7 @@
     const svg = $("qchart");
     svg.replaceChildren();
     svg.setAttribute("data-q", "");
+    drawHatch(svg);
     el("text", { x: 180, y: 85, class: "qname" }, svg, "press Play or Step: Q-values appear with the first decision");
   }
 
