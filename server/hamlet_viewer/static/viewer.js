@@ -233,7 +233,7 @@
     else if (message.type === "status") onStatus(message);
     const counter = { session: "sessions", frame: "frames", status: "statuses", error: "errors" }[message.type];
     if (counter) count(counter);
-    else if (message.type === "error") { console.warn("viewer:", message.message); showError(message.message); }
+    if (message.type === "error") { console.warn("viewer:", message.message); showError(message.message); }
   }
 
   const send = connect(onMessage);  // (message) => void, on the socket open at the time
