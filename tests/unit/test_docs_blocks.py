@@ -33,6 +33,7 @@ NOT_RUN = {
     "import asyncio": "needs a server (tests/integration/test_client_sdk.py)",
     "from hamlet_client import InvalidArgumentError": "needs a server (tests/integration/test_client_sdk.py)",
     'HamletClient("serve.example:443"': "names hosts that do not exist (tests/integration/test_security.py)",
+    "from hamlet_client.proto import": "run by test_client_md_raw_messages_block_runs below",
 }
 
 _BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", flags=re.S | re.M)
@@ -107,3 +108,10 @@ def test_inference_usage_shell_block_runs(clone: Path) -> None:
     assert "dry run: 1 checkpoint(s), nothing written" in out
     assert "migrated 1 checkpoint(s)" in out and "migrated 0 checkpoint(s)" in out and "1 skipped" in out
     assert '"episode": 1,' in out and '"format_version": "inference_v1"' in out
+
+
+def test_client_md_raw_messages_block_runs() -> None:
+    (body,) = [b for lang, b in _blocks("docs/CLIENT.md") if lang == "python" and "from hamlet_client.proto" in b]
+    namespace: dict[str, object] = {}
+    exec(compile(body, "docs/CLIENT.md", "exec"), namespace)  # the documented block, as written
+    assert hasattr(namespace["pb"], "PredictRequest") and hasattr(namespace["pb_grpc"], "InferenceServiceStub")
