@@ -90,8 +90,7 @@ class HamletServer:
             on_load_failure=lambda name, reason: self.metrics.load_failures.labels(name, reason).inc(),
         )  # fmt: skip
         self.metrics.bind_gauges(lambda: len(self.streams), self.repository.loaded_count)
-        self.servicer = InferenceServicer(self.repository, self.streams, config, self.metrics)
-        self.servicer.backend = self.backend
+        self.servicer = InferenceServicer(self.repository, self.streams, config, self.metrics, backend=self.backend)
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []

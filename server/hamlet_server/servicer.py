@@ -172,7 +172,13 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     """hamlet.v1.InferenceService on grpc.aio."""
 
     def __init__(
-        self, repository: ModelRepository, streams: StreamTable, config: ServerConfig, metrics: ServerMetrics
+        self,
+        repository: ModelRepository,
+        streams: StreamTable,
+        config: ServerConfig,
+        metrics: ServerMetrics,
+        *,
+        backend: str = "torch",
     ) -> None:
         self.repository = repository
         self.streams = streams
@@ -180,7 +186,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.metrics = metrics
         self.draining = False
         self.snapshot_key: bytes | None = None  # the bearer token: signs and checks episode snapshots
-        self.backend = config.backend  # the resolved backend (the server sets it)
+        self.backend = backend  # the resolved backend (`auto` decided by the server)
         self.watch = WatchHub()
         self._step_latency = metrics.latency.labels("StreamEpisode.step")
         self._predict_latency = metrics.latency.labels("Predict")
@@ -195,9 +201,6 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     def _refuse_if_draining(self) -> None:
         if self.draining:
             raise RequestError(SC.UNAVAILABLE, "server is shutting down; retry on another replica", "SERVER_DRAINING")
-
-    async def _acquire(self, model: str, version: int | None) -> ServedModel:
-        return await self.repository.acquire(model, version)
 
     # ---- ListModels / GetModelMetadata -----------------------------------------------------------
     async def ListModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -221,7 +224,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         try:
             _reject_malformed(request)
             version = request.version if request.HasField("version") else None
-            served = await self._acquire(request.model, version)
+            served = await self.repository.acquire(request.model, version)
             try:
                 response = pb.GetModelMetadataResponse(metadata=metadata_to_proto(served))
             finally:
@@ -297,7 +300,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             _reject_malformed(request)
             self._refuse_if_draining()
             epsilon = check_epsilon(request.epsilon, "epsilon")
-            served = await self._acquire(request.model, request.version if request.HasField("version") else None)
+            served = await self.repository.acquire(
+                request.model, request.version if request.HasField("version") else None
+            )
             try:
                 item = self._predict_item(request, served, epsilon)
                 result = await served.batcher.submit(item)
@@ -454,7 +459,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             )
         if state is None:
             epsilon = check_epsilon(start.epsilon, "start.epsilon")
-            served = await self._acquire(start.model, start.version if start.HasField("version") else None)
+            served = await self.repository.acquire(start.model, start.version if start.HasField("version") else None)
             seed = start.seed if start.HasField("seed") else None
         else:
             epsilon, seed = state.epsilon, None
@@ -479,7 +484,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 "SNAPSHOT_MISMATCH",
             )
         try:
-            return await self._acquire(state.model, state.version)
+            return await self.repository.acquire(state.model, state.version)
         except (UnknownVersionError, ModelLoadError) as exc:
             if not start.allow_other_version:
                 raise RequestError(
@@ -488,7 +493,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                     f"({exc}); set allow_other_version to continue on the latest version",
                     "VERSION_UNAVAILABLE",
                 ) from None
-        return await self._acquire(state.model, None)
+        return await self.repository.acquire(state.model, None)
 
     def _started(self, stream: EpisodeStream) -> pb.StreamEpisodeResponse:
         assert stream.session is not None
