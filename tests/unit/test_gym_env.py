@@ -143,6 +143,7 @@ def test_vector_env_random_steps_stay_in_the_spaces() -> None:
         assert reward.dtype == np.float32 and terminated.dtype == bool and truncated.dtype == bool
 
 
+@pytest.mark.slow  # starts a Python process
 def test_gym_module_imports_no_torch() -> None:
     code = "import sys, townlet.env.gym; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -117,6 +117,7 @@ def test_add_onnx_commands_registers_both_with_help(capsys: pytest.CaptureFixtur
     assert "export-onnx" in usage and "verify-onnx" in usage
 
 
+@pytest.mark.slow  # starts two Python processes
 def test_export_script_wraps_the_same_command(tmp_path: Path) -> None:
     ckpt = HamletModel(make_network("simple")).save(tmp_path / "m.pt")
     done = subprocess.run(
