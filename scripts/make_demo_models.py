@@ -19,6 +19,7 @@ import torch
 
 from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
 from townlet.inference import HamletModel, save_inference_checkpoint
+from townlet.inference.filenames import inference_checkpoint_name
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 DESCRIPTION = "UNTRAINED: seeded random weights for smoke tests and demos; actions are meaningless"
@@ -37,7 +38,7 @@ def write_demo_models(out: Path, *, force: bool = False, episode: int = 0) -> li
     """Write both models under `out`; existing files are kept unless `force`."""
     written = []
     for name, network in demo_networks().items():
-        path = out / name / f"model_ep{episode:05d}.pt"
+        path = out / name / inference_checkpoint_name(episode)
         if path.exists() and not force:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,16 +9,20 @@ itself and zeroes the rows of environments that restart.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from hamlet_viewer.errors import StreamLostError, ViewerConfigError
+from townlet.inference.filenames import parse_checkpoint_name
+
+if TYPE_CHECKING:  # both import heavy packages (grpc, torch): loaded only by the brain that needs them
+    from hamlet_client import Episode
+    from townlet.inference import HamletModel
 
 __all__ = [
     "Brain",
@@ -31,8 +35,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_EPISODE_FILE = re.compile(r"^(?:model|checkpoint)_ep(\d+)\.pt$")
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class RemoteBrain:
 
 
 class _RemoteStream:
-    def __init__(self, episode: Any) -> None:
+    def __init__(self, episode: Episode) -> None:
         self._episode = episode
         self.model: str = episode.model
         self.version: int = episode.version
@@ -153,7 +155,8 @@ class _RemoteStream:
             if not self._episode.closed:  # refused before sending: the stream and its state are intact
                 raise
             # idle past the server's TTL, server draining or restarted, cancelled: its LSTM state is gone
-            raise StreamLostError(f"the episode stream ended: {exc.code.name} {exc.message}") from exc
+            code = exc.code.name if exc.code is not None else type(exc).__name__
+            raise StreamLostError(f"the episode stream ended: {code} {exc.message}") from exc
         return Decision(step.actions, step.q_values, step.model, step.version)
 
     def close(self) -> None:
@@ -167,17 +170,23 @@ class _RemoteStream:
 # --------------------------------------------------------------------------- local (HamletModel)
 
 
+def _episode_of(path: Path) -> int | None:
+    """The episode of a ``model_epN.pt`` or ``checkpoint_epN.pt`` file (`townlet.inference.filenames`), else None."""
+    name = parse_checkpoint_name(path.name)
+    return name.episode if name is not None and (name.is_inference or name.is_training) else None
+
+
 def checkpoint_versions(path: Path) -> dict[int, Path]:
     """``{episode: file}`` of the ``model_epNNNNN.pt`` / ``checkpoint_epNNNNN.pt`` files next to ``path``
-    (a file or a folder); a file with another name is version 0. A later ``model_`` file wins a tie."""
+    (a file or a folder); a file with another name is version 0. The ``model_`` file wins a tie."""
+    if path.is_file() and _episode_of(path) is None:
+        return {0: path}
     folder = path if path.is_dir() else path.parent
     found: dict[int, Path] = {}
-    for candidate in sorted(folder.glob("*_ep*.pt"), key=lambda p: p.name):
-        match = _EPISODE_FILE.match(candidate.name)
-        if match:
-            found[int(match.group(1))] = candidate
-    if path.is_file() and not _EPISODE_FILE.match(path.name):
-        found = {0: path}
+    for candidate in sorted(folder.glob("*_ep*.pt"), key=lambda p: p.name):  # checkpoint_ before model_
+        episode = _episode_of(candidate)
+        if episode is not None:
+            found[episode] = candidate
     if not found:
         raise ViewerConfigError(f"--checkpoint {path}: no model_epNNNNN.pt or checkpoint_epNNNNN.pt there")
     return found
@@ -195,17 +204,13 @@ class LocalBrain:
         self.label = str(self._path)
         self._device = device
         self._name = (self._path if self._path.is_dir() else self._path.parent).name or "checkpoint"
-        self._loaded: dict[int, Any] = {}
-        self._pinned = None if self._path.is_dir() else self._version_of(self._path)
-
-    def _version_of(self, path: Path) -> int:
-        match = _EPISODE_FILE.match(path.name)
-        return int(match.group(1)) if match else 0
+        self._loaded: dict[int, HamletModel] = {}
+        self._pinned = None if self._path.is_dir() else (_episode_of(self._path) or 0)
 
     def _files(self) -> dict[int, Path]:
         return checkpoint_versions(self._path)
 
-    def _model(self, version: int | None) -> tuple[int, Any]:
+    def _model(self, version: int | None) -> tuple[int, HamletModel]:
         files = self._files()
         if version is None:
             version = max(files)
@@ -245,14 +250,14 @@ class _LocalStream:
     """Keeps the LSTM state ``(h, c)`` each ``[1, N, H]`` between steps; `HamletModel.predict` zeroes the rows
     of restarting envs (``episode_start``)."""
 
-    def __init__(self, model: Any, name: str, version: int, num_envs: int, seed: int | None) -> None:
+    def __init__(self, model: HamletModel, name: str, version: int, num_envs: int, seed: int | None) -> None:
         import torch
 
         self._model = model
         self.model = name
         self.version = version
         self.recurrent = bool(model.is_recurrent)
-        self._hidden: Any = None  # (h, c) numpy [1, N, H] after the first step
+        self._hidden: tuple[npt.NDArray[Any], npt.NDArray[Any]] | None = None  # (h, c) [1, N, H] after a step
         self._generator = torch.Generator(device=model.device)
         if seed is not None:
             self._generator.manual_seed(seed)

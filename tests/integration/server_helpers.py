@@ -15,6 +15,7 @@ from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import tensor_pb2
 from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
 from townlet.inference import HamletModel, save_inference_checkpoint
+from townlet.inference.filenames import inference_checkpoint_name
 
 torch.set_num_threads(1)
 
@@ -35,7 +36,7 @@ def make_model(kind: str, seed: int) -> HamletModel:
 
 def write_model(root: Path, name: str, kind: str, episode: int, seed: int) -> Path:
     """Save a seeded model as `<root>/<name>/model_ep<episode>.pt`."""
-    path = root / name / f"model_ep{episode:05d}.pt"
+    path = root / name / inference_checkpoint_name(episode)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_inference_checkpoint(make_model(kind, seed), path, metadata={"episode": episode, "untrained": True})
     return path

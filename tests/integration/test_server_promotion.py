@@ -24,6 +24,7 @@ from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_server.server import LIVENESS_NAME, HamletServer, model_health_name
 from townlet.agent.networks import SimpleQNetwork
 from townlet.inference import HamletModel, save_inference_checkpoint
+from townlet.inference.filenames import inference_checkpoint_name
 
 REPO = Path(__file__).resolve().parents[2]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -36,7 +37,7 @@ def _write_nan(root: Path, name: str, episode: int) -> Path:
     with torch.no_grad():
         for param in network.parameters():
             param.fill_(float("nan"))
-    path = root / name / f"model_ep{episode:05d}.pt"
+    path = root / name / inference_checkpoint_name(episode)
     save_inference_checkpoint(HamletModel(network), path)
     return path
 

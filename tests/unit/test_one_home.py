@@ -28,12 +28,9 @@ def _defining(pattern: str) -> set[str]:
 
 
 def test_checkpoint_names_are_parsed_in_one_module() -> None:
-    # hamlet_viewer.brains keeps its own regex until its owner moves it onto townlet.inference.filenames
-    assert _defining(r"_ep\(\\d\+\)|ep\(\\d\+\)") <= {
-        "server/townlet/inference/filenames.py",
-        "server/hamlet_viewer/brains.py",
-    }
+    assert _defining(r"_ep\(\\d\+\)|ep\(\\d\+\)") <= {"server/townlet/inference/filenames.py"}
     assert _defining(r"^_NAME = re\.compile") == {"server/townlet/inference/filenames.py"}
+    assert _defining(r"f\"(model|checkpoint)_ep\{") == set()  # written by filenames.inference_checkpoint_name
 
 
 def test_one_first_line_helper() -> None:

@@ -23,6 +23,7 @@ from hamlet_viewer.world import choose_level, trained_layout
 from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
 from townlet.env import VectorTownletEnv, get_level
 from townlet.inference import HamletModel, save_inference_checkpoint
+from townlet.inference.filenames import inference_checkpoint_name
 
 LAYOUT_L2 = VectorTownletEnv("L2", 1, seed=3).affordance_positions()
 
@@ -31,7 +32,7 @@ def write_checkpoint(folder: Path, kind: str, episode: int, torch_seed: int, **m
     """A seeded untrained model saved as ``folder/model_ep<episode>.pt``."""
     torch.manual_seed(torch_seed)
     network = SimpleQNetwork(91, 6) if kind == "mlp" else RecurrentSpatialQNetwork(action_dim=6)
-    path = folder / f"model_ep{episode:05d}.pt"
+    path = folder / inference_checkpoint_name(episode)
     folder.mkdir(parents=True, exist_ok=True)
     save_inference_checkpoint(HamletModel(network), path, metadata={"episode": episode, **metadata})
     return path
