@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 import townlet.env.gym  # noqa: F401  (registers Townlet/L0_0-v0 ... Townlet/L3-v0)
+from townlet.env import random_valid_actions
 from townlet.inference import HamletModel
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "townlet-L1-mlp" / "model_ep00300.pt"
@@ -63,10 +64,8 @@ def main() -> None:
 
     sampler = np.random.default_rng(args.seed)
 
-    def random_policy(obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        scores = np.where(masks == 1, sampler.random(masks.shape), -1.0)
-        chosen: np.ndarray = scores.argmax(axis=1)
-        return chosen
+    def uniform_valid(obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        return random_valid_actions(masks.astype(bool), sampler)  # the one random policy (townlet.env)
 
     layouts = {"trained layout": {"layout": trained_layout}, "fresh layout per episode": {"relayout_each_reset": True}}
     print(f"{args.model} on {env_id}, {args.episodes} episodes, seed {args.seed} (survival steps, max 500)")
@@ -74,7 +73,7 @@ def main() -> None:
     for name, kwargs in layouts.items():
         if name == "trained layout" and trained_layout is None:
             continue
-        for label, policy in (("model", greedy), ("random", random_policy)):
+        for label, policy in (("model", greedy), ("random", uniform_valid)):
             envs = gym.make_vec(env_id, num_envs=args.episodes, vectorization_mode="vector_entry_point", **kwargs)
             steps = survival(envs, policy, args.seed)
             envs.close()

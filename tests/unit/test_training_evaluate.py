@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import townlet.env
 from townlet.agent.networks import SimpleQNetwork
 from townlet.env import (
     AFFORDANCE_NAMES,
@@ -18,9 +19,18 @@ from townlet.env import (
     run_random_policy,
     training_layout,
 )
+from townlet.env.evaluation import play_episodes
 from townlet.inference import HamletModel, save_inference_checkpoint
 from townlet.training.cli import main
-from townlet.training.evaluate import SurvivalStats, evaluate_model, evaluate_random, run_episodes, unseen_layouts
+from townlet.training.evaluate import (
+    SurvivalStats,
+    evaluate_model,
+    evaluate_random,
+    play_model,
+    play_random,
+    run_episodes,
+    unseen_layouts,
+)
 
 
 @pytest.fixture
@@ -60,21 +70,53 @@ def test_policies_face_the_same_episodes(wait_model: Path) -> None:
     assert np.array_equal(starts[0], starts[1])
 
 
-def test_random_baseline_is_in_line_with_the_env_helper() -> None:
-    ours = evaluate_random("L1", 100, seed=0)
-    helper = run_random_policy("L1", 100, seed=0)
-    assert abs(ours.mean() - helper.mean()) < 15  # same policy, other draws: the same ballpark
+def test_there_is_one_random_baseline() -> None:
+    # The env package's helper is the baseline everywhere: evaluate_random is the same function, the
+    # CLI's play_random plays the same episodes, and the remaining callers import one of these names.
+    assert evaluate_random is run_random_policy is townlet.env.run_random_policy
+    steps = run_random_policy("L1", 50, seed=3)
+    np.testing.assert_array_equal(play_random("L1", 50, seed=3).steps, steps)
+    root = Path(__file__).resolve().parents[2]
+    sources = [*root.glob("examples/*.py"), *root.glob("scripts/*.py"), *root.glob("bench/*.py")]
+    sources += [*root.glob("server/**/*.py")]
+    for path in sources:
+        text = path.read_text()
+        if path.name != "evaluation.py":
+            assert "def random_policy" not in text and "def run_random_policy" not in text, path
+    # The Gymnasium example draws its random actions with the same function (over Gymnasium's int8 masks).
+    assert "random_valid_actions(masks.astype(bool), sampler)" in (root / "examples/gym_evaluate.py").read_text()
+
+
+def test_affordances_count_distinct_successful_uses(wait_model: Path) -> None:
+    waited = play_model(HamletModel.load(wait_model), "L1", 4, seed=5)
+    assert waited.affordances.tolist() == [0, 0, 0, 0]  # waiting never interacts
+    layout = training_layout("L1", 0)
+
+    def bed_then_shower(obs: np.ndarray, masks: np.ndarray, step: object) -> tuple[np.ndarray, object]:
+        # Start on the Bed (layouts put one agent there via set_state below), interact twice, then wait.
+        k = 0 if step is None else int(step)  # type: ignore[call-overload]
+        return np.full(len(obs), Action.INTERACT if k < 2 else Action.WAIT), k + 1
+
+    results = play_episodes("L1", bed_then_shower, 3, seed=1, layout=layout)
+    assert results.steps.shape == results.affordances.shape == (3,)
+    assert set(results.affordances.tolist()) <= {0, 1}  # at most the one affordance under the start cell
+    random = play_random("L1", 40, seed=0)
+    assert 0 < random.affordances.mean() <= 14 and random.affordances.max() <= 14
 
 
 def test_evaluate_prints_both_policies(wait_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", str(wait_model), "--level", "L1", "--episodes", "8", "--seed", "2"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["model"], ["random"])}
-    model = SurvivalStats.of(evaluate_model(HamletModel.load(wait_model), "L1", 8, seed=2))
-    random = SurvivalStats.of(evaluate_random("L1", 8, seed=2))
+    model = SurvivalStats.of_results(play_model(HamletModel.load(wait_model), "L1", 8, seed=2))
+    random = SurvivalStats.of_results(play_random("L1", 8, seed=2))
     assert float(lines["model"][1]) == pytest.approx(model.mean, abs=0.05)
     assert float(lines["random"][1]) == pytest.approx(random.mean, abs=0.05)
     assert float(lines["random"][3]) == pytest.approx(random.median, abs=0.05)
+    assert float(lines["model"][6]) == 0.0 and float(lines["random"][6]) == pytest.approx(
+        random.mean_affordances, abs=0.005
+    )
+    assert random.mean_affordances is not None and random.mean_affordances > 0
     assert "layout seed (the model records no training layout)" in out and "mean" in out and "median" in out
 
     assert main(["evaluate", str(wait_model), "--level", "L1", "--episodes", "8", "--seed", "2", "--json"]) == 0
@@ -159,7 +201,8 @@ def test_evaluate_compare_prints_trained_and_unseen_rows(wait_model: Path, capsy
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split()[:2] for line in lines if line.startswith(("trained", "unseen"))]
     assert rows == [["trained", "model"], ["trained", "random"], ["unseen", "model"], ["unseen", "random"]]
-    assert "ratio of mean survival, model to random: trained" in lines[-1] and "unseen" in lines[-1]
+    assert "ratio of mean survival, model to random: trained" in lines[-2] and "unseen" in lines[-2]
+    assert lines[-1].startswith("afford: mean number of different affordances used")
     assert main([*args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) >= {"trained", "unseen"} and report["unseen"]["model_stats"]["episodes"] == 4

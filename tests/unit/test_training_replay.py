@@ -97,9 +97,10 @@ def test_sequence_loss_ignores_invalid_steps() -> None:
     online, target = RecurrentSpatialQNetwork(), RecurrentSpatialQNetwork()
     valid = torch.tensor([[True, True, False], [True, False, False]])
     batch = SequenceBatch(
-        torch.rand(2, 4, 54), torch.zeros(2, 3, dtype=torch.long), torch.rand(2, 3), torch.zeros(2, 3).bool(), valid
-    )
-    changed = SequenceBatch(batch.obs, batch.actions, batch.rewards.masked_fill(~valid, 1e6), batch.dones, valid)
+        torch.rand(2, 4, 54), torch.zeros(2, 3, dtype=torch.long), torch.rand(2, 3), torch.zeros(2, 3).bool(), valid,
+        valid,
+    )  # fmt: skip
+    changed = SequenceBatch(batch.obs, batch.actions, batch.rewards.masked_fill(~valid, 1e6), batch.dones, valid, valid)
     assert torch.equal(
         sequence_td_loss(online, target, batch, 0.99, "mse"), sequence_td_loss(online, target, changed, 0.99, "mse")
     )

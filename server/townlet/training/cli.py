@@ -148,7 +148,8 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"{PROG} evaluate",
         description="Play a model greedily (with action masks) and the uniform random valid policy on the same "
-        "episodes (same layout, same start cells) and print the spread of survival steps of both.",
+        "episodes (same layout, same start cells) and print the spread of survival steps of both and the mean "
+        "number of different affordances each used per episode ('afford'; JSON: mean_affordances).",
     )
     parser.add_argument("model", type=Path, help="a model_ep*.pt or checkpoint_ep*.pt file")
     parser.add_argument("--level", required=True, help="level to play: L0_0, L0_5, L1, L2 or L3")
@@ -174,7 +175,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from townlet.inference.model import HamletModel
-    from townlet.training.evaluate import SurvivalStats, evaluate_model, evaluate_random, unseen_layouts
+    from townlet.training.evaluate import SurvivalStats, play_model, play_random, unseen_layouts
 
     torch.set_num_threads(1)
     model = HamletModel.load(args.model)
@@ -193,8 +194,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     results = {
         label: (
-            SurvivalStats.of(evaluate_model(model, args.level, args.episodes, args.seed, **kwargs, **common)),
-            SurvivalStats.of(evaluate_random(args.level, args.episodes, args.seed, **kwargs, **common)),
+            SurvivalStats.of_results(play_model(model, args.level, args.episodes, args.seed, **kwargs, **common)),
+            SurvivalStats.of_results(play_random(args.level, args.episodes, args.seed, **kwargs, **common)),
         )
         for label, (_, kwargs) in settings.items()
     }
@@ -227,25 +228,27 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_single(trained: Any, random: Any) -> None:
-    print(f"{'policy':<8} {'mean':>7} {'std':>7} {'median':>7} {'min':>5} {'max':>5}   survival steps")
+    print(f"{'policy':<8} {'mean':>7} {'std':>7} {'median':>7} {'min':>5} {'max':>5} {'afford':>6}   survival steps")
     for name, stats in (("model", trained), ("random", random)):
         print(
             f"{name:<8} {stats.mean:7.1f} {stats.std:7.1f} {stats.median:7.1f} {stats.min:5d} {stats.max:5d}"
-            f"   {stats.mean:.1f} ± {stats.std:.1f}"
+            f" {stats.mean_affordances:6.2f}   {stats.mean:.1f} ± {stats.std:.1f}"
         )
     print(f"ratio of mean survival, model to random: {trained.mean / random.mean:.2f}x")
+    print("afford: mean number of different affordances used (successful INTERACTs) per episode")
 
 
 def _print_table(results: dict[str, tuple[Any, Any]]) -> None:
-    print(f"{'layouts':<9} {'policy':<8} {'mean':>7} {'std':>7} {'median':>7} {'min':>5} {'max':>5}")
+    print(f"{'layouts':<9} {'policy':<8} {'mean':>7} {'std':>7} {'median':>7} {'min':>5} {'max':>5} {'afford':>6}")
     for label, pair in results.items():
         for name, stats in zip(("model", "random"), pair, strict=True):
             print(
                 f"{label:<9} {name:<8} {stats.mean:7.1f} {stats.std:7.1f} {stats.median:7.1f} "
-                f"{stats.min:5d} {stats.max:5d}"
+                f"{stats.min:5d} {stats.max:5d} {stats.mean_affordances:6.2f}"
             )
     ratios = ", ".join(f"{label} {m.mean / r.mean:.2f}x" for label, (m, r) in results.items())
     print(f"ratio of mean survival, model to random: {ratios}")
+    print("afford: mean number of different affordances used (successful INTERACTs) per episode")
 
 
 def _trained_layout(path: Path, metadata: dict[str, Any]) -> dict[str, tuple[int, int]] | None:

@@ -41,7 +41,19 @@ class TrainConfig:
     loss: str = _doc("TD loss: 'huber' (smooth L1, delta 1) or 'mse' (Hamlet's)", "huber")
     buffer_capacity: int = _doc("replay capacity in transitions (episodes are evicted whole for the LSTM)", 50_000)
     batch_size: int = _doc("transitions per gradient step (MLP) or sequences per step (LSTM)", 128)
-    sequence_length: int = _doc("LSTM: steps per replayed sequence (zero hidden state at its start)", 8)
+    sequence_length: int = _doc("LSTM: steps per replayed sequence that carry a loss", 8)
+    double_dqn: bool = _doc(
+        "double DQN targets: the next action is the online network's argmax, valued by the target network", False
+    )
+    n_step: int = _doc(
+        "LSTM: n-step returns, sum of n discounted rewards + gamma^n Q (cut at death, shortened at truncation)", 1
+    )
+    burn_in: int = _doc(
+        "LSTM: R2D2 burn-in. Store the acting LSTM state with every step; replayed windows start from it and "
+        "run this many steps without gradient or loss before the sequence_length trained ones (0: windows "
+        "start from a zero state, as Hamlet)",
+        0,
+    )
     learning_starts: int = _doc("transitions stored before the first gradient step", 2_000)
     train_frequency: int = _doc("one gradient step every this many batched env steps", 1)
     target_update_frequency: int = _doc("hard copy online -> target every this many gradient steps", 500)
@@ -70,6 +82,13 @@ class TrainConfig:
         for name in ("target_update_frequency", "checkpoint_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_step < 1 or self.burn_in < 0:
+            problems.append(f"need n_step >= 1 and burn_in >= 0, got n_step {self.n_step}, burn_in {self.burn_in}")
+        elif (self.n_step > 1 or self.burn_in > 0) and not problems and self.network_type != "recurrent":
+            problems.append(
+                f"n_step and burn_in apply to the LSTM's sequence replay; the {self.level} MLP learns from single "
+                "transitions (use --network recurrent on L2/L3, or leave them at 1 and 0)"
+            )
         if self.keep_last < 0:
             problems.append(f"keep_last must be >= 0 (0 keeps every checkpoint), got {self.keep_last}")
         if self.seed < 0 or self.learning_starts < 0 or self.depletion_multiplier < 0:

@@ -1,8 +1,10 @@
 """Survival of a trained model against the uniform random valid policy, on the same episodes.
 
-Both policies play the same ``episodes`` episodes: same level, same layout, same start cells (the env is
-seeded identically), both with action masks. The model plays greedily (epsilon 0); recurrent models carry
-their LSTM state through each episode from zeros.
+Both policies play the same ``episodes`` episodes through `townlet.env.evaluation.play_episodes`: same
+level, same layout, same start cells (the env is seeded identically), both with action masks. The model
+plays greedily (epsilon 0); recurrent models carry their LSTM state through each episode from zeros. The
+random baseline is `townlet.env.run_random_policy` itself (`evaluate_random` is that function), so there
+is one random policy everywhere.
 
 Generalisation is measured on :func:`unseen_layouts`: one layout per episode, drawn from a random stream of
 its own (never the stream a training run draws its layout from) and never equal to the layout the model
@@ -11,31 +13,34 @@ trained on.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from townlet.env import (
-    LevelConfig,
-    VectorTownletEnv,
-    draw_layouts,
-    get_level,
-    layout_from_positions,
-    random_valid_actions,
+from townlet.env import LevelConfig, draw_layouts, get_level, layout_from_positions
+from townlet.env.evaluation import (
+    EpisodeResults,
+    Policy,
+    play_episodes,
+    random_policy,
+    run_episodes,
+    run_random_policy,
 )
 from townlet.inference.model import HamletModel
 from townlet.training.errors import TrainingConfigError
 
 __all__ = [
+    "EpisodeResults",
     "Policy",
     "SurvivalStats",
     "evaluate_model",
     "evaluate_random",
     "greedy_policy",
+    "play_model",
+    "play_random",
     "random_policy",
     "run_episodes",
     "unseen_layouts",
@@ -44,13 +49,11 @@ __all__ = [
 # Mixed into the evaluation seed so that unseen layouts come from a stream no training run draws from.
 _UNSEEN_STREAM = 0x0DD_1A70
 
-# act(obs [N, D], masks [N, A], carry) -> (actions [N], carry); carry is None at each batch's start.
-Policy = Callable[[np.ndarray, np.ndarray, Any], tuple[np.ndarray, Any]]
-
 
 @dataclass(frozen=True)
 class SurvivalStats:
-    """Spread of survival steps over a set of episodes."""
+    """Spread of survival steps over a set of episodes, and (when recorded) the mean number of distinct
+    affordances used per episode."""
 
     episodes: int
     mean: float
@@ -58,9 +61,10 @@ class SurvivalStats:
     median: float
     min: int
     max: int
+    mean_affordances: float | None = None
 
     @classmethod
-    def of(cls, steps: np.ndarray) -> SurvivalStats:
+    def of(cls, steps: np.ndarray, affordances: np.ndarray | None = None) -> SurvivalStats:
         steps = np.asarray(steps)
         return cls(
             episodes=int(steps.size),
@@ -69,65 +73,15 @@ class SurvivalStats:
             median=float(np.median(steps)),
             min=int(steps.min()),
             max=int(steps.max()),
+            mean_affordances=None if affordances is None else float(np.mean(affordances)),
         )
+
+    @classmethod
+    def of_results(cls, results: EpisodeResults) -> SurvivalStats:
+        return cls.of(results.steps, results.affordances)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def run_episodes(
-    level: str | LevelConfig,
-    policy: Policy,
-    episodes: int,
-    seed: int,
-    *,
-    layout: Mapping[str, Sequence[int]] | None = None,
-    relayout: bool = False,
-    layouts: np.ndarray | None = None,
-    depletion_multiplier: float = 1.0,
-    max_parallel: int = 256,
-) -> np.ndarray:
-    """Play ``episodes`` episodes with ``policy`` in parallel batches; returns ``[episodes]`` survival steps.
-
-    Layouts: ``layout`` (one for all), ``relayout`` (a fresh one per episode from the env's generator),
-    ``layouts`` (``[episodes, g, g]``, episode ``i`` on ``layouts[i]``, e.g. :func:`unseen_layouts`), or none
-    of them: one shared layout drawn from ``seed``. The env is reseeded per batch from ``seed``, so two
-    policies given the same arguments face the same start states.
-    """
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise TrainingConfigError(f"episodes must be a positive int, got {episodes!r}")
-    level = get_level(level)
-    if layouts is not None and (relayout or layout is not None or len(layouts) != episodes):
-        raise TrainingConfigError(
-            f"layouts must hold one layout per episode ({episodes}), without layout= or relayout=; "
-            f"got {len(layouts)} layouts"
-        )
-    if layout is None and not relayout:
-        layout = VectorTownletEnv(level, 1, seed=seed).affordance_positions()
-    batch = min(episodes, max_parallel)
-    env = VectorTownletEnv(
-        level,
-        batch,
-        relayout_each_reset=relayout,
-        depletion_multiplier=depletion_multiplier,
-        layout=None if relayout else layout,
-    )
-    survived: list[np.ndarray] = []
-    for index, remaining in enumerate(range(episodes, 0, -batch)):
-        batch_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-        obs = env.reset(seed=batch_seed)
-        if layouts is not None:
-            chosen = layouts[np.arange(index * batch, (index + 1) * batch) % episodes]  # the tail batch wraps
-            env.set_state(dataclasses.replace(env.get_state(), layouts=chosen))
-            obs = env.observe()
-        carry: Any = None
-        finished = np.zeros(batch, dtype=bool)
-        while not finished.all():
-            actions, carry = policy(obs, env.action_masks(), carry)
-            obs, _, done, info = env.step(actions)
-            finished = done | info["truncated"]
-        survived.append(info["step_counts"][: min(batch, remaining)])
-    return np.concatenate(survived).astype(np.int64)
 
 
 def greedy_policy(model: HamletModel) -> Policy:
@@ -140,16 +94,6 @@ def greedy_policy(model: HamletModel) -> Policy:
         with torch.no_grad():
             result = model.predict(torch.from_numpy(obs), hidden, epsilon=0.0, action_mask=torch.from_numpy(masks))
         return result.actions.cpu().numpy(), result.hidden
-
-    return act
-
-
-def random_policy(seed: int) -> Policy:
-    """Uniform over the valid actions (`townlet.env.random_valid_actions`), seeded."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
-
-    def act(obs: np.ndarray, masks: np.ndarray, carry: Any) -> tuple[np.ndarray, Any]:
-        return random_valid_actions(masks, rng), None
 
     return act
 
@@ -177,17 +121,27 @@ def unseen_layouts(
     return layouts
 
 
-def evaluate_model(model: HamletModel, level: str | LevelConfig, episodes: int, seed: int, **env: Any) -> np.ndarray:
-    """Survival steps of ``model`` played greedily with action masks (see `run_episodes` for ``env``)."""
+def play_model(model: HamletModel, level: str | LevelConfig, episodes: int, seed: int, **env: Any) -> EpisodeResults:
+    """``model`` played greedily with action masks: survival steps and distinct affordances per episode
+    (see `townlet.env.evaluation.play_episodes` for ``env``)."""
     level = get_level(level)
     if model.obs_dim != level.obs_dim:
         raise TrainingConfigError(
             f"the model reads observations of width {model.obs_dim} but level {level.name} produces "
             f"{level.obs_dim}; pick the level the model was trained on"
         )
-    return run_episodes(level, greedy_policy(model), episodes, seed, **env)
+    return play_episodes(level, greedy_policy(model), episodes, seed, **env)
 
 
-def evaluate_random(level: str | LevelConfig, episodes: int, seed: int, **env: Any) -> np.ndarray:
-    """Survival steps of the uniform random valid policy on the same episodes as `evaluate_model`."""
-    return run_episodes(level, random_policy(seed), episodes, seed, **env)
+def evaluate_model(model: HamletModel, level: str | LevelConfig, episodes: int, seed: int, **env: Any) -> np.ndarray:
+    """Survival steps ``[episodes]`` of ``model`` played greedily with action masks (`play_model`)."""
+    return play_model(model, level, episodes, seed, **env).steps
+
+
+def play_random(level: str | LevelConfig, episodes: int, seed: int, **env: Any) -> EpisodeResults:
+    """The random baseline's episodes, as `evaluate_random` plays them, with the affordances used."""
+    return play_episodes(level, random_policy(seed), episodes, seed, **env)
+
+
+# The one random baseline (the env package's): survival steps of the uniform random valid policy.
+evaluate_random = run_random_policy

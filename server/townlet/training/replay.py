@@ -32,14 +32,23 @@ class TransitionBatch:
 
 @dataclass(frozen=True)
 class SequenceBatch:
-    """``B`` windows of ``L`` steps: ``obs [B, L+1, D]`` (the extra one is the last step's next observation),
-    ``actions/rewards/dones [B, L]``, and ``valid [B, L]`` bool: the step exists and has a TD target."""
+    """``B`` windows of ``S`` steps: ``obs [B, S+1, D]`` (the extra one is the last step's next observation),
+    ``actions/rewards/dones [B, S]``, ``valid [B, S]`` bool (the step exists and has a TD target: it ended
+    the episode or its next observation is stored) and ``present [B, S]`` bool (the step exists).
+
+    With burn-in the first ``burn_in`` steps precede the sampled step (padding, ``present`` False, where the
+    episode starts later) and ``hidden`` holds the LSTM state ``([B, H], [B, H])`` stored when the window's
+    first present step was acted on; without it ``hidden`` is None (windows start from zeros).
+    """
 
     obs: Tensor
     actions: Tensor
     rewards: Tensor
     dones: Tensor
     valid: Tensor
+    present: Tensor
+    burn_in: int = 0
+    hidden: tuple[Tensor, Tensor] | None = None
 
 
 class ReplayBuffer:
@@ -113,7 +122,9 @@ class SequenceReplayBuffer:
     """Whole episodes for recurrent training; ``capacity`` counts transitions, oldest episodes go first.
 
     An episode whose last step is not ``done`` ended by truncation: its final transition has no next
-    observation stored (Hamlet's layout keeps none), so it gets no TD target.
+    observation stored (Hamlet's layout keeps none), so it gets no TD target. Episodes may carry the LSTM
+    state the acting network held before each step (``hidden_h``, ``hidden_c``, R2D2's stored state), which
+    `sample` hands back for burn-in.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -128,28 +139,47 @@ class SequenceReplayBuffer:
     def num_episodes(self) -> int:
         return len(self._episodes)
 
-    def push_episode(self, obs: Tensor, actions: Tensor, rewards: Tensor, dones: Tensor) -> None:
-        """Store one episode: ``obs [T, D]``, ``actions [T]``, ``rewards [T]``, ``dones [T]`` (T >= 1)."""
+    def push_episode(
+        self,
+        obs: Tensor,
+        actions: Tensor,
+        rewards: Tensor,
+        dones: Tensor,
+        hidden: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        """Store one episode: ``obs [T, D]``, ``actions [T]``, ``rewards [T]``, ``dones [T]`` (T >= 1), and
+        optionally ``hidden = (h [T, H], c [T, H])``, the LSTM state before acting at each step."""
         length = obs.shape[0]
         if length == 0:
             return
-        self._episodes.append(
-            {
-                "observations": obs.to(torch.float32).clone(),
-                "actions": actions.to(torch.int64).clone(),
-                "rewards_extrinsic": rewards.to(torch.float32).clone(),
-                "rewards_intrinsic": torch.zeros(length),
-                "dones": dones.to(torch.bool).clone(),
-            }
-        )
+        episode = {
+            "observations": obs.to(torch.float32).clone(),
+            "actions": actions.to(torch.int64).clone(),
+            "rewards_extrinsic": rewards.to(torch.float32).clone(),
+            "rewards_intrinsic": torch.zeros(length),
+            "dones": dones.to(torch.bool).clone(),
+        }
+        if hidden is not None:
+            if hidden[0].shape[0] != length or hidden[1].shape != hidden[0].shape:
+                raise ValueError(
+                    f"hidden must be two [T, H] tensors with T = {length} steps, got shapes "
+                    f"{tuple(hidden[0].shape)} and {tuple(hidden[1].shape)}"
+                )
+            episode["hidden_h"] = hidden[0].to(torch.float32).clone()
+            episode["hidden_c"] = hidden[1].to(torch.float32).clone()
+        self._episodes.append(episode)
         self._num_transitions += length
         while self._num_transitions > self.capacity and len(self._episodes) > 1:
             self._num_transitions -= self._episodes.pop(0)["actions"].shape[0]
 
-    def sample(self, batch_size: int, sequence_length: int, generator: torch.Generator) -> SequenceBatch:
-        """``batch_size`` windows whose first step is drawn uniformly over all stored transitions.
+    def sample(
+        self, batch_size: int, sequence_length: int, generator: torch.Generator, *, burn_in: int = 0, n_step: int = 1
+    ) -> SequenceBatch:
+        """``batch_size`` windows whose first trained step is drawn uniformly over all stored transitions.
 
-        Windows that run past their episode's end are zero-padded and marked invalid there.
+        Each window holds ``burn_in`` steps before that step, the ``sequence_length`` trained steps and the
+        ``n_step - 1`` steps after them that their n-step returns read. Steps outside the episode are
+        zero-padded and marked absent. With ``burn_in`` > 0 every episode must carry its stored LSTM state.
         """
         if self._num_transitions == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
@@ -159,27 +189,47 @@ class SequenceReplayBuffer:
         which = torch.searchsorted(ends, picks, right=True)
         starts = picks - (ends[which] - lengths[which])
         obs_dim = self._episodes[0]["observations"].shape[1]
-        length = sequence_length
-        obs = torch.zeros(batch_size, length + 1, obs_dim)
-        actions = torch.zeros(batch_size, length, dtype=torch.int64)
-        rewards = torch.zeros(batch_size, length)
-        dones = torch.zeros(batch_size, length, dtype=torch.bool)
-        valid = torch.zeros(batch_size, length, dtype=torch.bool)
+        span = burn_in + sequence_length + n_step - 1  # steps per window
+        obs = torch.zeros(batch_size, span + 1, obs_dim)
+        actions = torch.zeros(batch_size, span, dtype=torch.int64)
+        rewards = torch.zeros(batch_size, span)
+        dones = torch.zeros(batch_size, span, dtype=torch.bool)
+        valid = torch.zeros(batch_size, span, dtype=torch.bool)
+        first_steps = []
         for row, (episode_index, start) in enumerate(zip(which.tolist(), starts.tolist(), strict=True)):
             episode = self._episodes[episode_index]
             size = episode["actions"].shape[0]
-            steps = min(length, size - start)
-            obs[row, : min(length + 1, size - start)] = episode["observations"][start : start + length + 1]
-            actions[row, :steps] = episode["actions"][start : start + steps]
-            rewards[row, :steps] = episode["rewards_extrinsic"][start : start + steps]
-            dones[row, :steps] = episode["dones"][start : start + steps]
-            valid[row, :steps] = True
-            if start + steps == size and not bool(episode["dones"][-1]):
-                valid[row, steps - 1] = False  # truncated: the final next observation was never stored
-        return SequenceBatch(obs, actions, rewards, dones, valid)
+            first = max(0, start - burn_in)  # the window's first present step
+            offset = first - (start - burn_in)  # padded steps in front of it
+            steps = min(span - offset, size - first)
+            obs[row, offset : offset + min(span + 1 - offset, size - first)] = episode["observations"][
+                first : first + span + 1 - offset
+            ]
+            actions[row, offset : offset + steps] = episode["actions"][first : first + steps]
+            rewards[row, offset : offset + steps] = episode["rewards_extrinsic"][first : first + steps]
+            dones[row, offset : offset + steps] = episode["dones"][first : first + steps]
+            valid[row, offset : offset + steps] = True
+            if first + steps == size and not bool(episode["dones"][-1]):
+                valid[row, offset + steps - 1] = False  # truncated: the final next observation was never stored
+            first_steps.append((episode_index, first))
+        present = _present_mask(batch_size, span, burn_in, starts, lengths[which])
+        hidden = self._stored_hidden(first_steps) if burn_in > 0 else None
+        return SequenceBatch(obs, actions, rewards, dones, valid, present, burn_in, hidden)
+
+    def _stored_hidden(self, first_steps: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+        """The stored LSTM state ``([B, H], [B, H])`` before each ``(episode, step)``."""
+        missing = [i for i, _ in first_steps if "hidden_h" not in self._episodes[i]]
+        if missing:
+            raise RuntimeError(
+                "burn-in needs the LSTM state stored with each episode, but some episodes were pushed without "
+                "hidden=; store it when acting (TrainConfig.burn_in > 0 does)"
+            )
+        h = torch.stack([self._episodes[i]["hidden_h"][t] for i, t in first_steps])
+        c = torch.stack([self._episodes[i]["hidden_c"][t] for i, t in first_steps])
+        return h, c
 
     def state_dict(self) -> dict[str, Any]:
-        """Hamlet's recurrent ``replay_buffer`` dict."""
+        """Hamlet's recurrent ``replay_buffer`` dict (plus ``hidden_h``/``hidden_c`` per episode if stored)."""
         return {
             "num_transitions": self._num_transitions,
             "capacity": self.capacity,
@@ -192,3 +242,9 @@ class SequenceReplayBuffer:
         buffer._episodes = [{k: v.clone() for k, v in e.items()} for e in state["episodes"]]
         buffer._num_transitions = int(state["num_transitions"])
         return buffer
+
+
+def _present_mask(batch_size: int, span: int, burn_in: int, starts: Tensor, lengths: Tensor) -> Tensor:
+    """``[B, span]`` bool: window position ``j`` is episode step ``start - burn_in + j``, inside ``[0, length)``."""
+    step = starts[:, None] - burn_in + torch.arange(span)[None, :]
+    return (step >= 0) & (step < lengths[:, None])

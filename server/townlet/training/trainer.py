@@ -231,18 +231,22 @@ def _run_episode(config: TrainConfig, state: RunState, env: VectorTownletEnv, st
     epsilon = config.epsilon_at(state.episode)
     obs = env.reset(seed=int(env_seed))
     hidden = q_network.initial_hidden(config.num_envs) if isinstance(q_network, RecurrentSpatialQNetwork) else None
-    history: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    history: list[tuple[np.ndarray, ...]] = []  # per step: obs, actions, rewards, dones[, h, c before acting]
+    store_hidden = recurrent and config.burn_in > 0
     returns = np.zeros(config.num_envs)
     losses: list[float] = []
     while True:
         obs_t = torch.from_numpy(obs)
+        acted_from = hidden
         with torch.no_grad():
             q_values, hidden = q_network(obs_t, hidden)
         actions = epsilon_greedy(q_values, epsilon, torch.from_numpy(env.action_masks()), act_gen)
         next_obs, reward, done, info = env.step(actions.numpy())
         active = info["active"]
         returns += reward
-        if recurrent:
+        if store_hidden and acted_from is not None:
+            history.append((obs, actions.numpy(), reward, done, acted_from[0][0].numpy(), acted_from[1][0].numpy()))
+        elif recurrent:
             history.append((obs, actions.numpy(), reward, done))
         else:
             rows = torch.from_numpy(active)
@@ -298,12 +302,15 @@ def _gradient_step(config: TrainConfig, state: RunState, generator: torch.Genera
     """Sample a batch, take one Adam step on the TD loss (gradient norm clipped); returns the loss."""
     q_network, target_network, optimizer, replay = state.q_network, state.target_network, state.optimizer, state.replay
     if isinstance(replay, SequenceReplayBuffer):
-        batch = replay.sample(config.batch_size, config.sequence_length, generator)
-        loss = sequence_td_loss(q_network, target_network, batch, config.gamma, config.loss)
-    else:
-        loss = td_loss(
-            q_network, target_network, replay.sample(config.batch_size, generator), config.gamma, config.loss
+        batch = replay.sample(
+            config.batch_size, config.sequence_length, generator, burn_in=config.burn_in, n_step=config.n_step
         )
+        loss = sequence_td_loss(
+            q_network, target_network, batch, config.gamma, config.loss, n_step=config.n_step, double=config.double_dqn
+        )
+    else:
+        batch_t = replay.sample(config.batch_size, generator)
+        loss = td_loss(q_network, target_network, batch_t, config.gamma, config.loss, double=config.double_dqn)
     optimizer.zero_grad()
     loss.backward()  # type: ignore[no-untyped-call]
     nn.utils.clip_grad_norm_(q_network.parameters(), config.max_grad_norm)
@@ -313,18 +320,19 @@ def _gradient_step(config: TrainConfig, state: RunState, generator: torch.Genera
 
 def _store_episodes(
     replay: SequenceReplayBuffer,
-    history: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    history: list[tuple[np.ndarray, ...]],
     survived: np.ndarray,
 ) -> None:
-    """Split the ``[T, N, ...]`` step history of one round into each env's episode and store them in env order."""
-    obs = torch.from_numpy(np.stack([h[0] for h in history]))
-    actions = torch.from_numpy(np.stack([h[1] for h in history]))
-    rewards = torch.from_numpy(np.stack([h[2] for h in history]))
-    dones = torch.from_numpy(np.stack([h[3] for h in history]))
+    """Split the ``[T, N, ...]`` step history of one round into each env's episode and store them in env order
+    (with the LSTM state before each step when the history carries it)."""
+    columns = [torch.from_numpy(np.stack(column)) for column in zip(*history, strict=True)]
+    obs, actions, rewards, dones = columns[:4]
     for env_index, length in enumerate(survived.tolist()):
-        replay.push_episode(
-            obs[:length, env_index], actions[:length, env_index], rewards[:length, env_index], dones[:length, env_index]
-        )
+        hidden = None
+        if len(columns) == 6:
+            hidden = (columns[4][:length, env_index], columns[5][:length, env_index])
+        rows = (slice(None, length), env_index)
+        replay.push_episode(obs[rows], actions[rows], rewards[rows], dones[rows], hidden)
 
 
 def _hamlet_training_config(config: TrainConfig, run: dict[str, Any]) -> dict[str, Any]:
