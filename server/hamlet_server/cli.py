@@ -66,13 +66,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_startup(config)
     except ValueError as exc:  # StartupError included
         return _refuse(exc)
+    worker = "[pid %(process)d] " if config.reuse_port else ""  # --workers: which process said it
     logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+        level=config.log_level.upper(), format=f"%(asctime)s {worker}%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )  # fmt: skip
     if config.allow_insecure and not is_loopback(config.host) and not (config.token_file or config.tls_cert):
         log.warning("--allow-insecure: serving plaintext without a token on %s; anyone who reaches it can call it",
                     config.host)  # fmt: skip
     try:
+        if config.workers > 1:
+            from hamlet_server.workers import supervise
+
+            return supervise(config)
         asyncio.run(_serve(config))
     except StartupError as exc:
         return _refuse(exc)

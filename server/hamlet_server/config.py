@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServerConfig", "add_arguments", "config_from_args", "is_loopback"]
+__all__ = ["ServerConfig", "add_arguments", "config_from_args", "is_loopback", "parse_flags", "to_flags"]
 
 ENV_PREFIX = "HAMLET_"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -102,6 +102,18 @@ class ServerConfig:
         "127.0.0.1", "address /metrics binds (plain HTTP, no authentication: 0.0.0.0 only for a scraper you trust)"
     )
     threads: int = _opt(1, "torch.set_num_threads: 1 is fastest for small batches on small CPUs")
+    workers: int = _opt(
+        1,
+        "server processes sharing --port through SO_REUSEPORT (Linux): each is a complete server with its own "
+        "models, batcher and streams; the kernel spreads connections over them and a stream stays on the process "
+        "its connection reached. /metrics of worker i is on --metrics-port + i. Pays only with a free core per "
+        "worker (docs/PERFORMANCE.md); 1: this process serves",
+    )
+    reuse_port: bool = _opt(
+        False,
+        "bind --port with SO_REUSEPORT so several servers share it (--workers sets it for its processes); "
+        "without it a taken port is refused",
+    )
     token_file: str = _opt(
         "", "file holding the bearer token every hamlet.v1 call must send (empty: no authentication)"
     )
@@ -131,6 +143,7 @@ class ServerConfig:
             (0 <= self.port <= 65535, "port must be in 0..65535"),
             (0 <= self.metrics_port <= 65535, "metrics_port must be in 0..65535"),
             (self.threads >= 1, "threads must be >= 1"),
+            (self.workers >= 1, "workers must be >= 1"),
             (self.max_message_mb >= 1, "max_message_mb must be >= 1"),
             (self.grace >= 0, "grace must be >= 0"),
             (self.backend in ("auto", "torch", "onnx"), f"backend must be auto, torch or onnx, got {self.backend!r}"),
@@ -211,6 +224,15 @@ def config_from_args(args: argparse.Namespace | None = None, environ: Mapping[st
         if raw is not None:
             values[f.name] = _convert(f, str(raw))
     return ServerConfig(**values)
+
+
+def to_flags(config: ServerConfig) -> list[str]:
+    """The flags that rebuild ``config`` with `parse_flags` (every field, so no environment variable interferes)."""
+    flags = []
+    for f in dataclasses.fields(ServerConfig):
+        value = getattr(config, f.name)
+        flags += [_flag(f.name), str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags
 
 
 def parse_flags(argv: Sequence[str]) -> ServerConfig:

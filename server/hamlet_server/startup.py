@@ -44,9 +44,10 @@ def check_startup(config: ServerConfig) -> None:
         raise StartupError(str(exc)) from None
     if config.metrics_port and config.metrics_port == config.port:
         raise StartupError(f"--metrics-port {config.metrics_port} is also the gRPC --port; pick another")
-    _check_port(_GRPC, config.host, config.port)
-    if config.metrics_port:
-        _check_port(_METRICS, config.metrics_host, config.metrics_port)
+    _check_port(_GRPC, config.host, config.port, reuse_port=config.reuse_port)
+    if config.metrics_port:  # --workers N: worker i serves /metrics on --metrics-port + i
+        for port in range(config.metrics_port, config.metrics_port + config.workers):
+            _check_port(_METRICS, config.metrics_host, port)
 
 
 def check_device(device: str) -> None:
@@ -104,14 +105,15 @@ def serve_metrics(metrics: ServerMetrics, host: str, port: int) -> int:
         ) from None
 
 
-def _check_port(flags: tuple[str, str], host: str, port: int) -> None:
-    problem = _bind_problem(flags, host, port)
+def _check_port(flags: tuple[str, str], host: str, port: int, reuse_port: bool = False) -> None:
+    problem = _bind_problem(flags, host, port, reuse_port)
     if problem:
         raise StartupError(problem)
 
 
-def _bind_problem(flags: tuple[str, str], host: str, port: int) -> str | None:
-    """Why ``host:port`` cannot be bound (as the servers bind it: SO_REUSEADDR), or None if it can."""
+def _bind_problem(flags: tuple[str, str], host: str, port: int, reuse_port: bool = False) -> str | None:
+    """Why ``host:port`` cannot be bound (as the servers bind it: SO_REUSEADDR, plus SO_REUSEPORT for a
+    --workers process), or None if it can."""
     try:
         infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -120,6 +122,8 @@ def _bind_problem(flags: tuple[str, str], host: str, port: int) -> str | None:
     for family, kind, proto, _name, sockaddr in infos:
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 sock.bind(sockaddr)
             except OSError as exc:

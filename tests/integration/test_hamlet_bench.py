@@ -7,13 +7,17 @@ import asyncio
 import json
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import grpc
 import pytest
 from server_helpers import LSTM, MLP, OBS_DIM
 
 from hamlet_client.loadtest import LoadSpec, run_load
+from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
+from hamlet_client.proto import tensor_pb2
 from hamlet_server.server import HamletServer
 
 
@@ -82,3 +86,37 @@ async def test_streams_are_spread_over_several_targets(server_factory: Callable[
     assert figures.errors == {} and figures.steps > 0
     for s in servers:  # round-robin: each server ran forwards for two of the streams
         assert (s.metrics.registry.get_sample_value("hamlet_batch_size_count", {"model": MLP}) or 0) > 0
+
+
+async def test_channels_are_separate_connections() -> None:
+    """`--channels 3` opens three TCP connections (grpc would share one between channels with equal options),
+    so that servers sharing a port (`--workers`) can each get some."""
+    peers: set[str] = set()
+
+    class PeerRecorder(pb_grpc.InferenceServiceServicer):
+        async def StreamEpisode(self, requests: Any, context: Any) -> AsyncIterator[pb.StreamEpisodeResponse]:
+            peers.add(context.peer())
+            start = (await requests.__anext__()).start
+            yield pb.StreamEpisodeResponse(started=pb.EpisodeStarted(num_envs=start.num_envs, action_dim=6))
+            q = tensor_pb2.Tensor(shape=[1, 6], dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=bytes(24))
+            async for index, _ in aenumerate(requests):
+                yield pb.StreamEpisodeResponse(step=pb.EpisodeStepResult(step_index=index, actions=[0], q_values=q))
+
+    server = grpc.aio.server()
+    pb_grpc.add_InferenceServiceServicer_to_server(PeerRecorder(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        spec = LoadSpec(streams=6, envs=1, obs_dim=4, duration=0.3, warmup=0.1, model="m", channels=3)
+        figures = await run_load(spec, [f"127.0.0.1:{port}"])
+    finally:
+        await server.stop(0)
+    assert figures.errors == {} and figures.steps > 0
+    assert len(peers) == 3, peers  # one client port per channel
+
+
+async def aenumerate(items: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
+    index = 0
+    async for item in items:
+        yield index, item
+        index += 1

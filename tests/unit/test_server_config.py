@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
-from hamlet_server.config import ServerConfig, add_arguments, config_from_args, is_loopback, parse_flags
+from hamlet_server.config import (
+    ServerConfig,
+    add_arguments,
+    config_from_args,
+    is_loopback,
+    parse_flags,
+    to_flags,
+)
 
 
 def test_defaults_bind_loopback_with_one_thread():
@@ -84,3 +92,19 @@ def test_the_default_backend_is_onnx_on_the_cpu_and_torch_elsewhere() -> None:
     assert resolve_backend("auto", "cpu") == "onnx"  # onnx and onnxruntime are installed with the dev extra
     assert resolve_backend("auto", "cuda") == "torch" and resolve_backend("auto", "cuda:1") == "torch"
     assert resolve_backend("torch", "cpu") == "torch" and resolve_backend("onnx", "cpu") == "onnx"
+
+
+def test_to_flags_rebuilds_every_setting() -> None:
+    config = ServerConfig(port=0, workers=3, backend="torch", enable_watch=True, session_ttl=12.5, token_file="")
+    assert parse_flags(to_flags(config)) == config
+
+
+def test_worker_config_shares_the_port_and_offsets_metrics() -> None:
+    from hamlet_server.workers import worker_config
+
+    config = ServerConfig(port=0, workers=3, metrics_port=9500)
+    second = worker_config(config, 2, 41234)
+    assert (second.port, second.metrics_port, second.workers, second.reuse_port) == (41234, 9502, 1, True)
+    assert worker_config(dataclasses.replace(config, metrics_port=0), 2, 41234).metrics_port == 0  # stays off
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        ServerConfig(workers=0)

@@ -35,7 +35,13 @@ __all__ = ["LoadSpec", "Progress", "discover_model", "run_load", "scrape_batch_t
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 _REOPEN_PAUSE_S = 0.1  # after a stream ends with an error, before it is opened again
 _STOP_GRACE_S = 5.0  # how long calls in flight at the end may take before they are cancelled
-_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+# A local subchannel pool: without it, channels with the same target and options share one connection
+# (grpc's global pool), so --channels 8 would still be one TCP connection and land on one server process.
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 
 
 @dataclass(frozen=True)
