@@ -324,7 +324,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         if batch > self.config.max_predict_batch:
             raise RequestError(
                 SC.INVALID_ARGUMENT,
-                f"observations: at most {self.config.max_predict_batch} rows per Predict, got {batch}; split the batch",
+                f"obs: at most {self.config.max_predict_batch} rows per Predict, got {batch}; split the batch",
                 "BATCH_LIMIT",
             )
         mask = decode_action_mask(
@@ -332,13 +332,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         )
         hidden = None
         if request.HasField("hidden"):
-            if not served.is_recurrent:
-                raise RequestError(
-                    SC.INVALID_ARGUMENT,
-                    f"hidden: model {served.name!r} is a feed-forward (simple) network and takes no hidden state",
-                    "UNEXPECTED_HIDDEN",
-                )
-            hidden = decode_hidden(request.hidden.h, request.hidden.c, batch=batch, hidden_dim=served.hidden_dim)
+            hidden_dim = served.hidden_dim if served.is_recurrent else None  # None: refused as the library does
+            hidden = decode_hidden(request.hidden.h, request.hidden.c, batch=batch, hidden_dim=hidden_dim)
         seed = request.seed if request.HasField("seed") else None
         return WorkItem(obs, epsilon, mask, _generator(seed), hidden=hidden, return_hidden=served.is_recurrent)
 

@@ -18,7 +18,6 @@ from grpc_status import rpc_status
 
 from hamlet_server.repository import ModelLoadError, UnknownModelError, UnknownVersionError
 from hamlet_server.streams import SessionLimitError, SlotLimitError
-from hamlet_server.tensor_codec import InvalidTensorError
 from townlet.inference.errors import InvalidInputError
 
 __all__ = ["ERROR_DOMAIN", "MAX_MESSAGE_CHARS", "RequestError", "rich_status", "status_for", "truncate"]
@@ -31,7 +30,9 @@ the status past the metadata limit, which the client would see as RESOURCE_EXHAU
 
 
 ERROR_DOMAIN = "hamlet.v1"
-_FIELD = re.compile(r"^([a-z_][a-z0-9_.]*)(?: [a-z]+)?: ")
+_FIELD = re.compile(r"^([a-z_][a-z0-9_.]*)(?: ([a-z]+))?: ")
+_REQUEST_FIELDS = {"obs": "observations"}
+"""The model layer's argument names (in the messages it shares with the library) -> the request's field names."""
 
 
 class RequestError(Exception):
@@ -52,10 +53,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
     """``(code, message, error_reason)`` for an exception raised while serving a request."""
     if isinstance(exc, RequestError):
         found = (exc.code, exc.message, exc.error_reason)
-    elif isinstance(exc, InvalidTensorError):
+    elif isinstance(exc, InvalidInputError):  # the model layer's input rules, and the tensor codec's
         found = (SC.INVALID_ARGUMENT, str(exc), exc.reason)
-    elif isinstance(exc, InvalidInputError):
-        found = (SC.INVALID_ARGUMENT, str(exc), "BAD_EPSILON" if "epsilon" in str(exc) else "BAD_ARGUMENT")
     elif isinstance(exc, UnknownModelError):
         found = (SC.NOT_FOUND, str(exc), "UNKNOWN_MODEL")
     elif isinstance(exc, UnknownVersionError):
@@ -73,15 +72,24 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
     return code, truncate(message), reason
 
 
+def _request_field(message: str) -> str | None:
+    """The request field a message starts with: ``obs: ...`` -> ``observations``, ``hidden h: ...`` -> ``hidden.h``."""
+    found = _FIELD.match(message)
+    if found is None:
+        return None
+    name = _REQUEST_FIELDS.get(found[1], found[1])
+    return f"{name}.{found[2]}" if found[2] else name
+
+
 def rich_status(code: grpc.StatusCode, message: str, error_reason: str) -> grpc.Status:
     """The status with its details the standard way (``grpc-status-details-bin``): a ``google.rpc.ErrorInfo``
     (reason, domain ``hamlet.v1``), and for INVALID_ARGUMENT a ``google.rpc.BadRequest`` naming the field
-    when the message starts with one (``observations: expected ...``)."""
+    when the message starts with one (``obs: expected ...`` names ``observations``)."""
     status = status_pb2.Status(code=code.value[0], message=message)
     if error_reason:
         status.details.add().Pack(error_details_pb2.ErrorInfo(reason=error_reason, domain=ERROR_DOMAIN))
-    field = _FIELD.match(message)
+    field = _request_field(message)
     if code is SC.INVALID_ARGUMENT and field is not None:
-        violation = error_details_pb2.BadRequest.FieldViolation(field=field.group(1), description=message)
+        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
     return rpc_status.to_status(status)

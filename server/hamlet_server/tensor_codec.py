@@ -1,8 +1,11 @@
 """Tensors <-> `hamlet.v1.Tensor` (shape + dtype + raw little-endian bytes), with validation.
 
-Pure functions. Decoding checks everything a request can get wrong (dtype, rank, width, byte length,
-NaN/Inf, an all-false action-mask row) and raises `InvalidTensorError` with a message that says what was
-expected and what came. No pickle: the bytes are read with `numpy.frombuffer` and copied once into torch.
+Pure functions. Decoding checks what only the wire can get wrong (an unset or unknown dtype, a negative
+dimension, a byte length that does not fit the shape), then hands the numpy array to the model layer's
+rules (`townlet.inference.validation`: dtype, shape, width, NaN/Inf, an all-false action-mask row), so a
+request gets the message `HamletModel.predict` gives for the same mistake. Every error is an
+`InvalidInputError` whose ``reason`` is the stable error reason sent to clients. No pickle: the bytes are
+read with `numpy.frombuffer` and copied once into torch.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import numpy as np
 import torch
 
 from hamlet_client.proto import tensor_pb2
-from townlet.inference.validation import all_finite
+from townlet.inference import validation
+from townlet.inference.errors import InvalidInputError
 
 __all__ = [
     "InvalidTensorError",
@@ -39,13 +43,11 @@ _DTYPE_BY_TORCH = {
 }
 
 
-class InvalidTensorError(ValueError):
-    """A tensor in a request does not fit: the message names the field, what was expected and what came;
-    ``reason`` is the stable error reason sent to clients (``BAD_TENSOR``, ``OBS_WIDTH_MISMATCH``)."""
+class InvalidTensorError(InvalidInputError):
+    """A tensor's bytes do not make an array (unset dtype, byte length): the wire's own rule, reason BAD_TENSOR."""
 
     def __init__(self, message: str, reason: str = "BAD_TENSOR") -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason)
 
 
 def _dtype_name(dtype: int) -> str:
@@ -55,89 +57,57 @@ def _dtype_name(dtype: int) -> str:
         return f"unknown DataType {dtype}"
 
 
-def decode_tensor(msg: tensor_pb2.Tensor, *, field: str, dtype: int) -> np.ndarray:
-    """Decode `msg` as a numpy array of `dtype` (a DataType value), checking dtype and byte length.
+def decode_tensor(msg: tensor_pb2.Tensor, *, field: str) -> np.ndarray:
+    """Decode `msg` as a numpy array of its own dtype, checking that the dtype is set and the bytes fit the shape.
 
     The result is a read-only view of the message's bytes; copy it before writing.
     """
-    if msg.dtype != dtype:
+    np_dtype = _NP_BY_DTYPE.get(msg.dtype)
+    if np_dtype is None:
+        known = [_dtype_name(d) for d in _NP_BY_DTYPE]
         raise InvalidTensorError(
-            f"{field}: expected dtype {_dtype_name(dtype)}, got {_dtype_name(msg.dtype)}"
+            f"{field}: expected a Tensor.dtype of {known}, got {_dtype_name(msg.dtype)}"
             + (" (set Tensor.dtype)" if msg.dtype == tensor_pb2.DATA_TYPE_UNSPECIFIED else "")
         )
     shape = tuple(int(d) for d in msg.shape)
     if any(d < 0 for d in shape):
         raise InvalidTensorError(f"{field}: shape {list(shape)} has a negative dimension")
-    np_dtype = _NP_BY_DTYPE[dtype]
     expected = math.prod(shape) * np_dtype.itemsize  # Python ints: no overflow on absurd shapes
     if len(msg.data) != expected:
         raise InvalidTensorError(
-            f"{field}: shape {list(shape)} of {_dtype_name(dtype)} needs {expected} bytes, got {len(msg.data)}"
+            f"{field}: shape {list(shape)} of {_dtype_name(msg.dtype)} needs {expected} bytes, got {len(msg.data)}"
         )
     array: np.ndarray = np.frombuffer(msg.data, dtype=np_dtype).reshape(shape)
     return array
 
 
-def _check_finite(array: np.ndarray, field: str) -> None:
-    if not all_finite(array):  # one cheap pass on the per-step path; the index is looked up only on failure
-        bad = np.argwhere(~np.isfinite(array))[0].tolist()
-        raise InvalidTensorError(f"{field}: expected finite values, got {array[tuple(bad)]} at index {bad}")
-
-
 def decode_observations(msg: tensor_pb2.Tensor, *, obs_dim: int, batch: int | None = None) -> torch.Tensor:
-    """Decode observations `[B, obs_dim]` float32 (B == `batch` when given, else >= 1) into a torch tensor."""
-    array = decode_tensor(msg, field="observations", dtype=tensor_pb2.DATA_TYPE_FLOAT32)
-    want_b = "B" if batch is None else str(batch)
-    if array.ndim != 2:
-        raise InvalidTensorError(
-            f"observations: expected rank 2 [{want_b}, {obs_dim}], got shape {list(array.shape)}"
-            + (" (wrap a single observation as a batch of one)" if array.ndim == 1 else "")
-        )
-    if array.shape[1] != obs_dim:
-        raise InvalidTensorError(
-            f"observations: expected width obs_dim={obs_dim}, got shape {list(array.shape)} "
-            f"(is this observation for another model or level?)",
-            "OBS_WIDTH_MISMATCH",
-        )
-    if array.shape[0] == 0:
-        raise InvalidTensorError(f"observations: expected a non-empty batch [{want_b}, {obs_dim}], got 0 rows")
+    """Decode observations ``[B, obs_dim]`` (or ``[obs_dim]``, a batch of one) float32 into a torch tensor;
+    B must equal `batch` when given (a stream's one row per environment)."""
+    array = validation.obs_array(decode_tensor(msg, field="obs"), obs_dim)
     if batch is not None and array.shape[0] != batch:
         raise InvalidTensorError(
-            f"observations: expected [{batch}, {obs_dim}] (one row per environment), got {list(array.shape)}"
+            f"obs: expected [{batch}, {obs_dim}] (one row per environment), got {list(array.shape)}"
         )
-    _check_finite(array, "observations")
-    return torch.from_numpy(array.astype(np.float32))
+    return torch.from_numpy(array.copy())  # the message's bytes are read-only
 
 
 def decode_action_mask(msg: tensor_pb2.Tensor | None, *, batch: int, action_dim: int) -> torch.Tensor | None:
-    """Decode an action mask `[B, action_dim]` bool, or None when `msg` is absent (None or empty)."""
+    """Decode an action mask ``[B, action_dim]`` bool, or None when `msg` is absent (None or empty)."""
     if msg is None or (not msg.shape and not msg.data and msg.dtype == tensor_pb2.DATA_TYPE_UNSPECIFIED):
         return None
-    array = decode_tensor(msg, field="action_mask", dtype=tensor_pb2.DATA_TYPE_BOOL)
-    if array.shape != (batch, action_dim):
-        raise InvalidTensorError(f"action_mask: expected shape [{batch}, {action_dim}], got {list(array.shape)}")
-    empty_rows = np.flatnonzero(~array.any(axis=1))
-    if empty_rows.size:
-        raise InvalidTensorError(
-            f"action_mask: row {int(empty_rows[0])} allows no action; every row needs at least one true entry"
-        )
-    return torch.from_numpy(array.astype(np.bool_))
+    mask = validation.mask_array(decode_tensor(msg, field="action_mask"), batch, action_dim)
+    return None if mask is None else torch.from_numpy(mask.copy())
 
 
 def decode_hidden(
-    h_msg: tensor_pb2.Tensor, c_msg: tensor_pb2.Tensor, *, batch: int, hidden_dim: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode an LSTM state (h, c), each `[1, B, hidden_dim]` float32."""
-    out = []
-    for name, msg in (("hidden.h", h_msg), ("hidden.c", c_msg)):
-        array = decode_tensor(msg, field=name, dtype=tensor_pb2.DATA_TYPE_FLOAT32)
-        if array.shape != (1, batch, hidden_dim):
-            raise InvalidTensorError(
-                f"{name}: expected shape [1, {batch}, {hidden_dim}] (layers, batch, hidden), got {list(array.shape)}"
-            )
-        _check_finite(array, name)
-        out.append(torch.from_numpy(array.astype(np.float32)))
-    return out[0], out[1]
+    h_msg: tensor_pb2.Tensor, c_msg: tensor_pb2.Tensor, *, batch: int, hidden_dim: int | None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Decode an LSTM state (h, c), each ``[1, B, hidden_dim]`` float32 (never None: that is the type of
+    `validation.hidden_arrays`); `hidden_dim` None: the model is feed-forward, and the state is refused."""
+    pair = (decode_tensor(h_msg, field="hidden h"), decode_tensor(c_msg, field="hidden c"))
+    checked = validation.hidden_arrays(pair, batch, hidden_dim)
+    return None if checked is None else (torch.from_numpy(checked[0].copy()), torch.from_numpy(checked[1].copy()))
 
 
 _F32_LE = np.dtype("<f4")

@@ -143,7 +143,7 @@ def test_list_models_and_metadata(client: HamletClient, local_models: dict[str, 
 
 
 def test_bad_input_and_unknown_model_are_typed(client: HamletClient) -> None:
-    with pytest.raises(InvalidArgumentError, match="obs_dim=91") as info:
+    with pytest.raises(InvalidArgumentError, match=r"expected shape \[91\] or \[B, 91\]") as info:
         client.predict(np.zeros((2, 10), dtype=np.float32), model=MLP)
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     nan_obs = np.zeros((2, 91), dtype=np.float32)
@@ -200,7 +200,7 @@ def test_episode_errors_are_typed(threaded_server_factory: Callable[..., Threade
             with pytest.raises(CapacityExceededError):
                 client.episode(MLP)
             first.step(np.zeros(91, dtype=np.float32))
-            with pytest.raises(InvalidArgumentError, match="obs_dim=91"):
+            with pytest.raises(InvalidArgumentError, match=r"expected shape \[91\] or \[B, 91\]"):
                 first.step(np.zeros(20, dtype=np.float32))
             assert first.closed
         _wait_for(lambda: server.sessions() == 0)

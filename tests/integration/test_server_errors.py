@@ -31,19 +31,21 @@ def _mask_with_empty_row():
 
 PREDICT_CASES = {
     "wrong width": (pb.PredictRequest(model=MLP, observations=enc(obs_batch(MLP, 2, RNG)[:, :90])), IA,
-                    ["obs_dim=91", "[2, 90]"]),
-    "rank 1": (pb.PredictRequest(model=MLP, observations=enc(GOOD_MLP[0])), IA, ["rank 2", "[91]"]),
-    "rank 3": (pb.PredictRequest(model=MLP, observations=enc(GOOD_MLP[None])), IA, ["rank 2", "[1, 2, 91]"]),
+                    ["obs: expected shape [91] or [B, 91]", "[2, 90]"]),
+    "one observation too narrow": (pb.PredictRequest(model=MLP, observations=enc(GOOD_MLP[0, :90])), IA,
+                                   ["[91] or [B, 91]", "got [1, 90]"]),
+    "rank 3": (pb.PredictRequest(model=MLP, observations=enc(GOOD_MLP[None])), IA, ["[91] or [B, 91]", "[1, 2, 91]"]),
     "int64 observations": (pb.PredictRequest(model=MLP, observations=enc(GOOD_MLP.astype(np.int64))), IA,
-        ["expected dtype DATA_TYPE_FLOAT32", "DATA_TYPE_INT64"]),
+        ["obs: expected a float array, got dtype int64"]),
     "dtype unset": (pb.PredictRequest(model=MLP, observations=tensor_pb2.Tensor(
         shape=[2, 91], data=GOOD_MLP.tobytes())), IA, ["DATA_TYPE_UNSPECIFIED"]),
     "byte length": (pb.PredictRequest(model=MLP, observations=tensor_pb2.Tensor(
         shape=[2, 91], dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=GOOD_MLP.tobytes()[:-4])), IA, ["728 bytes", "724"]),
-    "nan": (pb.PredictRequest(model=MLP, observations=enc(_with_nan(GOOD_MLP))), IA, ["finite", "nan", "[1, 3]"]),
-    "inf": (pb.PredictRequest(model=MLP, observations=enc(GOOD_MLP * np.float32(np.inf))), IA, ["finite", "inf"]),
-    "empty batch": (pb.PredictRequest(model=MLP, observations=enc(np.zeros((0, 91), np.float32))), IA, ["non-empty"]),
-    "no observations": (pb.PredictRequest(model=MLP), IA, ["observations"]),
+    "nan": (pb.PredictRequest(model=MLP, observations=enc(_with_nan(GOOD_MLP))), IA, ["finite", "NaN", "row(s) [1]"]),
+    "inf": (pb.PredictRequest(model=MLP, observations=enc(GOOD_MLP * np.float32(np.inf))), IA, ["finite", "Inf"]),
+    "empty batch": (pb.PredictRequest(model=MLP, observations=enc(np.zeros((0, 91), np.float32))), IA,
+                    ["empty batch"]),
+    "no observations": (pb.PredictRequest(model=MLP), IA, ["obs:", "set Tensor.dtype"]),
     "unknown model": (pb.PredictRequest(model="nope", observations=enc(GOOD_MLP)), grpc.StatusCode.NOT_FOUND,
                       ["'nope'", "available", MLP]),
     "unknown version": (pb.PredictRequest(model=MLP, version=7, observations=enc(GOOD_MLP)),
@@ -53,12 +55,13 @@ PREDICT_CASES = {
     "epsilon negative": (pb.PredictRequest(model=MLP, observations=enc(GOOD_MLP), epsilon=-0.1), IA, ["[0, 1]"]),
     "hidden wrong shape": (pb.PredictRequest(model=LSTM, observations=enc(GOOD_LSTM), hidden=tensor_pb2.HiddenState(
         h=enc(np.zeros((1, 3, 256), np.float32)), c=enc(np.zeros((1, 3, 256), np.float32)))), IA,
-        ["hidden.h", "[1, 2, 256]", "[1, 3, 256]"]),
+        ["hidden h", "[1, 2, 256]", "[1, 3, 256]"]),
     "hidden on mlp": (pb.PredictRequest(model=MLP, observations=enc(GOOD_MLP), hidden=tensor_pb2.HiddenState(
         h=enc(np.zeros((1, 2, 256), np.float32)), c=enc(np.zeros((1, 2, 256), np.float32)))), IA,
         ["feed-forward"]),
     "mask empty row": (pb.PredictRequest(model=MLP, observations=enc(GOOD_MLP),
-                                         action_mask=enc(_mask_with_empty_row())), IA, ["row 1 allows no action"]),
+                                         action_mask=enc(_mask_with_empty_row())), IA,
+                       ["row(s) [1] allow no action"]),
     "mask wrong shape": (pb.PredictRequest(model=MLP, observations=enc(GOOD_MLP),
                                            action_mask=enc(np.ones((2, 5), bool))), IA, ["[2, 6]", "[2, 5]"]),
 }  # fmt: skip
@@ -111,11 +114,11 @@ STREAM_CASES = {
     "epsilon out of range": ([start_msg(LSTM, 2, epsilon=2.0)], IA, ["start.epsilon", "[0, 1]"]),
     "step epsilon out of range": ([start_msg(LSTM, 2), _step(GOOD_LSTM, epsilon=-1.0)], IA, ["step.epsilon"]),
     "rows != num_envs": ([start_msg(LSTM, 3), _step(GOOD_LSTM)], IA, ["[3, 54]", "[2, 54]"]),
-    "wrong width": ([start_msg(LSTM, 2), _step(GOOD_MLP)], IA, ["obs_dim=54"]),
+    "wrong width": ([start_msg(LSTM, 2), _step(GOOD_MLP)], IA, ["[54] or [B, 54]"]),
     "nan": ([start_msg(LSTM, 2), _step(_with_nan(GOOD_LSTM))], IA, ["finite"]),
     "reset length": ([start_msg(LSTM, 2), _step(GOOD_LSTM, reset=[True, False, True])], IA, ["2 flags", "got 3"]),
     "mask empty row": ([start_msg(LSTM, 2), pb.StreamEpisodeRequest(step=pb.EpisodeStep(
-        observations=enc(GOOD_LSTM), action_mask=enc(_mask_with_empty_row())))], IA, ["allows no action"]),
+        observations=enc(GOOD_LSTM), action_mask=enc(_mask_with_empty_row())))], IA, ["allow no action"]),
     "empty request": ([pb.StreamEpisodeRequest()], IA, ["set start or step"]),
 }  # fmt: skip
 

@@ -75,6 +75,7 @@ def test_training_is_imported_by_nothing_below_it() -> None:
     "module",
     [
         "townlet.inference.errors",
+        "townlet.inference.validation",
         "townlet.inference",
         "townlet.agent.errors",
         "hamlet_viewer.cli, hamlet_viewer.app",  # against a server the viewer needs no torch: only --checkpoint

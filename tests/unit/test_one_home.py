@@ -58,6 +58,17 @@ def test_dead_names_stay_gone() -> None:
     assert not _defining(r"^NO_RETRY\b")
 
 
+@pytest.mark.parametrize(
+    "rule", ["expected finite values", "allow no action", r"expected a number in \[0, 1\]", "takes no hidden state",
+             r"or \[B, ", r"def _?check_finite\("],
+)  # fmt: skip
+def test_each_input_rule_of_the_server_and_the_library_lives_in_validation(rule: str) -> None:
+    # hamlet_client checks a few of them before sending, in its own words: it cannot import the server's packages
+    assert {name for name in _defining(rule) if name.startswith("server/")} == {
+        "server/townlet/inference/validation.py"
+    }
+
+
 def test_one_device_rule_and_one_atomic_write() -> None:
     assert _defining(r"^def resolve_device\(") == {"server/townlet/inference/model.py"}
     assert _defining(r"os\.fsync\(") == {"server/townlet/inference/atomic_write.py"}

@@ -250,7 +250,9 @@ def test_hidden_errors() -> None:
     lstm = HamletModel(make_network("recurrent"))
     mlp = HamletModel(make_network("simple"))
     obs = torch.rand(3, 54)
-    with pytest.raises(InvalidInputError, match=r"hidden h: expected shape \[1, 3, 256\], got \[1, 2, 256\]"):
+    with pytest.raises(
+        InvalidInputError, match=r"hidden h: expected shape \[1, 3, 256\] \(layers, batch, hidden\), got \[1, 2, 256\]"
+    ):
         lstm.predict(obs, lstm.initial_hidden(2))
     with pytest.raises(InvalidInputError, match=r"expected a pair \(h, c\)"):
         lstm.predict(obs, torch.zeros(1, 3, 256))  # type: ignore[arg-type]

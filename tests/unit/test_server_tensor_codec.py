@@ -1,4 +1,5 @@
-"""tensor_codec: exact round trips, and each validation error names expected vs got."""
+"""tensor_codec: exact round trips, and each validation error names expected vs got (the wire's own rules
+here; the model layer's rules, shared with `HamletModel.predict`, in tests/integration/test_same_messages.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from hypothesis.extra import numpy as hnp
 
 from hamlet_client.proto import tensor_pb2
 from hamlet_server.tensor_codec import (
-    InvalidTensorError,
     decode_action_mask,
     decode_hidden,
     decode_observations,
@@ -19,6 +19,7 @@ from hamlet_server.tensor_codec import (
     encode_hidden,
     encode_tensor,
 )
+from townlet.inference.errors import InvalidInputError
 
 F32 = tensor_pb2.DATA_TYPE_FLOAT32
 
@@ -38,7 +39,7 @@ def test_torch_tensors_encode_as_little_endian_bytes(dtype):
     assert list(msg.shape) == [2, 3]
     np_dtype = {torch.float32: "<f4", torch.int64: "<i8", torch.bool: "?"}[dtype]
     assert msg.data == tensor.numpy().astype(np_dtype).tobytes()
-    assert torch.equal(torch.from_numpy(decode_tensor(msg, field="x", dtype=msg.dtype).copy()), tensor)
+    assert torch.equal(torch.from_numpy(decode_tensor(msg, field="x").copy()), tensor)
 
 
 def test_hidden_round_trip():
@@ -54,25 +55,31 @@ def _obs(shape, dtype=F32, data=None):
 
 
 @pytest.mark.parametrize(
-    ("msg", "kwargs", "fragment"),
+    ("msg", "kwargs", "fragment", "reason"),
     [
-        (_obs((2, 5)), {"obs_dim": 4}, "expected width obs_dim=4, got shape [2, 5]"),
-        (_obs((5,)), {"obs_dim": 5}, "wrap a single observation"),
+        (_obs((2, 5)), {"obs_dim": 4}, "obs: expected shape [4] or [B, 4], got [2, 5]", "OBS_WIDTH_MISMATCH"),
         (_obs((2, 5), dtype=tensor_pb2.DATA_TYPE_INT64, data=np.zeros((2, 5), np.int64).tobytes()), {"obs_dim": 5},
-         "expected dtype DATA_TYPE_FLOAT32, got DATA_TYPE_INT64"),
-        (_obs((2, 5), data=b"\0" * 36), {"obs_dim": 5}, "needs 40 bytes, got 36"),
-        (_obs((0, 5)), {"obs_dim": 5}, "non-empty batch"),
-        (_obs((3, 5)), {"obs_dim": 5, "batch": 2}, "expected [2, 5] (one row per environment), got [3, 5]"),
+         "obs: expected a float array, got dtype int64", "BAD_TENSOR"),
+        (_obs((2, 5), dtype=tensor_pb2.DATA_TYPE_UNSPECIFIED), {"obs_dim": 5}, "(set Tensor.dtype)", "BAD_TENSOR"),
+        (_obs((2, 5), data=b"\0" * 36), {"obs_dim": 5}, "needs 40 bytes, got 36", "BAD_TENSOR"),
+        (_obs((0, 5)), {"obs_dim": 5}, "empty batch", "BAD_TENSOR"),
+        (_obs((3, 5)), {"obs_dim": 5, "batch": 2}, "expected [2, 5] (one row per environment), got [3, 5]",
+         "BAD_TENSOR"),
         (tensor_pb2.Tensor(shape=[1, 2], dtype=F32, data=np.array([[0, np.inf]], np.float32).tobytes()),
-         {"obs_dim": 2}, "expected finite values, got inf at index [0, 1]"),
-        (tensor_pb2.Tensor(shape=[-1, 2], dtype=F32), {"obs_dim": 2}, "negative dimension"),
-        (tensor_pb2.Tensor(shape=[2**32, 2**32], dtype=F32), {"obs_dim": 2**32}, "needs 73786976294838206464 bytes"),
+         {"obs_dim": 2}, "obs: expected finite values, got NaN or Inf in row(s) [0]", "BAD_TENSOR"),
+        (tensor_pb2.Tensor(shape=[-1, 2], dtype=F32), {"obs_dim": 2}, "negative dimension", "BAD_TENSOR"),
+        (tensor_pb2.Tensor(shape=[2**32, 2**32], dtype=F32), {"obs_dim": 2**32}, "needs 73786976294838206464 bytes",
+         "BAD_TENSOR"),
     ],
 )  # fmt: skip
-def test_bad_observations_are_refused_with_a_clear_message(msg, kwargs, fragment):
-    with pytest.raises(InvalidTensorError) as info:
+def test_bad_observations_are_refused_with_a_clear_message(msg, kwargs, fragment, reason):
+    with pytest.raises(InvalidInputError) as info:
         decode_observations(msg, **kwargs)
-    assert fragment in str(info.value)
+    assert fragment in str(info.value) and info.value.reason == reason
+
+
+def test_one_observation_is_a_batch_of_one_as_in_the_library():
+    assert decode_observations(_obs((5,)), obs_dim=5).shape == (1, 5)
 
 
 def test_action_mask_absent_valid_and_invalid():
@@ -80,16 +87,19 @@ def test_action_mask_absent_valid_and_invalid():
     assert decode_action_mask(tensor_pb2.Tensor(), batch=2, action_dim=3) is None
     good = np.array([[True, False, True], [False, False, True]])
     assert torch.equal(decode_action_mask(encode_tensor(good), batch=2, action_dim=3), torch.from_numpy(good))
-    with pytest.raises(InvalidTensorError, match="row 1 allows no action"):
+    with pytest.raises(InvalidInputError, match=r"row\(s\) \[1\] allow no action"):
         decode_action_mask(encode_tensor(np.array([[True, False], [False, False]])), batch=2, action_dim=2)
-    with pytest.raises(InvalidTensorError, match=r"expected shape \[2, 3\], got \[2, 2\]"):
+    with pytest.raises(InvalidInputError, match=r"expected shape \[2, 3\], got \[2, 2\]"):
         decode_action_mask(encode_tensor(np.ones((2, 2), bool)), batch=2, action_dim=3)
 
 
-def test_hidden_shape_is_checked():
+def test_hidden_shape_is_checked_and_a_feed_forward_model_takes_none():
     bad = encode_tensor(torch.zeros(1, 2, 7))
-    with pytest.raises(InvalidTensorError, match=r"hidden.h: expected shape \[1, 2, 8\]"):
+    with pytest.raises(InvalidInputError, match=r"hidden h: expected shape \[1, 2, 8\]"):
         decode_hidden(bad, bad, batch=2, hidden_dim=8)
+    with pytest.raises(InvalidInputError, match="takes no hidden state") as info:
+        decode_hidden(bad, bad, batch=2, hidden_dim=None)
+    assert info.value.reason == "UNEXPECTED_HIDDEN"
 
 
 def test_huge_but_finite_observations_pass_and_inf_is_located() -> None:
@@ -97,5 +107,5 @@ def test_huge_but_finite_observations_pass_and_inf_is_located() -> None:
     huge = np.full((2, 4), 3e38, np.float32)
     assert decode_observations(encode_tensor(huge), obs_dim=4).shape == (2, 4)
     huge[1, 2] = np.inf
-    with pytest.raises(InvalidTensorError, match=r"expected finite values, got inf at index \[1, 2\]"):
+    with pytest.raises(InvalidInputError, match=r"obs: expected finite values, got NaN or Inf in row\(s\) \[1\]"):
         decode_observations(encode_tensor(huge), obs_dim=4)

@@ -30,7 +30,12 @@ class InferenceError(Exception):
 
 class InvalidInputError(InferenceError, ValueError):
     """An argument to `predict()` (or a similar call) does not fit the model: the message says what was
-    expected and what came."""
+    expected and what came; ``reason`` names the fact (``OBS_WIDTH_MISMATCH``, ``BAD_TENSOR``, ``BAD_EPSILON``,
+    ``UNEXPECTED_HIDDEN``, else ``BAD_ARGUMENT``): the error reason the server sends for it."""
+
+    def __init__(self, message: str, reason: str = "BAD_ARGUMENT") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class CheckpointError(InferenceError):

@@ -293,17 +293,13 @@ class HamletModel:
     # ------------------------------------------------------------------ validation
 
     def _check_obs(self, obs: Any) -> Tensor:
-        validation.reject_reset_tuple(obs)
-        if not isinstance(obs, Tensor):
-            try:
-                obs = torch.as_tensor(np.asarray(obs))
-            except (TypeError, ValueError) as exc:
-                raise InvalidInputError(f"obs: expected an array of floats, got {type(obs).__name__}: {exc}") from None
+        if not isinstance(obs, Tensor):  # numpy, a list: checked as numpy, then moved
+            return torch.from_numpy(validation.obs_array(obs, self.obs_dim)).to(self.device)
         if obs.dim() == 1:
             obs = obs.unsqueeze(0)
         validation.check_obs(tuple(obs.shape), obs.is_floating_point(), obs.dtype, self.obs_dim)
         checked: Tensor = obs.to(device=self.device, dtype=torch.float32)
-        _check_finite(checked, "obs")
+        validation.check_finite("obs", checked)
         return checked
 
     def _check_hidden(self, hidden: Any, batch: int) -> Hidden | None:
@@ -315,18 +311,17 @@ class HamletModel:
             part = torch.as_tensor(part)
             validation.check_hidden_part(name, tuple(part.shape), part.is_floating_point(), part.dtype, expected)
             part = part.to(device=self.device, dtype=torch.float32)
-            _check_finite(part.reshape(batch, -1), f"hidden {name}")
+            validation.check_finite(f"hidden {name}", part.reshape(batch, -1))
             checked.append(part)
         return checked[0], checked[1]
 
     def _check_mask(self, mask: Any, batch: int) -> Tensor | None:
-        if mask is None:
-            return None
-        mask_t = mask if isinstance(mask, Tensor) else torch.as_tensor(np.asarray(mask))
-        if mask_t.dim() == 1:
-            mask_t = mask_t.unsqueeze(0)
+        if not isinstance(mask, Tensor):  # None, numpy, a list: checked as numpy (numpy's dtype names), then moved
+            checked = validation.mask_array(mask, batch, self.action_dim)
+            return None if checked is None else torch.from_numpy(checked).to(self.device)
+        mask_t: Tensor = mask.unsqueeze(0) if mask.dim() == 1 else mask
         validation.check_mask(tuple(mask_t.shape), mask_t.dtype == torch.bool, mask_t.dtype, batch, self.action_dim)
-        validation.reject_rows("action_mask", torch.nonzero(~mask_t.any(dim=1)).flatten().tolist())
+        validation.reject_empty_mask_rows(torch.nonzero(~mask_t.any(dim=1)).flatten().tolist())
         return mask_t.to(self.device)
 
     def _check_episode_start(self, episode_start: Any, batch: int) -> Tensor | None:
@@ -345,12 +340,3 @@ class HamletModel:
                 f"episode_start: expected shape [{batch}] (one flag per row), got {list(starts.shape)}"
             )
         return starts.to(self.device)
-
-
-def _check_finite(values: Tensor, name: str) -> None:
-    """Raise unless every element of ``values [B, ...]`` is finite. A finite sum proves it in one cheap pass
-    (NaN and Inf propagate through a sum); only a non-finite sum pays for the element-wise check, whose rows
-    are empty when the sum merely overflowed (huge but finite values)."""
-    if not bool(torch.isfinite(values.sum())):
-        rows = torch.nonzero(~torch.isfinite(values).reshape(values.shape[0], -1).all(dim=1)).flatten().tolist()
-        validation.reject_rows(name, rows)

@@ -24,6 +24,7 @@ import onnxruntime as ort
 
 from townlet.inference import validation
 from townlet.inference.errors import CheckpointError, InvalidInputError, first_line
+from townlet.inference.validation import FloatArray, NumpyHidden
 
 __all__ = [
     "HAMLET_ONNX_FORMAT",
@@ -45,9 +46,6 @@ HAMLET_ONNX_FORMAT = "hamlet_onnx_v1"
 INPUT_NAMES = {"simple": ("obs",), "recurrent": ("obs", "hidden_h", "hidden_c")}
 OUTPUT_NAMES = {"simple": ("q_values",), "recurrent": ("q_values", "new_hidden_h", "new_hidden_c")}
 
-FloatArray = npt.NDArray[np.float32]
-NumpyHidden = tuple[FloatArray, FloatArray]
-"""LSTM state ``(h, c)``, each ``[1, B, H]`` float32 (batch on axis 1)."""
 
 _INT_KEYS = ("obs_dim", "action_dim", "hidden_dim", "opset")
 
@@ -264,11 +262,11 @@ class OnnxModel:
         Raises:
             InvalidInputError: (a ValueError) when an argument does not fit, saying what was expected.
         """
-        obs_a = self._check_obs(obs)
+        obs_a = validation.obs_array(obs, self._obs_dim)
         batch = obs_a.shape[0]
         checked_hidden = self._check_hidden(hidden, batch)
         eps = validation.check_epsilon(epsilon)
-        mask = self._check_mask(action_mask, batch)
+        mask = validation.mask_array(action_mask, batch, self._action_dim)
         seed = _check_generator(generator)
         q_values, new_hidden = self.forward(obs_a, checked_hidden)
         if eps == 0.0:  # the serving default: one argmax, and no Generator built (that alone cost 16-43 us)
@@ -278,81 +276,12 @@ class OnnxModel:
             actions = epsilon_greedy_numpy(q_values, eps, mask, rng)
         return OnnxPredictResult(actions=actions, q_values=q_values, hidden=new_hidden)
 
-    # ------------------------------------------------------------------ validation (HamletModel's messages)
-
-    def _check_obs(self, obs: Any) -> FloatArray:
-        if _is_float32_matrix(obs, self._obs_dim):  # already what the session takes: only the values to check
-            _check_finite(obs, "obs")
-            return obs  # type: ignore[no-any-return]
-        validation.reject_reset_tuple(obs)
-        try:
-            arr = np.asarray(obs)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"obs: expected an array of floats, got {type(obs).__name__}: {exc}") from None
-        if arr.ndim == 1:
-            arr = arr[None, :]
-        validation.check_obs(arr.shape, np.issubdtype(arr.dtype, np.floating), arr.dtype, self._obs_dim)
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        _check_finite(arr, "obs")
-        return arr
-
     def _check_hidden(self, hidden: Any, batch: int) -> NumpyHidden | None:
-        if self._hidden_dim is not None and type(hidden) is tuple and len(hidden) == 2:
-            shape = (1, batch, self._hidden_dim)
-            h, c = hidden
-            if _is_float32_state(h, shape) and _is_float32_state(c, shape):  # the state a previous call returned
-                _check_finite(h.reshape(batch, -1), "hidden h")
-                _check_finite(c.reshape(batch, -1), "hidden c")
-                return h, c
-        expected = [1, batch, self._hidden_dim or 0]
-        if not validation.check_hidden_pair(hidden, expected, self._hidden_dim is not None):
-            return None if self._hidden_dim is None else self.initial_hidden(batch)
-        checked = []
-        for name, part in zip("hc", hidden, strict=True):
-            arr = np.asarray(part)
-            validation.check_hidden_part(name, arr.shape, np.issubdtype(arr.dtype, np.floating), arr.dtype, expected)
-            arr = np.ascontiguousarray(arr, dtype=np.float32)
-            _check_finite(arr.reshape(batch, -1), f"hidden {name}")
-            checked.append(arr)
-        return checked[0], checked[1]
-
-    def _check_mask(self, mask: Any, batch: int) -> npt.NDArray[np.bool_] | None:
-        if mask is None:
-            return None
-        arr = np.asarray(mask)
-        if arr.ndim == 1:
-            arr = arr[None, :]
-        validation.check_mask(arr.shape, arr.dtype == np.bool_, arr.dtype, batch, self._action_dim)
-        validation.reject_rows("action_mask", np.flatnonzero(~arr.any(axis=1)).tolist())
-        return arr
-
-
-_FLOAT32 = np.dtype(np.float32)
-
-
-def _is_float32_matrix(obs: Any, obs_dim: int) -> bool:
-    """Whether ``obs`` is a C-contiguous float32 numpy array ``[B >= 1, obs_dim]`` (the session's input as is)."""
-    return (
-        type(obs) is np.ndarray
-        and obs.dtype == _FLOAT32
-        and obs.ndim == 2
-        and obs.shape[1] == obs_dim
-        and obs.shape[0] > 0
-        and obs.flags.c_contiguous
-    )
-
-
-def _is_float32_state(part: Any, shape: tuple[int, int, int]) -> bool:
-    """Whether ``part`` is a C-contiguous float32 numpy array shaped ``[1, B, H]``."""
-    return type(part) is np.ndarray and part.dtype == _FLOAT32 and part.shape == shape and part.flags.c_contiguous
-
-
-def _check_finite(values: FloatArray, name: str) -> None:
-    """Raise unless every element of ``values [B, ...]`` is finite, naming the rows that are not."""
-    finite = np.isfinite(values)  # one pass; cheaper in numpy than a guarded sum at every batch size
-    if not finite.all():
-        rows = np.flatnonzero(~finite.reshape(values.shape[0], -1).all(axis=1)).tolist()
-        validation.reject_rows(name, rows)
+        """The rules of `validation.hidden_arrays`; zeros for None on a recurrent model."""
+        checked = validation.hidden_arrays(hidden, batch, self._hidden_dim)
+        if checked is None and self._hidden_dim is not None:
+            return self.initial_hidden(batch)
+        return checked
 
 
 def _check_generator(generator: Any) -> np.random.Generator | int | None:
