@@ -296,3 +296,20 @@ def test_finiteness_check_is_exact() -> None:
     c[0, 1, 7] = float("inf")
     with pytest.raises(InvalidInputError, match=r"hidden c: expected finite values, got NaN or Inf in row\(s\) \[1\]"):
         model.predict(torch.rand(2, 54), (h, c))
+
+
+def test_device_follows_the_network_however_it_is_moved() -> None:
+    """`device` is read from a parameter, not walked per call: it must still follow a move made on the network."""
+    model = HamletModel(make_network("simple"))
+    assert model.device == torch.device("cpu")
+    model.network.to("meta")  # not through HamletModel.to; replaces the parameter objects
+    assert model.device == torch.device("meta")
+    model.network.to_empty(device="cpu")
+    assert model.device == torch.device("cpu")
+
+
+def test_float64_and_float32_observations_give_the_same_answer(model: HamletModel) -> None:
+    obs = _obs(model, 3)
+    got32, got64 = model.predict(obs), model.predict(obs.double())
+    assert got32.q_values.dtype == got64.q_values.dtype == torch.float32
+    torch.testing.assert_close(got32.q_values, got64.q_values)
