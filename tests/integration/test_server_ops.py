@@ -106,6 +106,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow  # starts the server's CLI process
 def test_cli_serves_and_exits_cleanly_on_sigterm(model_dir):
     env = {**os.environ, "HAMLET_MODELS": str(model_dir), "HAMLET_METRICS_PORT": "0", "HAMLET_PORT": "0"}
     proc = subprocess.Popen(
@@ -129,6 +130,7 @@ def test_cli_serves_and_exits_cleanly_on_sigterm(model_dir):
             proc.wait()
 
 
+@pytest.mark.slow  # starts the server's CLI process
 def test_cli_rejects_a_missing_model_directory(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "hamlet_server.cli", "serve", "--models", str(tmp_path / "missing")],

@@ -1,4 +1,4 @@
-"""Every unit test that starts a process is marked ``slow``, so ``make test-fast`` (``-m "not slow"``) starts none.
+"""Every test that starts a process is marked ``slow``, so ``make test-fast`` (``-m "not slow"``) starts none.
 
 Read from the source: a test starts a process when its body, or a function of its module that it calls
 (directly or through another one), uses `subprocess`, `spawn_ready` or `create_subprocess_exec`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-UNIT = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 SPAWNS = {"subprocess", "spawn_ready", "create_subprocess_exec", "Popen"}
 
 
@@ -41,7 +41,7 @@ def _module_is_slow(tree: ast.Module) -> bool:
 
 def test_tests_that_start_processes_are_marked_slow() -> None:
     unmarked = []
-    for path in sorted(UNIT.glob("test_*.py")):
+    for path in sorted(TESTS.glob("*/test_*.py")):
         tree = ast.parse(path.read_text())
         if _module_is_slow(tree):
             continue
@@ -49,5 +49,5 @@ def test_tests_that_start_processes_are_marked_slow() -> None:
         for node in tree.body:
             is_test = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_")
             if is_test and node.name in spawning and not _is_slow(node.decorator_list):
-                unmarked.append(f"{path.name}::{node.name}")
+                unmarked.append(f"{path.relative_to(TESTS).as_posix()}::{node.name}")
     assert not unmarked, f"these start a process: mark them @pytest.mark.slow: {unmarked}"
