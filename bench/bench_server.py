@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import re
-import socket
 import statistics
 import sys
 import tempfile
@@ -24,8 +23,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import grpc
 import numpy as np
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -111,12 +112,6 @@ async def _measure(port: int, model: str, dim: int, args, metrics_port: int | No
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _raw_forward_us(model_path: Path) -> float:
     import torch
 
@@ -152,7 +147,7 @@ def main() -> int:
     name, dim = MODELS[args.model]
     with tempfile.TemporaryDirectory() as tmp:
         write_demo_models(Path(tmp))
-        metrics_port = _free_port()
+        metrics_port = free_port()
         ours_cmd = [sys.executable, "-m", "hamlet_server.cli", "serve", "--models", tmp, "--port", "0",
                     "--metrics-port", str(metrics_port), "--threads", "1", "--max-delay-us", str(args.max_delay_us),
                     "--max-batch", str(args.max_batch), "--backend", args.backend,

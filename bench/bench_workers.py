@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -25,32 +24,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from floor import spawn_ready
+from ports import free_port, free_ports
 
 from hamlet_client.loadtest.driver import LoadSpec, RunFigures, run_load
 
 MODEL, OBS_DIM = "townlet-L2-lstm", 54
-
-
-def _free_port(count: int = 1) -> int:
-    """A port p such that p .. p + count - 1 were free a moment ago (for the workers' /metrics ports)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + count <= 65535 and all(_is_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"found no {count} consecutive free ports")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def main() -> int:
@@ -66,7 +47,7 @@ def main() -> int:
           f"connections; {a.rounds} rounds of {a.duration:.0f} s", flush=True)  # fmt: skip
     serve = [sys.executable, "-m", "hamlet_server.cli", "serve", "--models", a.models, "--port", "0",
              "--poll-interval", "0", "--log-level", "WARNING"]  # fmt: skip
-    one_metrics, many_metrics = _free_port(), _free_port(a.workers)
+    one_metrics, many_metrics = free_port(), free_ports(a.workers)
     procs = []
     with tempfile.TemporaryDirectory():
         try:

@@ -28,7 +28,6 @@ import collections
 import contextlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import numpy as np
+from ports import free_port
 
 from hamlet_client import AsyncEpisode, AsyncHamletClient, HamletError
 
@@ -208,10 +209,6 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- the server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -226,7 +223,7 @@ def spawned_server(args: argparse.Namespace) -> Iterator[tuple[subprocess.Popen[
 
             models = Path(tmp) / "models"
             write_demo_models(models)
-        metrics_port = _free_port()
+        metrics_port = free_port()
         cmd = [sys.executable, "-m", "hamlet_server.cli", "serve", "--models", str(models), "--port", "0",
                "--metrics-port", str(metrics_port), "--log-level", "WARNING", *args.server_arg]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **dict(kv.split("=", 1) for kv in args.server_env)}

@@ -10,7 +10,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ports import free_port
 
 from hamlet_client import AsyncHamletClient, HamletClient
 from townlet.inference import HamletModel
@@ -36,7 +36,7 @@ class Replica:
     """One ``hamlet-server serve`` process on a free port, its metrics on another."""
 
     def __init__(self) -> None:
-        self.metrics_port = _free_port()
+        self.metrics_port = free_port()
         cmd = [sys.executable, "-m", "hamlet_server.cli", "serve", "--models", str(ROOT / "models"), "--port", "0",
                "--metrics-port", str(self.metrics_port), "--poll-interval", "0", "--grace", "5",
                "--log-level", "warning"]  # fmt: skip
@@ -66,12 +66,6 @@ class Replica:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ports import free_ports
 
 from hamlet_client import HamletClient
 from townlet.inference import HamletModel
@@ -33,26 +34,6 @@ CLIENTS, STEPS = 16, 6
 LOCAL_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per client, not one shared
 
 pytestmark = pytest.mark.slow
-
-
-def _free_ports(count: int) -> int:
-    """The first of ``count`` consecutive ports that are free now."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base + count <= 65535 and all(_can_bind(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no consecutive free ports")
-
-
-def _can_bind(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _serve(*flags: str) -> subprocess.Popen[str]:
@@ -75,7 +56,7 @@ def _workers_of(supervisor: subprocess.Popen[str]) -> list[int]:
 
 @pytest.fixture
 def workers() -> Iterator[tuple[subprocess.Popen[str], str, int]]:
-    metrics = _free_ports(2)
+    metrics = free_ports(2)
     proc = _serve("--workers", "2", "--metrics-port", str(metrics))
     try:
         assert proc.stdout is not None
@@ -145,7 +126,7 @@ def test_a_killed_worker_is_replaced(workers: tuple) -> None:
 
 
 def test_a_worker_that_cannot_start_refuses_the_start() -> None:
-    metrics = _free_ports(2)
+    metrics = free_ports(2)
     with socket.socket() as taken:  # worker 1's /metrics port
         taken.bind(("127.0.0.1", metrics + 1))
         taken.listen()

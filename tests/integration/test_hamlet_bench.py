@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import pytest
+from ports import free_port
 from server_helpers import LSTM, MLP, OBS_DIM
 
 from hamlet_client.loadtest import LoadSpec, run_load
@@ -21,15 +21,9 @@ from hamlet_client.proto import tensor_pb2
 from hamlet_server.server import HamletServer
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow  # runs hamlet-bench and the floor as processes, ~2 s of load each
 async def test_hamlet_bench_json_against_a_server_and_the_floor(server_factory: Callable[..., Any]) -> None:
-    server = await server_factory(metrics_port=_free_port())  # the fixtures' default 0 turns /metrics off
+    server = await server_factory(metrics_port=free_port())  # the fixtures' default 0 turns /metrics off
     metrics = f"http://127.0.0.1:{server.metrics_port}/metrics"
     argv = [
         "-m", "hamlet_client.loadtest", "--target", f"127.0.0.1:{server.port}", "--model", LSTM,

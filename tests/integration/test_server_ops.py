@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from ports import free_port
 from server_helpers import LSTM, MLP, assert_ended, enc, obs_batch, read_to_end, start_msg, step_msg
 
 from hamlet_client.proto import inference_service_pb2 as pb
@@ -52,7 +53,7 @@ async def test_reflection_lists_the_services_and_describes_the_contract(server):
 
 
 async def test_metrics_endpoint_reports_requests_batches_sessions_versions(server_factory):
-    server = await server_factory(metrics_port=_free_port())
+    server = await server_factory(metrics_port=free_port())
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.InferenceServiceStub(channel)
         await stub.Predict(pb.PredictRequest(model=MLP, observations=enc(obs_batch(MLP, 3, np.random.default_rng(0)))))
@@ -96,14 +97,6 @@ async def test_drain_goes_not_serving_refuses_new_work_and_ends_streams(server_f
     assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
     assert len(server.streams) == 0
     await channel.close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.slow  # starts the server's CLI process

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ports import free_port
 
 from hamlet_server.config import ServerConfig
 from hamlet_server.server import HamletServer
@@ -189,15 +190,9 @@ async def test_metrics_bind_loopback_unless_metrics_host_says_otherwise(model_di
         ({"metrics_host": "0.0.0.0"}, "0.0.0.0"),
     ]
     for settings, metrics_host in cases:
-        server = HamletServer(_config(model_dir, metrics_port=_free_port(), **settings))
+        server = HamletServer(_config(model_dir, metrics_port=free_port(), **settings))
         await server.start()
         try:
             assert server.metrics.address == (metrics_host, server.metrics_port)
         finally:
             await server.drain(grace=0.1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
