@@ -108,3 +108,14 @@ def test_worker_config_shares_the_port_and_offsets_metrics() -> None:
     assert worker_config(dataclasses.replace(config, metrics_port=0), 2, 41234).metrics_port == 0  # stays off
     with pytest.raises(ValueError, match="workers must be >= 1"):
         ServerConfig(workers=0)
+
+
+def test_serving_md_lists_every_flag_and_no_other() -> None:
+    """docs/SERVING.md's flags table names each ServerConfig field's flag and environment variable."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "SERVING.md").read_text()
+    table = text.split("## Flags", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(--[a-z-]+)`", table, re.M)) | set(re.findall(r" / `(--[a-z-]+)` \|", table))
+    expected = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(ServerConfig)}
+    assert documented == expected, f"missing: {sorted(expected - documented)}; unknown: {sorted(documented - expected)}"
+    for name in expected:
+        assert f"`HAMLET_{name[2:].replace('-', '_').upper()}`" in table, name
