@@ -200,8 +200,10 @@ _BY_CODE: dict[grpc.StatusCode, type[HamletError]] = {
 
 
 def error_for_code(code: grpc.StatusCode | None, message: str, reason: str = "") -> HamletError:
-    """The `HamletError` subclass instance for a status code (the base class for unmapped codes)."""
-    cls = _BY_CODE.get(code, HamletError) if code is not None else HamletError
+    """The `HamletError` subclass instance for a status code (the base class for unmapped codes); an error
+    reason that names a finer class wins (``SERVER_DRAINING``: a call refused by a draining server is a
+    `ServerDrainingError`, whether it was a Predict, a stream's open or a step)."""
+    cls = _BY_REASON.get(reason) or (_BY_CODE.get(code, HamletError) if code is not None else HamletError)
     return cls(message, code, reason=reason)
 
 
@@ -211,6 +213,7 @@ _BY_END_REASON: dict[str, type[HamletError]] = {
     "start_timeout": SessionExpiredError,
     "server_draining": ServerDrainingError,
 }
+_BY_REASON = {reason.upper(): cls for reason, cls in _BY_END_REASON.items()}  # the error reasons the server sends
 
 
 def error_for_ended(end_reason: str, message: str, status_code: int, reason: str) -> HamletError:

@@ -142,20 +142,22 @@ async def test_asyncio_clients_see_server_draining_during_a_drain(server_factory
     server = await server_factory()
     errors: list[BaseException] = []
     steps = 0
+    stepping: set[int] = set()
 
-    async def simulator(client: AsyncHamletClient) -> None:
+    async def simulator(client: AsyncHamletClient, index: int) -> None:
         nonlocal steps
         try:
             async with client.episode(LSTM, num_envs=2) as episode:
                 while True:
                     await episode.step(np.zeros((2, 54), np.float32))
+                    stepping.add(index)
                     steps += 1
         except BaseException as exc:
             errors.append(exc)
 
     async with AsyncHamletClient(f"127.0.0.1:{server.port}", timeout=30.0) as client:
-        tasks = [asyncio.get_running_loop().create_task(simulator(client)) for _ in range(24)]
-        await _wait_for(lambda: steps >= 100)
+        tasks = [asyncio.get_running_loop().create_task(simulator(client, i)) for i in range(24)]
+        await _wait_for(lambda: len(stepping) == 24 and steps >= 100)  # every episode is running when it drains
         await server.drain(grace=2.0)
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
     assert len(errors) == 24

@@ -414,3 +414,14 @@ async def test_async_episode_errors_and_cancel(fake: tuple[FakeServicer, str]) -
         with pytest.raises(DeadlineExceededError, match="step_timeout"):
             await slow.step([SLOW_MARK, 0.0, 0.0, 0.0])
         assert slow.closed and slow._call.cancelled()
+
+
+def test_a_call_refused_by_a_draining_server_is_server_draining() -> None:
+    """The reason decides the class where it is finer than the code: a Predict or a stream's open refused with
+    reason SERVER_DRAINING is a ServerDrainingError (still an UnavailableError, so it is retried elsewhere)."""
+    from hamlet_client.errors import ServerDrainingError, UnavailableError, error_for_code
+
+    refused = error_for_code(grpc.StatusCode.UNAVAILABLE, "server is shutting down", reason="SERVER_DRAINING")
+    assert type(refused) is ServerDrainingError and isinstance(refused, UnavailableError)
+    assert refused.reason == "SERVER_DRAINING" and refused.code == grpc.StatusCode.UNAVAILABLE
+    assert type(error_for_code(grpc.StatusCode.UNAVAILABLE, "connection refused")) is UnavailableError
