@@ -1,13 +1,16 @@
 """Our gRPC server vs a bare gRPC server doing no model work, on the same hamlet.v1 contract, in one run.
 
-    python bench/bench_server.py [--duration 3] [--model lstm|mlp] [--max-delay-us 0] [--streams 1,16,64]
+    python bench/bench_server.py [--duration 3] [--model lstm|mlp] [--backend auto|torch|onnx] [--streams 1,16,64,256]
 
 Starts two server processes on loopback: the floor (bench/floor.py: a trivial aio servicer that decodes the
 observations and returns cached zero Q-values) and `hamlet-server serve` on a temp repository holding the
 untrained demo models. The benchmark process is the client (grpc.aio, one channel). It prints, side by
 side: unary Predict batch 1 p50, one lock-step stream step p50 (num_envs=1), and steps/s with N concurrent
 lock-step streams, plus the mean batch size our batcher formed at each N (from its Prometheus histogram),
-and the raw forward of the network at batch 1 in this process for reference. Numbers, not assertions.
+and the raw forward at batch 1 of the backend the server runs ("compute", in this process). It ends with
+issue 13's goal rows: batch-1 latency as ours / (floor + compute), at most 1.25x; 256 streams as ours / floor,
+at least 0.8x. The floor is bench/floor.py (grpc.aio); ../shared/bench/goals measures the same rows against
+the shared floors. Server settings default to `hamlet-server serve`'s. Numbers, not assertions.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import floor as floor_module
 from floor import spawn_ready
+from timing import print_goals
 
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
@@ -112,15 +116,19 @@ async def _measure(port: int, model: str, dim: int, args, metrics_port: int | No
     return out
 
 
-def _raw_forward_us(model_path: Path) -> float:
+def _raw_forward_us(model_path: Path, backend: str) -> float:
+    """Median batch-1 forward of ``backend`` (as the server resolves it on the CPU), 1 thread."""
     import torch
 
-    from townlet.inference import HamletModel
+    from hamlet_server.backends import load_backend, resolve_backend
 
     torch.set_num_threads(1)
-    model = HamletModel.load(model_path)
+    model = load_backend(model_path, "cpu", resolve_backend(backend, "cpu"), threads=1)
     obs = torch.rand(1, model.obs_dim)
-    hidden = model.initial_hidden(1) if model.is_recurrent else None
+    hidden = None
+    if model.is_recurrent:
+        zeros = torch.zeros(1, 1, model.hidden_dim or 0)
+        hidden = (zeros, zeros.clone())
     for _ in range(20):
         model.forward(obs, hidden)
     samples = []
@@ -137,10 +145,10 @@ def main() -> int:
     parser.add_argument("--model", choices=sorted(MODELS), default="lstm")
     parser.add_argument("--max-delay-us", type=int, default=0, help="our server's batcher delay")
     parser.add_argument("--max-batch", type=int, default=256)
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="our server's backend")
-    parser.add_argument("--forward-thread", choices=["true", "false"], default="true", help="our server's setting")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="our server's backend")
+    parser.add_argument("--forward-thread", choices=["true", "false"], default="false", help="our server's setting")
     parser.add_argument("--inline-rows", type=int, default=1, help="our server's setting")
-    parser.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
+    parser.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64, 256])
     args = parser.parse_args()
     from make_demo_models import write_demo_models
 
@@ -157,7 +165,7 @@ def main() -> int:
         ours, ours_target = spawn_ready(ours_cmd, cwd=ROOT)
         floor_port, ours_port = (int(t.rsplit(":", 1)[1]) for t in (floor_target, ours_target))
         try:
-            raw = _raw_forward_us(Path(tmp) / name / "model_ep00000.pt")
+            raw = _raw_forward_us(Path(tmp) / name / "model_ep00000.pt", args.backend)
             floor_r = asyncio.run(_measure(floor_port, name, dim, args, None))
             ours_r = asyncio.run(_measure(ours_port, name, dim, args, metrics_port))
         finally:
@@ -169,7 +177,7 @@ def main() -> int:
           f"{args.duration:g} s per figure, backend={args.backend}, forward_thread={args.forward_thread}, "
           f"max_delay_us={args.max_delay_us}, inline_rows={args.inline_rows}, "
           f"max_batch={args.max_batch}")  # fmt: skip
-    print(f"raw forward at batch 1 in-process (1 torch thread): {raw:8.0f} us\n")
+    print(f"raw forward at batch 1 in-process ({args.backend} backend, 1 thread): {raw:8.0f} us\n")
     print(f"{'measure':<36}{'floor':>12}{'ours':>12}{'ours/floor':>12}{'mean batch':>12}")
     rows = [("unary Predict batch 1, p50 (us)", "unary_p50_us"), ("stream step (lock-step), p50 (us)", "stream_p50_us")]
     for label, key in rows:
@@ -179,7 +187,28 @@ def main() -> int:
         label = f"{n} lock-step streams (steps/s)"
         print(f"{label:<36}{floor_r[key]:>12.0f}{ours_r[key]:>12.0f}{ours_r[key] / floor_r[key]:>12.2f}"
               f"{ours_r[f'batch_{n}']:>12.1f}")  # fmt: skip
+    _print_goal_rows(args, floor_r, ours_r, raw)
     return 0
+
+
+# issue 13's figures when it was filed, per model: (Predict b1, one stream 1 env) as x (floor + compute)
+_LATENCY_BASELINE = {"lstm": ("2.44-2.74x", "2.70-3.05x"), "mlp": ("1.55-1.76x", "1.70-1.94x")}
+_LATENCY_GOAL, _STREAMS_GOAL, _STREAMS_BASELINE = 1.25, 0.8, "0.36-0.42x"
+
+
+def _print_goal_rows(args: argparse.Namespace, floor_r: dict[str, float], ours_r: dict[str, float], raw: float) -> None:
+    predict_base, stream_base = _LATENCY_BASELINE[args.model]
+    rows = []
+    for what, key, baseline in (("Predict batch 1", "unary_p50_us", predict_base),
+                                ("one stream, 1 env", "stream_p50_us", stream_base)):  # fmt: skip
+        ratio = ours_r[key] / (floor_r[key] + raw)
+        rows.append((f"{what}, {args.model}: ours / (floor + compute)", f"{ratio:.2f}x", baseline,
+                     f"<= {_LATENCY_GOAL}x", ratio <= _LATENCY_GOAL))  # fmt: skip
+    if 256 in args.streams:
+        ratio = ours_r["rate_256"] / floor_r["rate_256"]
+        rows.append((f"256 lock-step streams, {args.model}: ours / floor steps/s", f"{ratio:.2f}x", _STREAMS_BASELINE,
+                     f">= {_STREAMS_GOAL}x", ratio >= _STREAMS_GOAL))  # fmt: skip
+    print_goals(rows)
 
 
 if __name__ == "__main__":
