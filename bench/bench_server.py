@@ -4,13 +4,14 @@
 
 Starts two server processes on loopback: the floor (bench/floor.py: a trivial aio servicer that decodes the
 observations and returns cached zero Q-values) and `hamlet-server serve` on a temp repository holding the
-untrained demo models. The benchmark process is the client (grpc.aio, one channel). It prints, side by
-side: unary Predict batch 1 p50, one lock-step stream step p50 (num_envs=1), and steps/s with N concurrent
-lock-step streams, plus the mean batch size our batcher formed at each N (from its Prometheus histogram),
-and the raw forward at batch 1 of the backend the server runs ("compute", in this process). It ends with
-issue 13's goal rows: batch-1 latency as ours / (floor + compute), at most 1.25x; 256 streams as ours / floor,
-at least 0.8x. The floor is bench/floor.py (grpc.aio); ../shared/bench/goals measures the same rows against
-the shared floors. Server settings default to `hamlet-server serve`'s. Numbers, not assertions.
+trained demo model of `--model` (copied from models/). The benchmark process is the client (grpc.aio, one
+channel). It prints, side by side: unary Predict batch 1 p50, one lock-step stream step p50 (num_envs=1),
+and steps/s with N concurrent lock-step streams, plus the mean batch size our batcher formed at each N
+(from its Prometheus histogram), and the raw forward at batch 1 of the backend the server runs ("compute",
+in this process). It ends with issue 13's goal rows: batch-1 latency as ours / (floor + compute), at most
+1.25x; 256 streams as ours / floor, at least 0.8x. The floor is bench/floor.py (grpc.aio);
+../shared/bench/goals measures the same rows against the shared floors. Server settings default to
+`hamlet-server serve`'s. Numbers, not assertions.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -42,7 +44,7 @@ from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_client.proto import tensor_pb2
 
-MODELS = {"lstm": ("untrained-lstm-L2", 54), "mlp": ("untrained-mlp-L1", 91)}
+MODELS = {"lstm": ("townlet-L2-lstm", 54), "mlp": ("townlet-L1-mlp", 91)}  # the trained demo models in models/
 F32 = tensor_pb2.DATA_TYPE_FLOAT32
 
 
@@ -150,11 +152,9 @@ def main() -> int:
     parser.add_argument("--inline-rows", type=int, default=1, help="our server's setting")
     parser.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64, 256])
     args = parser.parse_args()
-    from make_demo_models import write_demo_models
-
     name, dim = MODELS[args.model]
     with tempfile.TemporaryDirectory() as tmp:
-        write_demo_models(Path(tmp))
+        shutil.copytree(ROOT / "models" / name, Path(tmp) / name)  # this model alone, as shipped
         metrics_port = free_port()
         ours_cmd = [sys.executable, "-m", "hamlet_server.cli", "serve", "--models", tmp, "--port", "0",
                     "--metrics-port", str(metrics_port), "--threads", "1", "--max-delay-us", str(args.max_delay_us),
@@ -165,7 +165,7 @@ def main() -> int:
         ours, ours_target = spawn_ready(ours_cmd, cwd=ROOT)
         floor_port, ours_port = (int(t.rsplit(":", 1)[1]) for t in (floor_target, ours_target))
         try:
-            raw = _raw_forward_us(Path(tmp) / name / "model_ep00000.pt", args.backend)
+            raw = _raw_forward_us(max((Path(tmp) / name).glob("model_ep*.pt")), args.backend)  # the served one
             floor_r = asyncio.run(_measure(floor_port, name, dim, args, None))
             ours_r = asyncio.run(_measure(ours_port, name, dim, args, metrics_port))
         finally:
