@@ -128,7 +128,7 @@ async def _run_with_a_failure(replicas: list[Replica], sig: int, every: int) -> 
 
 
 def _check(results: list[tuple]) -> int:
-    model = HamletModel.load(ROOT / "models" / MODEL / "model_ep00200.pt")
+    model = HamletModel.load(ROOT / "models" / MODEL / "model_ep00550.pt")
     for stream, (q_values, _) in enumerate(results):
         for got, want in zip(q_values, _reference(model, stream), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # batching order: float32 rounding only

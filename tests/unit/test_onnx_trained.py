@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[2]
 DEMO = {
     "simple": REPO / "models" / "townlet-L1-mlp" / "model_ep00300.pt",
-    "recurrent": REPO / "models" / "townlet-L2-lstm" / "model_ep00200.pt",
+    "recurrent": REPO / "models" / "townlet-L2-lstm" / "model_ep00550.pt",
 }
 
 
