@@ -82,7 +82,7 @@ def test_play_pause_step_and_switch_model_in_chromium(
     # switch model: the L2 LSTM on its 5x5 window, stepped to a known step for the screenshot
     page.select("model", "townlet-L2-lstm")
     page.wait(lambda: page.text("model-label") == "townlet-L2-lstm" and page.text("step") == "0", "the L2 session")
-    assert page.text("version-label") == "200" and page.attribute("window-0", "width")
+    assert page.text("version-label") == "550" and page.attribute("window-0", "width")
     for _ in range(20):
         statuses = page.counter("statuses")
         page.click("step-once")
