@@ -1,0 +1,277 @@
+"""The batcher against the reference path over random mixes of work (issue 13's test requirement).
+
+Each schedule runs several model versions at once (two LSTM versions with different weights and an MLP), each
+with its own `StepBatcher`, and submits rounds of concurrent work to all of them: stream steps of 1-4
+environments (fresh streams, per-row resets, action masks, epsilons drawn from the stream's own generator,
+a resumed stream whose first step carries its snapshot state, a stream that ends and whose rows a new stream
+reuses), unary Predict calls with and without explicit hidden state, and items cancelled before their batch
+runs. Batches are formed as the server forms them (split by `max_batch`, inline or on a worker thread).
+
+For every item: its Q-values equal `HamletModel.predict` run alone on that item with that stream's own state;
+its actions are exactly `epsilon_greedy` on those Q-values with a twin of the stream's generator (so the
+random draws happen in the same order); a Predict's returned state equals the reference's. After the
+schedule, each stream's rows of the hidden-state table hold its reference state. The onnx backend is held to
+the export tolerance (1e-5 + 1e-5 |Q|), the torch one to float rounding between batch sizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from hamlet_server.backends import Backend, load_backend
+from hamlet_server.batcher import BatchResult, StepBatcher, WorkItem
+from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
+from townlet.inference import HamletModel, epsilon_greedy, save_inference_checkpoint
+
+torch.set_num_threads(1)
+
+ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+HIDDEN = 16
+ROUNDS = 8
+
+
+def _networks() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    lstm_a = RecurrentSpatialQNetwork(6, window_size=3, num_meters=8, num_affordance_types=14, hidden_dim=HIDDEN)
+    torch.manual_seed(1)
+    lstm_b = RecurrentSpatialQNetwork(6, window_size=3, num_meters=8, num_affordance_types=14, hidden_dim=HIDDEN)
+    torch.manual_seed(2)
+    mlp = SimpleQNetwork(obs_dim=12, action_dim=5)
+    return {"lstm-v1": lstm_a, "lstm-v2": lstm_b, "mlp-v1": mlp}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("versions")
+    return {name: save_inference_checkpoint(HamletModel(net), root / f"{name}.pt") for name, net in _networks().items()}
+
+
+@pytest.fixture(scope="module")
+def references(files: dict[str, Path]) -> dict[str, HamletModel]:
+    return {name: HamletModel.load(path) for name, path in files.items()}
+
+
+@pytest.fixture(scope="module")
+def backends(files: dict[str, Path]) -> Iterator[dict[str, dict[str, Backend]]]:
+    kinds = ["torch", "onnx"] if ONNX else ["torch"]
+    yield {kind: {name: load_backend(path, "cpu", kind) for name, path in files.items()} for kind in kinds}
+
+
+@dataclass
+class _Stream:
+    """One simulated stream: its rows of its version's table and its reference state."""
+
+    version: str
+    num_envs: int
+    slots: torch.Tensor | None
+    slot_limit: int
+    epsilon: float
+    generator: torch.Generator
+    twin: torch.Generator  # the same seed: replays the batcher's draws for the reference actions
+    hidden: tuple[torch.Tensor, torch.Tensor] | None = None
+    fresh: bool = True
+    resume_from: tuple[torch.Tensor, torch.Tensor] | None = None  # a snapshot's state for the first step
+
+
+class _Schedule:
+    """Draws the work of each round and checks every result against the reference path."""
+
+    def __init__(self, seed: int, references: dict[str, HamletModel], batchers: dict[str, StepBatcher]) -> None:
+        self.rng = random.Random(seed)
+        self.references = references
+        self.batchers = batchers
+        self.next_row = dict.fromkeys(batchers, 0)
+        self.free_rows: dict[str, list[tuple[int, int]]] = {name: [] for name in batchers}
+        self.streams: list[_Stream] = []
+        self.items = 0
+        self.checked = 0
+
+    # ---- drawing work -------------------------------------------------------------------------------
+    def open_stream(self) -> _Stream:
+        version = self.rng.choice(sorted(self.batchers))
+        reference = self.references[version]
+        n = self.rng.randint(1, 4)
+        slots, limit = None, 0
+        if reference.is_recurrent:
+            reusable = [start for start, rows in self.free_rows[version] if rows == n]
+            if reusable and self.rng.random() < 0.7:  # take over an ended stream's rows (stale state in them)
+                start = reusable[0]
+                self.free_rows[version].remove((start, n))
+            else:
+                start = self.next_row[version]
+                self.next_row[version] += n
+            slots, limit = torch.arange(start, start + n), self.next_row[version]
+        seed = self.rng.randrange(2**31)
+        epsilon = self.rng.choice([0.0, 0.0, 0.3, 1.0])
+        stream = _Stream(version, n, slots, limit, epsilon, torch.Generator().manual_seed(seed),
+                         torch.Generator().manual_seed(seed))  # fmt: skip
+        if reference.is_recurrent and self.rng.random() < 0.25:  # resumed mid-episode from a snapshot: its
+            stream.resume_from = (torch.randn(1, n, HIDDEN) * 0.5, torch.randn(1, n, HIDDEN) * 0.5)  # first
+            stream.fresh = False  # step carries the snapshot's state, and its (maybe stale) rows are not zeroed
+        self.streams.append(stream)
+        return stream
+
+    def end_stream(self, stream: _Stream) -> None:
+        self.streams.remove(stream)
+        if stream.slots is not None:
+            self.free_rows[stream.version].append((int(stream.slots[0]), stream.num_envs))
+
+    def _mask(self, rows: int, actions: int) -> torch.Tensor | None:
+        if self.rng.random() < 0.6:
+            return None
+        mask = torch.rand(rows, actions) < 0.6
+        mask[torch.arange(rows), torch.randint(actions, (rows,))] = True  # every row keeps a valid action
+        return mask
+
+    def step_item(self, stream: _Stream) -> tuple[WorkItem, dict]:
+        reference = self.references[stream.version]
+        n = stream.num_envs
+        obs = torch.rand(n, reference.obs_dim)
+        reset = None
+        if stream.fresh:
+            reset = torch.ones(n, dtype=torch.bool)
+        elif self.rng.random() < 0.4:
+            reset = torch.rand(n) < 0.5
+        hidden = None
+        first = stream.fresh or stream.resume_from is not None
+        if stream.resume_from is not None:
+            hidden, stream.resume_from = stream.resume_from, None
+            stream.hidden = hidden
+            if reset is not None:  # as the servicer does: the snapshot's state with the reset rows zeroed
+                hidden = tuple(part.masked_fill(reset.view(1, -1, 1), 0.0) for part in hidden)  # type: ignore[assignment]
+        stream.fresh = False
+        mask = self._mask(n, reference.action_dim)
+        item = WorkItem(obs, stream.epsilon, mask, stream.generator, slot_index=stream.slots,
+                        slot_limit=stream.slot_limit, reset=reset, hidden=hidden)  # fmt: skip
+        return item, {"stream": stream, "reset": reset, "first": first}
+
+    def predict_item(self, version: str) -> tuple[WorkItem, dict]:
+        reference = self.references[version]
+        b = self.rng.randint(1, 3)
+        hidden = None
+        if reference.is_recurrent and self.rng.random() < 0.5:
+            hidden = (torch.randn(1, b, HIDDEN) * 0.5, torch.randn(1, b, HIDDEN) * 0.5)
+        seed = self.rng.randrange(2**31)
+        epsilon = self.rng.choice([0.0, 0.5])
+        item = WorkItem(torch.rand(b, reference.obs_dim), epsilon, self._mask(b, reference.action_dim),
+                        torch.Generator().manual_seed(seed), hidden=hidden,
+                        return_hidden=reference.is_recurrent)  # fmt: skip
+        return item, {"version": version, "hidden": hidden, "twin": torch.Generator().manual_seed(seed)}
+
+    # ---- running and checking -----------------------------------------------------------------------
+    async def run_round(self, onnx: bool) -> None:
+        while len(self.streams) < 5 or (len(self.streams) < 8 and self.rng.random() < 0.3):
+            self.open_stream()
+        if self.streams and self.rng.random() < 0.2:
+            self.end_stream(self.rng.choice(self.streams))
+        work: list[tuple[str, WorkItem, dict]] = []
+        for stream in self.streams:
+            if self.rng.random() < 0.85:  # not every stream steps in every round
+                item, about = self.step_item(stream)
+                work.append((stream.version, item, about))
+        for version in self.batchers:
+            if self.rng.random() < 0.4:
+                item, about = self.predict_item(version)
+                work.append((version, item, about))
+        self.rng.shuffle(work)
+        cancelled = None
+        stepping = [w for w in work if "stream" in w[2] and not w[2]["first"]]
+        if stepping and self.rng.random() < 0.2:  # a handler gone before its batch runs: its item is skipped
+            cancelled = self.rng.choice(stepping)
+            cancelled[1].is_cancelled = lambda: True
+        tasks = [asyncio.ensure_future(self.batchers[version].submit(item)) for version, item, _ in work]
+        live = [(w, t) for w, t in zip(work, tasks, strict=True) if w is not cancelled]
+        results = await asyncio.gather(*(t for _, t in live))
+        for ((version, item, about), _), result in zip(live, results, strict=True):
+            self.check(version, item, about, result, onnx)
+        if cancelled is not None:
+            task = tasks[work.index(cancelled)]
+            assert not task.done()  # never answered, never run
+            task.cancel()  # it drew nothing from its stream's generator, so the twin stays in step
+        self.items += len(live)
+
+    def check(self, version: str, item: WorkItem, about: dict, result: BatchResult, onnx: bool) -> None:
+        reference = self.references[version]
+        stream = about.get("stream")
+        hidden = stream.hidden if stream is not None else about["hidden"]
+        episode_start = about["reset"] if stream is not None else None
+        expected = reference.predict(item.obs, hidden, episode_start=episode_start)
+        tol = {"rtol": 1e-5, "atol": 1e-5} if onnx else {"rtol": 1e-5, "atol": 1e-6}
+        torch.testing.assert_close(torch.from_numpy(result.q_values), expected.q_values, **tol)
+        twin = stream.twin if stream is not None else about["twin"]
+        chosen = epsilon_greedy(torch.from_numpy(result.q_values.copy()), item.epsilon, item.action_mask, twin)
+        assert result.actions.tolist() == chosen.tolist()
+        if item.action_mask is not None:
+            assert bool(item.action_mask[torch.arange(item.rows), torch.from_numpy(result.actions)].all())
+        if stream is not None:
+            stream.hidden = expected.hidden
+        elif item.return_hidden:
+            assert result.hidden is not None and expected.hidden is not None
+            torch.testing.assert_close(result.hidden[0], expected.hidden[0], **tol)
+            torch.testing.assert_close(result.hidden[1], expected.hidden[1], **tol)
+        self.checked += 1
+
+    def check_tables(self, onnx: bool) -> None:
+        tol = {"rtol": 1e-5, "atol": 1e-5} if onnx else {"rtol": 1e-5, "atol": 1e-6}
+        for stream in self.streams:
+            if stream.slots is None or stream.fresh or stream.hidden is None:
+                continue
+            table = self.batchers[stream.version].table
+            assert table is not None
+            torch.testing.assert_close(table.h[stream.slots], stream.hidden[0][0], **tol)
+            torch.testing.assert_close(table.c[stream.slots], stream.hidden[1][0], **tol)
+
+
+@pytest.mark.parametrize(
+    ("backend", "threaded", "max_batch", "inline_rows"),
+    [
+        ("torch", False, 256, 0),  # every forward inline on the loop (the CPU default)
+        ("torch", True, 256, 0),  # every forward on the worker thread
+        ("torch", True, 5, 4),  # batches split at 5 rows; small ones inline, larger ones on the thread
+        pytest.param("onnx", False, 256, 0, marks=pytest.mark.skipif(not ONNX, reason="no onnx")),
+        pytest.param("onnx", True, 3, 0, marks=pytest.mark.skipif(not ONNX, reason="no onnx")),
+    ],
+)
+@pytest.mark.parametrize("seed", range(4))
+async def test_every_mix_matches_the_reference_path(
+    backends: dict[str, dict[str, Backend]],
+    references: dict[str, HamletModel],
+    backend: str,
+    threaded: bool,
+    max_batch: int,
+    inline_rows: int,
+    seed: int,
+) -> None:
+    torch.manual_seed(seed)
+    executor = ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,)) if threaded else None
+    sizes: list[int] = []
+    batchers = {
+        name: StepBatcher(model, executor, max_batch=max_batch, inline_rows=inline_rows, on_batch=sizes.append)
+        for name, model in backends[backend].items()
+    }
+    for batcher in batchers.values():
+        batcher.start()
+    schedule = _Schedule(seed, references, batchers)
+    try:
+        for _ in range(ROUNDS):
+            await schedule.run_round(onnx=backend == "onnx")
+        schedule.check_tables(onnx=backend == "onnx")
+    finally:
+        for batcher in batchers.values():
+            await batcher.close()
+        if executor is not None:
+            executor.shutdown()
+    assert schedule.checked == schedule.items > ROUNDS * 4
+    assert max(sizes) > 1 and len(sizes) < schedule.items  # items really shared forwards
+    if max_batch < 256:
+        # no forward holds more than max_batch rows, except a single item that is larger on its own
+        assert all(size <= max(max_batch, 4) for size in sizes)
