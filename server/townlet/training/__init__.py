@@ -4,8 +4,9 @@
     result = train(TrainConfig(level="L1", episodes=300, out="runs/L1"))   # checkpoint_ep*.pt + model_ep*.pt
 
 Modules: `config` (`TrainConfig`), `replay` (transition and sequence replay), `dqn` (TD losses),
-`trainer` (`train`), `evaluate` (model vs random survival), `checkpoint_v2` (Hamlet's v2 file layout),
-`cli` (``hamlet-train``). See ``docs/TRAINING.md``. Names are imported lazily.
+`rnd` (Hamlet's RND novelty bonus, ``--rnd-weight``), `trainer` (`train`), `evaluate` (model vs random
+survival), `checkpoint_v2` (Hamlet's v2 file layout), `cli` (``hamlet-train``). See ``docs/TRAINING.md``.
+Names are imported lazily.
 """
 
 from __future__ import annotations

@@ -70,14 +70,20 @@ def build_training_checkpoint(
     affordance_positions: Mapping[str, Sequence[int]] | None = None,
     survival_history: Sequence[int] = (),
     intrinsic_weight: float = 1.0,
+    rnd: Mapping[str, Any] | None = None,
     timestamp: float | None = None,
 ) -> dict[str, Any]:
-    """The dict Hamlet's runner passes to ``torch.save``, with every key of reference section 4."""
+    """The dict Hamlet's runner passes to ``torch.save``, with every key of reference section 4.
+
+    ``rnd`` is the run's RND state (`RNDExploration.state_dict`); without one a random stand-in is saved.
+    """
     obs_dim = int(getattr(q_network, "obs_dim"))  # noqa: B009 - both Hamlet networks define it
     target = target_network if target_network is not None else q_network
     optimizer = optimizer or torch.optim.Adam(q_network.parameters(), lr=float(_population(training_config)["lr"]))
     num_agents = len(agent_stages)
     exploration = training_config.get("exploration", {})
+    if rnd is None:
+        rnd = rnd_state(obs_dim, int(exploration.get("embed_dim", 128)), epsilon)
     return {
         "version": 2,
         "episode": episode,
@@ -88,7 +94,7 @@ def build_training_checkpoint(
             "optimizer": optimizer.state_dict(),
             "total_steps": total_steps,
             "exploration_state": {
-                "rnd_state": rnd_state(obs_dim, int(exploration.get("embed_dim", 128)), epsilon),
+                "rnd_state": dict(rnd),
                 "current_intrinsic_weight": intrinsic_weight,
                 "min_intrinsic_weight": 0.0,
                 "variance_threshold": float(exploration.get("variance_threshold", 100.0)),

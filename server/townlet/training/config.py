@@ -54,6 +54,12 @@ class TrainConfig:
         "start from a zero state, as Hamlet)",
         0,
     )
+    rnd_weight: float = _doc(
+        "weight of Hamlet's RND novelty bonus in the TD targets (reward + weight * RND error; 0 = off). Decays "
+        "x0.99 per env episode once the last 100 survivals have variance < 100 and mean > 50 (Hamlet's "
+        "adaptive rule); the env reward and the evaluation never include it",
+        0.0,
+    )
     learning_starts: int = _doc("transitions stored before the first gradient step", 2_000)
     train_frequency: int = _doc("one gradient step every this many batched env steps", 1)
     target_update_frequency: int = _doc("hard copy online -> target every this many gradient steps", 500)
@@ -97,6 +103,8 @@ class TrainConfig:
             problems.append(f"gamma must lie in [0, 1], got {self.gamma}")
         if not 0.0 <= self.epsilon_min <= self.epsilon_start <= 1.0 or not 0.0 < self.epsilon_decay <= 1.0:
             problems.append("need 0 <= epsilon_min <= epsilon_start <= 1 and 0 < epsilon_decay <= 1")
+        if not self.rnd_weight >= 0.0:
+            problems.append(f"rnd_weight must be >= 0 (0 turns RND off), got {self.rnd_weight}")
         if self.learning_rate <= 0 or self.max_grad_norm <= 0:
             problems.append("learning_rate and max_grad_norm must be > 0")
         if problems:

@@ -3,8 +3,9 @@
 - `ReplayBuffer`: a circular buffer of single transitions for the MLP, sampled uniformly.
 - `SequenceReplayBuffer`: whole episodes for the LSTM, sampled as fixed-length windows.
 
-Both store intrinsic rewards as zeros (this trainer has no RND), only so the saved dict has every key
-Hamlet's loader expects.
+Both store an intrinsic reward (the RND error, `townlet.training.rnd`) next to each extrinsic one, zeros when
+RND is off. ``sample`` hands back ``extrinsic + intrinsic_weight * intrinsic`` as the reward (just the extrinsic
+reward while the weight is 0).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class ReplayBuffer:
         self._next_obs = torch.zeros(self.capacity, self.obs_dim)
         self._actions = torch.zeros(self.capacity, dtype=torch.int64)
         self._rewards = torch.zeros(self.capacity)
+        self._intrinsic = torch.zeros(self.capacity)
         self._dones = torch.zeros(self.capacity, dtype=torch.bool)
         self._size = 0
         self._position = 0
@@ -68,25 +70,38 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self._size
 
-    def push(self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor, dones: Tensor) -> None:
-        """Append ``B`` transitions (``obs [B, D]`` ...), overwriting the oldest once full."""
+    def push(
+        self,
+        obs: Tensor,
+        actions: Tensor,
+        rewards: Tensor,
+        next_obs: Tensor,
+        dones: Tensor,
+        intrinsic: Tensor | None = None,
+    ) -> None:
+        """Append ``B`` transitions (``obs [B, D]`` ..., ``intrinsic [B]`` or None for zeros), overwriting the
+        oldest once full."""
         count = obs.shape[0]
         index = (self._position + torch.arange(count)) % self.capacity
         self._obs[index] = obs
         self._next_obs[index] = next_obs
         self._actions[index] = actions.to(torch.int64)
         self._rewards[index] = rewards.to(torch.float32)
+        self._intrinsic[index] = 0.0 if intrinsic is None else intrinsic.to(torch.float32)
         self._dones[index] = dones.to(torch.bool)
         self._position = int((self._position + count) % self.capacity)
         self._size = min(self._size + count, self.capacity)
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> TransitionBatch:
-        """``batch_size`` transitions drawn uniformly with replacement."""
+    def sample(self, batch_size: int, generator: torch.Generator, *, intrinsic_weight: float = 0.0) -> TransitionBatch:
+        """``batch_size`` transitions drawn uniformly with replacement; reward ``extrinsic + weight * intrinsic``."""
         if self._size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         index = torch.randint(self._size, (batch_size,), generator=generator)
+        rewards = self._rewards[index]
+        if intrinsic_weight:
+            rewards = rewards + intrinsic_weight * self._intrinsic[index]
         return TransitionBatch(
-            self._obs[index], self._actions[index], self._rewards[index], self._next_obs[index], self._dones[index]
+            self._obs[index], self._actions[index], rewards, self._next_obs[index], self._dones[index]
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -99,7 +114,7 @@ class ReplayBuffer:
             "observations": None if empty else self._obs.clone(),
             "actions": None if empty else self._actions.clone(),
             "rewards_extrinsic": None if empty else self._rewards.clone(),
-            "rewards_intrinsic": None if empty else torch.zeros(self.capacity),
+            "rewards_intrinsic": None if empty else self._intrinsic.clone(),
             "next_observations": None if empty else self._next_obs.clone(),
             "dones": None if empty else self._dones.clone(),
         }
@@ -112,6 +127,7 @@ class ReplayBuffer:
             buffer._next_obs.copy_(state["next_observations"])
             buffer._actions.copy_(state["actions"])
             buffer._rewards.copy_(state["rewards_extrinsic"])
+            buffer._intrinsic.copy_(state["rewards_intrinsic"])
             buffer._dones.copy_(state["dones"])
         buffer._size = int(state["size"])
         buffer._position = int(state["position"])
@@ -146,9 +162,11 @@ class SequenceReplayBuffer:
         rewards: Tensor,
         dones: Tensor,
         hidden: tuple[Tensor, Tensor] | None = None,
+        intrinsic: Tensor | None = None,
     ) -> None:
         """Store one episode: ``obs [T, D]``, ``actions [T]``, ``rewards [T]``, ``dones [T]`` (T >= 1), and
-        optionally ``hidden = (h [T, H], c [T, H])``, the LSTM state before acting at each step."""
+        optionally ``hidden = (h [T, H], c [T, H])``, the LSTM state before acting at each step, and
+        ``intrinsic [T]``, the RND error of each step (None: zeros)."""
         length = obs.shape[0]
         if length == 0:
             return
@@ -156,7 +174,7 @@ class SequenceReplayBuffer:
             "observations": obs.to(torch.float32).clone(),
             "actions": actions.to(torch.int64).clone(),
             "rewards_extrinsic": rewards.to(torch.float32).clone(),
-            "rewards_intrinsic": torch.zeros(length),
+            "rewards_intrinsic": torch.zeros(length) if intrinsic is None else intrinsic.to(torch.float32).clone(),
             "dones": dones.to(torch.bool).clone(),
         }
         if hidden is not None:
@@ -173,13 +191,21 @@ class SequenceReplayBuffer:
             self._num_transitions -= self._episodes.pop(0)["actions"].shape[0]
 
     def sample(
-        self, batch_size: int, sequence_length: int, generator: torch.Generator, *, burn_in: int = 0, n_step: int = 1
+        self,
+        batch_size: int,
+        sequence_length: int,
+        generator: torch.Generator,
+        *,
+        burn_in: int = 0,
+        n_step: int = 1,
+        intrinsic_weight: float = 0.0,
     ) -> SequenceBatch:
         """``batch_size`` windows whose first trained step is drawn uniformly over all stored transitions.
 
         Each window holds ``burn_in`` steps before that step, the ``sequence_length`` trained steps and the
         ``n_step - 1`` steps after them that their n-step returns read. Steps outside the episode are
         zero-padded and marked absent. With ``burn_in`` > 0 every episode must carry its stored LSTM state.
+        Rewards are ``extrinsic + intrinsic_weight * intrinsic``.
         """
         if self._num_transitions == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
@@ -207,6 +233,9 @@ class SequenceReplayBuffer:
             ]
             actions[row, offset : offset + steps] = episode["actions"][first : first + steps]
             rewards[row, offset : offset + steps] = episode["rewards_extrinsic"][first : first + steps]
+            if intrinsic_weight:
+                bonus = episode["rewards_intrinsic"][first : first + steps]
+                rewards[row, offset : offset + steps] += intrinsic_weight * bonus
             dones[row, offset : offset + steps] = episode["dones"][first : first + steps]
             valid[row, offset : offset + steps] = True
             if first + steps == size and not bool(episode["dones"][-1]):

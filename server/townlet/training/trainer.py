@@ -35,6 +35,7 @@ from townlet.training.config import TrainConfig, stage_for_multiplier, training_
 from townlet.training.dqn import sequence_td_loss, td_loss
 from townlet.training.errors import ResumeError, TrainingConfigError
 from townlet.training.replay import ReplayBuffer, SequenceReplayBuffer
+from townlet.training.rnd import RNDExploration, decayed_weight
 
 __all__ = [
     "EpisodeStats",
@@ -67,6 +68,8 @@ class EpisodeStats:
     total_steps: int  # batched env steps since the run began
     gradient_steps: int
     wall_seconds: float
+    intrinsic_weight: float = 0.0  # the RND weight after this episode (0: RND off)
+    mean_intrinsic: float | None = None  # mean RND error of the steps taken (None: RND off)
 
 
 @dataclass
@@ -148,6 +151,8 @@ class RunState:
     gradient_steps: int = 0
     survival_history: list[int] = field(default_factory=list)  # the last 100 env episodes' survival
     wall_before: float = 0.0  # training seconds spent before this process (resumed runs)
+    rnd: RNDExploration | None = None  # the novelty bonus (None: rnd_weight 0)
+    intrinsic_weight: float = 0.0  # its current weight in the TD targets
 
 
 def train(
@@ -214,6 +219,8 @@ def _fresh_state(config: TrainConfig) -> RunState:
         optimizer=torch.optim.Adam(q_network.parameters(), lr=config.learning_rate),
         replay=replay,
         layout=None if config.relayout else training_layout(level, config.seed),
+        rnd=RNDExploration(level.obs_dim, seed=config.seed) if config.rnd_weight > 0 else None,
+        intrinsic_weight=config.rnd_weight,
     )
 
 
@@ -232,6 +239,7 @@ def _run_episode(config: TrainConfig, state: RunState, env: VectorTownletEnv, st
     obs = env.reset(seed=int(env_seed))
     hidden = q_network.initial_hidden(config.num_envs) if isinstance(q_network, RecurrentSpatialQNetwork) else None
     history: list[tuple[np.ndarray, ...]] = []  # per step: obs, actions, rewards, dones[, h, c before acting]
+    intrinsic_history: list[np.ndarray] = []  # per step: RND error of obs [N] (RND on only)
     store_hidden = recurrent and config.burn_in > 0
     returns = np.zeros(config.num_envs)
     losses: list[float] = []
@@ -244,6 +252,11 @@ def _run_episode(config: TrainConfig, state: RunState, env: VectorTownletEnv, st
         next_obs, reward, done, info = env.step(actions.numpy())
         active = info["active"]
         returns += reward
+        intrinsic = None
+        if state.rnd is not None:  # novelty of the pre-step observation; the predictor then learns from it
+            intrinsic = state.rnd.intrinsic_reward(obs_t)
+            intrinsic_history.append(intrinsic.numpy())
+            state.rnd.observe(obs_t[torch.from_numpy(active)])
         if store_hidden and acted_from is not None:
             history.append((obs, actions.numpy(), reward, done, acted_from[0][0].numpy(), acted_from[1][0].numpy()))
         elif recurrent:
@@ -252,7 +265,7 @@ def _run_episode(config: TrainConfig, state: RunState, env: VectorTownletEnv, st
             rows = torch.from_numpy(active)
             state.replay.push(  # type: ignore[union-attr]
                 obs_t[rows], actions[rows], torch.from_numpy(reward)[rows], torch.from_numpy(next_obs)[rows],
-                torch.from_numpy(done)[rows],
+                torch.from_numpy(done)[rows], None if intrinsic is None else intrinsic[rows],
             )  # fmt: skip
         state.total_steps += 1
         obs = next_obs
@@ -268,8 +281,12 @@ def _run_episode(config: TrainConfig, state: RunState, env: VectorTownletEnv, st
 
     survived = info["step_counts"].astype(int)
     if recurrent:
-        _store_episodes(state.replay, history, survived)  # type: ignore[arg-type]
-    state.survival_history = (state.survival_history + survived.tolist())[-100:]
+        _store_episodes(state.replay, history, survived, intrinsic_history)  # type: ignore[arg-type]
+    for steps in survived.tolist():  # Hamlet's adaptive weight steps once per agent episode
+        state.survival_history = [*state.survival_history, steps][-100:]
+        if state.rnd is not None:
+            state.intrinsic_weight = decayed_weight(state.intrinsic_weight, state.survival_history)
+    mean_intrinsic = _mean_intrinsic(intrinsic_history, survived) if state.rnd is not None else None
     state.episode += 1
     return EpisodeStats(
         episode=state.episode,
@@ -282,7 +299,16 @@ def _run_episode(config: TrainConfig, state: RunState, env: VectorTownletEnv, st
         total_steps=state.total_steps,
         gradient_steps=state.gradient_steps,
         wall_seconds=state.wall_before + time.perf_counter() - started,
+        intrinsic_weight=state.intrinsic_weight if state.rnd is not None else 0.0,
+        mean_intrinsic=mean_intrinsic,
     )
+
+
+def _mean_intrinsic(intrinsic_history: list[np.ndarray], survived: np.ndarray) -> float:
+    """Mean RND error over the steps each env actually took (``[T, N]`` history, env ``i`` lived ``survived[i]``)."""
+    errors = np.stack(intrinsic_history)
+    taken = np.arange(errors.shape[0])[:, None] < survived[None, :]
+    return float(errors[taken].mean())
 
 
 def _log_episode(stats: EpisodeStats) -> None:
@@ -293,6 +319,8 @@ def _log_episode(stats: EpisodeStats) -> None:
             stats.epsilon, "-" if stats.loss is None else f"{stats.loss:.4f}", stats.gradient_steps,
             stats.wall_seconds,
         )  # fmt: skip
+        if stats.mean_intrinsic is not None:
+            logger.info("  RND: mean error %.4f, weight %.4f", stats.mean_intrinsic, stats.intrinsic_weight)
 
 
 # --------------------------------------------------------------------------- pieces of the loop
@@ -303,13 +331,14 @@ def _gradient_step(config: TrainConfig, state: RunState, generator: torch.Genera
     q_network, target_network, optimizer, replay = state.q_network, state.target_network, state.optimizer, state.replay
     if isinstance(replay, SequenceReplayBuffer):
         batch = replay.sample(
-            config.batch_size, config.sequence_length, generator, burn_in=config.burn_in, n_step=config.n_step
-        )
+            config.batch_size, config.sequence_length, generator, burn_in=config.burn_in, n_step=config.n_step,
+            intrinsic_weight=state.intrinsic_weight,
+        )  # fmt: skip
         loss = sequence_td_loss(
             q_network, target_network, batch, config.gamma, config.loss, n_step=config.n_step, double=config.double_dqn
         )
     else:
-        batch_t = replay.sample(config.batch_size, generator)
+        batch_t = replay.sample(config.batch_size, generator, intrinsic_weight=state.intrinsic_weight)
         loss = td_loss(q_network, target_network, batch_t, config.gamma, config.loss, double=config.double_dqn)
     optimizer.zero_grad()
     loss.backward()  # type: ignore[no-untyped-call]
@@ -322,17 +351,20 @@ def _store_episodes(
     replay: SequenceReplayBuffer,
     history: list[tuple[np.ndarray, ...]],
     survived: np.ndarray,
+    intrinsic_history: list[np.ndarray],
 ) -> None:
     """Split the ``[T, N, ...]`` step history of one round into each env's episode and store them in env order
-    (with the LSTM state before each step when the history carries it)."""
+    (with the LSTM state before each step when the history carries it, and the RND errors when there are any)."""
     columns = [torch.from_numpy(np.stack(column)) for column in zip(*history, strict=True)]
     obs, actions, rewards, dones = columns[:4]
+    intrinsic = torch.from_numpy(np.stack(intrinsic_history)) if intrinsic_history else None
     for env_index, length in enumerate(survived.tolist()):
         hidden = None
         if len(columns) == 6:
             hidden = (columns[4][:length, env_index], columns[5][:length, env_index])
         rows = (slice(None, length), env_index)
-        replay.push_episode(obs[rows], actions[rows], rewards[rows], dones[rows], hidden)
+        bonus = None if intrinsic is None else intrinsic[rows]
+        replay.push_episode(obs[rows], actions[rows], rewards[rows], dones[rows], hidden, bonus)
 
 
 def _hamlet_training_config(config: TrainConfig, run: dict[str, Any]) -> dict[str, Any]:
@@ -359,7 +391,7 @@ def _hamlet_training_config(config: TrainConfig, run: dict[str, Any]) -> dict[st
         "curriculum": {"max_steps_per_episode": level.max_steps_per_episode},
         "exploration": {
             "embed_dim": 128,
-            "initial_intrinsic_weight": 0.0,
+            "initial_intrinsic_weight": config.rnd_weight,
             "variance_threshold": 100,
             "survival_window": 100,
         },
@@ -403,7 +435,8 @@ def _save(
         agent_stages=[stage] * config.num_envs,
         affordance_positions=layout,
         survival_history=state.survival_history,
-        intrinsic_weight=0.0,
+        intrinsic_weight=state.intrinsic_weight if state.rnd is not None else 0.0,
+        rnd={**state.rnd.state_dict(), "epsilon": next_epsilon} if state.rnd is not None else None,
     )
     training_path = save_training_checkpoint(checkpoint, config.out)
     recent = state.survival_history
@@ -425,6 +458,7 @@ def _save(
             "gradient_steps": state.gradient_steps,
             "training_wall_seconds": round(wall_seconds, 1),
             "recent_mean_survival": float(np.mean(recent)) if recent else None,
+            **({"rnd_weight": config.rnd_weight} if state.rnd is not None else {}),
         },
     )
     logger.info("episode %d: wrote %s and %s", state.episode, training_path.name, model_path.name)
@@ -443,6 +477,7 @@ def _restore(config: TrainConfig) -> RunState:
     if not isinstance(saved, dict):
         raise ResumeError(f"{path} was not written by townlet.training (no training_config.townlet_trainer)")
     current = config.to_dict()
+    saved = {**TrainConfig().to_dict(), **saved}  # runs saved before a setting existed had its default
     differ = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
     if differ:
         detail = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current[k]!r}" for k in differ)
@@ -462,7 +497,11 @@ def _restore(config: TrainConfig) -> RunState:
     state.episode = int(checkpoint["episode"])
     state.total_steps = int(population["total_steps"])
     state.gradient_steps = int(population["training_step_counter"])
-    state.survival_history = [int(s) for s in population["exploration_state"]["survival_history"]]
+    exploration = population["exploration_state"]
+    state.survival_history = [int(s) for s in exploration["survival_history"]]
+    if state.rnd is not None:
+        state.rnd.load_state_dict(exploration["rnd_state"])
+        state.intrinsic_weight = float(exploration["current_intrinsic_weight"])
     state.wall_before = float(training_config.get("townlet_trainer_run", {}).get("wall_seconds", 0.0))
     logger.info("resuming from %s (episode %d)", path, state.episode)
     return state
