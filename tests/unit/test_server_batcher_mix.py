@@ -1,6 +1,7 @@
 """The batcher against the reference path over random mixes of work (issue 13's test requirement).
 
-Each schedule runs several model versions at once (two LSTM versions with different weights and an MLP), each
+Each schedule runs several model versions at once (the trained L2 demo model, a second version of it with
+other weights, and the trained L1 MLP, all from models/), each
 with its own `StepBatcher`, and submits rounds of concurrent work to all of them: stream steps of 1-4
 environments (fresh streams, per-row resets, action masks, epsilons drawn from the stream's own generator,
 a resumed stream whose first step carries its snapshot state, a stream that ends and whose rows a new stream
@@ -29,30 +30,36 @@ import torch
 
 from hamlet_server.backends import Backend, load_backend
 from hamlet_server.batcher import BatchResult, StepBatcher, WorkItem
-from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
 from townlet.inference import HamletModel, epsilon_greedy, save_inference_checkpoint
 
 torch.set_num_threads(1)
 
 ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
-HIDDEN = 16
 ROUNDS = 8
+MODELS = Path(__file__).resolve().parents[2] / "models"
+L2_MODEL = MODELS / "townlet-L2-lstm" / "model_ep00550.pt"  # trained CNN+LSTM, obs 54, hidden 256
+L1_MODEL = MODELS / "townlet-L1-mlp" / "model_ep00300.pt"  # trained MLP, obs 91
 
 
-def _networks() -> dict[str, torch.nn.Module]:
-    torch.manual_seed(0)
-    lstm_a = RecurrentSpatialQNetwork(6, window_size=3, num_meters=8, num_affordance_types=14, hidden_dim=HIDDEN)
-    torch.manual_seed(1)
-    lstm_b = RecurrentSpatialQNetwork(6, window_size=3, num_meters=8, num_affordance_types=14, hidden_dim=HIDDEN)
-    torch.manual_seed(2)
-    mlp = SimpleQNetwork(obs_dim=12, action_dim=5)
-    return {"lstm-v1": lstm_a, "lstm-v2": lstm_b, "mlp-v1": mlp}
+def _second_version(path: Path) -> HamletModel:
+    """The trained L2 model with every weight moved a little: a new version with the same shapes."""
+    model = HamletModel.load(path)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.network.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * 0.01)
+    return model
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The trained demo models that `make serve` serves, and a second version of the L2 one."""
     root = tmp_path_factory.mktemp("versions")
-    return {name: save_inference_checkpoint(HamletModel(net), root / f"{name}.pt") for name, net in _networks().items()}
+    return {
+        "lstm-v1": L2_MODEL,
+        "lstm-v2": save_inference_checkpoint(_second_version(L2_MODEL), root / "lstm-v2.pt"),
+        "mlp-v1": L1_MODEL,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +122,8 @@ class _Schedule:
         stream = _Stream(version, n, slots, limit, epsilon, torch.Generator().manual_seed(seed),
                          torch.Generator().manual_seed(seed))  # fmt: skip
         if reference.is_recurrent and self.rng.random() < 0.25:  # resumed mid-episode from a snapshot: its
-            stream.resume_from = (torch.randn(1, n, HIDDEN) * 0.5, torch.randn(1, n, HIDDEN) * 0.5)  # first
+            size = (1, n, reference.hidden_dim)
+            stream.resume_from = (torch.randn(size) * 0.5, torch.randn(size) * 0.5)  # first
             stream.fresh = False  # step carries the snapshot's state, and its (maybe stale) rows are not zeroed
         self.streams.append(stream)
         return stream
@@ -159,7 +167,8 @@ class _Schedule:
         b = self.rng.randint(1, 3)
         hidden = None
         if reference.is_recurrent and self.rng.random() < 0.5:
-            hidden = (torch.randn(1, b, HIDDEN) * 0.5, torch.randn(1, b, HIDDEN) * 0.5)
+            size = (1, b, reference.hidden_dim)
+            hidden = (torch.randn(size) * 0.5, torch.randn(size) * 0.5)
         seed = self.rng.randrange(2**31)
         epsilon = self.rng.choice([0.0, 0.5])
         item = WorkItem(torch.rand(b, reference.obs_dim), epsilon, self._mask(b, reference.action_dim),

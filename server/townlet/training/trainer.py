@@ -283,7 +283,8 @@ def _run_episode(config: TrainConfig, state: RunState, env: VectorTownletEnv, st
     if recurrent:
         _store_episodes(state.replay, history, survived, intrinsic_history)  # type: ignore[arg-type]
     for steps in survived.tolist():  # Hamlet's adaptive weight steps once per agent episode
-        state.survival_history = [*state.survival_history, steps][-100:]
+        state.survival_history.append(steps)
+        del state.survival_history[:-100]
         if state.rnd is not None:
             state.intrinsic_weight = decayed_weight(state.intrinsic_weight, state.survival_history)
     mean_intrinsic = _mean_intrinsic(intrinsic_history, survived) if state.rnd is not None else None
@@ -299,7 +300,7 @@ def _run_episode(config: TrainConfig, state: RunState, env: VectorTownletEnv, st
         total_steps=state.total_steps,
         gradient_steps=state.gradient_steps,
         wall_seconds=state.wall_before + time.perf_counter() - started,
-        intrinsic_weight=state.intrinsic_weight if state.rnd is not None else 0.0,
+        intrinsic_weight=state.intrinsic_weight,  # 0 while RND is off
         mean_intrinsic=mean_intrinsic,
     )
 
@@ -435,7 +436,7 @@ def _save(
         agent_stages=[stage] * config.num_envs,
         affordance_positions=layout,
         survival_history=state.survival_history,
-        intrinsic_weight=state.intrinsic_weight if state.rnd is not None else 0.0,
+        intrinsic_weight=state.intrinsic_weight,  # 0 while RND is off
         rnd={**state.rnd.state_dict(), "epsilon": next_epsilon} if state.rnd is not None else None,
     )
     training_path = save_training_checkpoint(checkpoint, config.out)
