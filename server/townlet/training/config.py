@@ -60,6 +60,12 @@ class TrainConfig:
         "adaptive rule); the env reward and the evaluation never include it",
         0.0,
     )
+    affordance_bonus: float = _doc(
+        "episodic novelty bonus: added to the learner's reward the first time in an env episode that the agent "
+        "uses each affordance type (0 = off); the env reward, the logged returns and the evaluation never "
+        "include it",
+        0.0,
+    )
     learning_starts: int = _doc("transitions stored before the first gradient step", 2_000)
     train_frequency: int = _doc("one gradient step every this many batched env steps", 1)
     target_update_frequency: int = _doc("hard copy online -> target every this many gradient steps", 500)
@@ -105,6 +111,8 @@ class TrainConfig:
             problems.append("need 0 <= epsilon_min <= epsilon_start <= 1 and 0 < epsilon_decay <= 1")
         if not self.rnd_weight >= 0.0:
             problems.append(f"rnd_weight must be >= 0 (0 turns RND off), got {self.rnd_weight}")
+        if not self.affordance_bonus >= 0.0:
+            problems.append(f"affordance_bonus must be >= 0 (0 turns it off), got {self.affordance_bonus}")
         if self.learning_rate <= 0 or self.max_grad_norm <= 0:
             problems.append("learning_rate and max_grad_norm must be > 0")
         if problems:

@@ -4,8 +4,9 @@
 - `SequenceReplayBuffer`: whole episodes for the LSTM, sampled as fixed-length windows.
 
 Both store an intrinsic reward (the RND error, `townlet.training.rnd`) next to each extrinsic one, zeros when
-RND is off. ``sample`` hands back ``extrinsic + intrinsic_weight * intrinsic`` as the reward (just the extrinsic
-reward while the weight is 0).
+RND is off, and may store a shaping reward (the trainer's affordance bonus) beside them. ``sample`` hands back
+``extrinsic + shaping + intrinsic_weight * intrinsic`` as the reward (just the extrinsic reward while there is
+no shaping and the weight is 0).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class ReplayBuffer:
         self._actions = torch.zeros(self.capacity, dtype=torch.int64)
         self._rewards = torch.zeros(self.capacity)
         self._intrinsic = torch.zeros(self.capacity)
+        self._shaping = torch.zeros(self.capacity)
         self._dones = torch.zeros(self.capacity, dtype=torch.bool)
         self._size = 0
         self._position = 0
@@ -78,9 +80,10 @@ class ReplayBuffer:
         next_obs: Tensor,
         dones: Tensor,
         intrinsic: Tensor | None = None,
+        shaping: Tensor | None = None,
     ) -> None:
-        """Append ``B`` transitions (``obs [B, D]`` ..., ``intrinsic [B]`` or None for zeros), overwriting the
-        oldest once full."""
+        """Append ``B`` transitions (``obs [B, D]`` ..., ``intrinsic [B]`` and ``shaping [B]`` or None for
+        zeros), overwriting the oldest once full."""
         count = obs.shape[0]
         index = (self._position + torch.arange(count)) % self.capacity
         self._obs[index] = obs
@@ -88,16 +91,18 @@ class ReplayBuffer:
         self._actions[index] = actions.to(torch.int64)
         self._rewards[index] = rewards.to(torch.float32)
         self._intrinsic[index] = 0.0 if intrinsic is None else intrinsic.to(torch.float32)
+        self._shaping[index] = 0.0 if shaping is None else shaping.to(torch.float32)
         self._dones[index] = dones.to(torch.bool)
         self._position = int((self._position + count) % self.capacity)
         self._size = min(self._size + count, self.capacity)
 
     def sample(self, batch_size: int, generator: torch.Generator, *, intrinsic_weight: float = 0.0) -> TransitionBatch:
-        """``batch_size`` transitions drawn uniformly with replacement; reward ``extrinsic + weight * intrinsic``."""
+        """``batch_size`` transitions drawn uniformly with replacement; reward
+        ``extrinsic + shaping + weight * intrinsic``."""
         if self._size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         index = torch.randint(self._size, (batch_size,), generator=generator)
-        rewards = self._rewards[index]
+        rewards = self._rewards[index] + self._shaping[index]
         if intrinsic_weight:
             rewards = rewards + intrinsic_weight * self._intrinsic[index]
         return TransitionBatch(
@@ -115,6 +120,7 @@ class ReplayBuffer:
             "actions": None if empty else self._actions.clone(),
             "rewards_extrinsic": None if empty else self._rewards.clone(),
             "rewards_intrinsic": None if empty else self._intrinsic.clone(),
+            "rewards_shaping": None if empty else self._shaping.clone(),
             "next_observations": None if empty else self._next_obs.clone(),
             "dones": None if empty else self._dones.clone(),
         }
@@ -128,6 +134,8 @@ class ReplayBuffer:
             buffer._actions.copy_(state["actions"])
             buffer._rewards.copy_(state["rewards_extrinsic"])
             buffer._intrinsic.copy_(state["rewards_intrinsic"])
+            if state.get("rewards_shaping") is not None:  # absent from checkpoints written before it existed
+                buffer._shaping.copy_(state["rewards_shaping"])
             buffer._dones.copy_(state["dones"])
         buffer._size = int(state["size"])
         buffer._position = int(state["position"])
@@ -163,10 +171,12 @@ class SequenceReplayBuffer:
         dones: Tensor,
         hidden: tuple[Tensor, Tensor] | None = None,
         intrinsic: Tensor | None = None,
+        shaping: Tensor | None = None,
     ) -> None:
         """Store one episode: ``obs [T, D]``, ``actions [T]``, ``rewards [T]``, ``dones [T]`` (T >= 1), and
-        optionally ``hidden = (h [T, H], c [T, H])``, the LSTM state before acting at each step, and
-        ``intrinsic [T]``, the RND error of each step (None: zeros)."""
+        optionally ``hidden = (h [T, H], c [T, H])``, the LSTM state before acting at each step,
+        ``intrinsic [T]``, the RND error of each step (None: zeros), and ``shaping [T]``, a reward the learner
+        adds to the extrinsic one (None: none stored, key ``rewards_shaping`` absent)."""
         length = obs.shape[0]
         if length == 0:
             return
@@ -177,6 +187,8 @@ class SequenceReplayBuffer:
             "rewards_intrinsic": torch.zeros(length) if intrinsic is None else intrinsic.to(torch.float32).clone(),
             "dones": dones.to(torch.bool).clone(),
         }
+        if shaping is not None:
+            episode["rewards_shaping"] = shaping.to(torch.float32).clone()
         if hidden is not None:
             if hidden[0].shape[0] != length or hidden[1].shape != hidden[0].shape:
                 raise ValueError(
@@ -205,7 +217,7 @@ class SequenceReplayBuffer:
         Each window holds ``burn_in`` steps before that step, the ``sequence_length`` trained steps and the
         ``n_step - 1`` steps after them that their n-step returns read. Steps outside the episode are
         zero-padded and marked absent. With ``burn_in`` > 0 every episode must carry its stored LSTM state.
-        Rewards are ``extrinsic + intrinsic_weight * intrinsic``.
+        Rewards are ``extrinsic + shaping + intrinsic_weight * intrinsic``.
         """
         if self._num_transitions == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
@@ -233,6 +245,8 @@ class SequenceReplayBuffer:
             ]
             actions[row, offset : offset + steps] = episode["actions"][first : first + steps]
             rewards[row, offset : offset + steps] = episode["rewards_extrinsic"][first : first + steps]
+            if "rewards_shaping" in episode:
+                rewards[row, offset : offset + steps] += episode["rewards_shaping"][first : first + steps]
             if intrinsic_weight:
                 bonus = episode["rewards_intrinsic"][first : first + steps]
                 rewards[row, offset : offset + steps] += intrinsic_weight * bonus
@@ -258,7 +272,8 @@ class SequenceReplayBuffer:
         return h, c
 
     def state_dict(self) -> dict[str, Any]:
-        """Hamlet's recurrent ``replay_buffer`` dict (plus ``hidden_h``/``hidden_c`` per episode if stored)."""
+        """Hamlet's recurrent ``replay_buffer`` dict (plus ``hidden_h``/``hidden_c`` and ``rewards_shaping`` per
+        episode if stored)."""
         return {
             "num_transitions": self._num_transitions,
             "capacity": self.capacity,

@@ -240,7 +240,9 @@ def _run_episode(config: TrainConfig, state: RunState, env: VectorTownletEnv, st
     hidden = q_network.initial_hidden(config.num_envs) if isinstance(q_network, RecurrentSpatialQNetwork) else None
     history: list[tuple[np.ndarray, ...]] = []  # per step: obs, actions, rewards, dones[, h, c before acting]
     intrinsic_history: list[np.ndarray] = []  # per step: RND error of obs [N] (RND on only)
+    shaping_history: list[np.ndarray] = []  # per step: affordance bonus [N] (bonus on only)
     store_hidden = recurrent and config.burn_in > 0
+    used = np.zeros((config.num_envs, NUM_AFFORDANCE_TYPES), dtype=bool)  # affordance types used per env episode
     returns = np.zeros(config.num_envs)
     losses: list[float] = []
     while True:
@@ -252,6 +254,10 @@ def _run_episode(config: TrainConfig, state: RunState, env: VectorTownletEnv, st
         next_obs, reward, done, info = env.step(actions.numpy())
         active = info["active"]
         returns += reward
+        shaping = None
+        if config.affordance_bonus:
+            shaping = _first_use_bonus(config.affordance_bonus, used, info["successful_interactions"])
+            shaping_history.append(shaping)
         intrinsic = None
         if state.rnd is not None:  # novelty of the pre-step observation; the predictor then learns from it
             intrinsic = state.rnd.intrinsic_reward(obs_t)
@@ -266,6 +272,7 @@ def _run_episode(config: TrainConfig, state: RunState, env: VectorTownletEnv, st
             state.replay.push(  # type: ignore[union-attr]
                 obs_t[rows], actions[rows], torch.from_numpy(reward)[rows], torch.from_numpy(next_obs)[rows],
                 torch.from_numpy(done)[rows], None if intrinsic is None else intrinsic[rows],
+                None if shaping is None else torch.from_numpy(shaping)[rows],
             )  # fmt: skip
         state.total_steps += 1
         obs = next_obs
@@ -281,7 +288,7 @@ def _run_episode(config: TrainConfig, state: RunState, env: VectorTownletEnv, st
 
     survived = info["step_counts"].astype(int)
     if recurrent:
-        _store_episodes(state.replay, history, survived, intrinsic_history)  # type: ignore[arg-type]
+        _store_episodes(state.replay, history, survived, intrinsic_history, shaping_history)  # type: ignore[arg-type]
     for steps in survived.tolist():  # Hamlet's adaptive weight steps once per agent episode
         state.survival_history.append(steps)
         del state.survival_history[:-100]
@@ -303,6 +310,18 @@ def _run_episode(config: TrainConfig, state: RunState, env: VectorTownletEnv, st
         intrinsic_weight=state.intrinsic_weight,  # 0 while RND is off
         mean_intrinsic=mean_intrinsic,
     )
+
+
+def _first_use_bonus(bonus: float, used: np.ndarray, interactions: np.ndarray) -> np.ndarray:
+    """``bonus`` for each env whose successful INTERACT (``interactions [N]``, affordance index or -1) is its
+    first use of that affordance type this env episode, else 0 (float32 ``[N]``); marks the use in ``used``."""
+    shaping = np.zeros(len(interactions), dtype=np.float32)
+    if bonus:
+        rows = np.flatnonzero(interactions >= 0)
+        first = rows[~used[rows, interactions[rows]]]
+        used[first, interactions[first]] = True
+        shaping[first] = bonus
+    return shaping
 
 
 def _mean_intrinsic(intrinsic_history: list[np.ndarray], survived: np.ndarray) -> float:
@@ -353,19 +372,23 @@ def _store_episodes(
     history: list[tuple[np.ndarray, ...]],
     survived: np.ndarray,
     intrinsic_history: list[np.ndarray],
+    shaping_history: list[np.ndarray],
 ) -> None:
     """Split the ``[T, N, ...]`` step history of one round into each env's episode and store them in env order
-    (with the LSTM state before each step when the history carries it, and the RND errors when there are any)."""
+    (with the LSTM state before each step when the history carries it, and the RND errors and affordance
+    bonuses when there are any)."""
     columns = [torch.from_numpy(np.stack(column)) for column in zip(*history, strict=True)]
     obs, actions, rewards, dones = columns[:4]
     intrinsic = torch.from_numpy(np.stack(intrinsic_history)) if intrinsic_history else None
+    shaping = torch.from_numpy(np.stack(shaping_history)) if shaping_history else None
     for env_index, length in enumerate(survived.tolist()):
         hidden = None
         if len(columns) == 6:
             hidden = (columns[4][:length, env_index], columns[5][:length, env_index])
         rows = (slice(None, length), env_index)
-        bonus = None if intrinsic is None else intrinsic[rows]
-        replay.push_episode(obs[rows], actions[rows], rewards[rows], dones[rows], hidden, bonus)
+        novelty = None if intrinsic is None else intrinsic[rows]
+        first_uses = None if shaping is None else shaping[rows]
+        replay.push_episode(obs[rows], actions[rows], rewards[rows], dones[rows], hidden, novelty, first_uses)
 
 
 def _hamlet_training_config(config: TrainConfig, run: dict[str, Any]) -> dict[str, Any]:
