@@ -9,9 +9,10 @@ channel). It prints, side by side: unary Predict batch 1 p50, one lock-step stre
 and steps/s with N concurrent lock-step streams, plus the mean batch size our batcher formed at each N
 (from its Prometheus histogram), and the raw forward at batch 1 of the backend the server runs ("compute",
 in this process). It ends with issue 13's goal rows: batch-1 latency as ours / (floor + compute), at most
-1.25x; 256 streams as ours / floor, at least 0.8x. The floor is bench/floor.py (grpc.aio);
-../shared/bench/goals measures the same rows against the shared floors. Server settings default to
-`hamlet-server serve`'s. Numbers, not assertions.
+1.25x; 256 streams as ours / floor, at least 0.8x; then, as a diagnosis, the two latencies against a third
+server, the floor running the same network inline per request (bench/floor.py --compute). The floor is
+bench/floor.py (grpc.aio); ../shared/bench/goals measures the same rows against the shared floors. Server
+settings default to `hamlet-server serve`'s. Numbers, not assertions.
 """
 
 from __future__ import annotations
@@ -161,15 +162,18 @@ def main() -> int:
                     "--max-batch", str(args.max_batch), "--backend", args.backend,
                     "--forward-thread", args.forward_thread, "--inline-rows", str(args.inline_rows),
                     "--log-level", "WARNING"]  # fmt: skip
+        served = max((Path(tmp) / name).glob("model_ep*.pt"))
         floor, floor_target = spawn_ready([sys.executable, floor_module.__file__])
+        situ, situ_target = spawn_ready([sys.executable, floor_module.__file__, "--compute", str(served)], cwd=ROOT)
         ours, ours_target = spawn_ready(ours_cmd, cwd=ROOT)
-        floor_port, ours_port = (int(t.rsplit(":", 1)[1]) for t in (floor_target, ours_target))
+        floor_port, situ_port, ours_port = (int(t.rsplit(":", 1)[1]) for t in (floor_target, situ_target, ours_target))
         try:
-            raw = _raw_forward_us(max((Path(tmp) / name).glob("model_ep*.pt")), args.backend)  # the served one
+            raw = _raw_forward_us(served, args.backend)
             floor_r = asyncio.run(_measure(floor_port, name, dim, args, None))
+            situ_r = asyncio.run(_measure(situ_port, name, dim, _latency_only(args), None))
             ours_r = asyncio.run(_measure(ours_port, name, dim, args, metrics_port))
         finally:
-            for proc in (floor, ours):
+            for proc in (floor, situ, ours):
                 proc.terminate()
                 proc.wait(timeout=20)
 
@@ -188,7 +192,18 @@ def main() -> int:
         print(f"{label:<36}{floor_r[key]:>12.0f}{ours_r[key]:>12.0f}{ours_r[key] / floor_r[key]:>12.2f}"
               f"{ours_r[f'batch_{n}']:>12.1f}")  # fmt: skip
     _print_goal_rows(args, floor_r, ours_r, raw)
+    print("\nDiagnosis (not a goal): the floor with the network's forward run inline per request (bench/floor.py "
+          "--compute; no batching, state table, validation or metrics)")  # fmt: skip
+    print(f"{'measure':<36}{'floor+net':>12}{'ours':>12}{'ours/it':>12}{'fl+compute':>12}")
+    for label, key in rows:
+        print(f"{label:<36}{situ_r[key]:>12.0f}{ours_r[key]:>12.0f}{ours_r[key] / situ_r[key]:>12.2f}"
+              f"{floor_r[key] + raw:>12.0f}")  # fmt: skip
     return 0
+
+
+def _latency_only(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` without the many-stream rates (the in-situ floor answers one request at a time)."""
+    return argparse.Namespace(**{**vars(args), "streams": []})
 
 
 # issue 13's figures when it was filed, per model: (Predict b1, one stream 1 env) as x (floor + compute)

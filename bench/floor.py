@@ -4,10 +4,17 @@ The floor decodes each observation tensor (``np.frombuffer``, as a real server m
 cached zero Q-values and action 0, so its latency and throughput are what Python gRPC itself costs on
 this contract. Benchmarks start it as a subprocess (``python bench/floor.py`` prints ``READY host:port``)
 beside our server and print both.
+
+``python bench/floor.py --compute MODEL`` is the floor plus the network, in situ: each request's
+observations go through the model's forward (the backend our server would pick on the CPU, one thread)
+inline in the handler, a stream keeping its LSTM state in a local variable, and the real Q-values and greedy
+actions are returned. No batching, state table, validation, masks or metrics: what is left between it and our
+server is our server's own work, with the network's cost after each idle gap counted on both sides.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
@@ -57,10 +64,52 @@ class FloorServicer(pb_grpc.InferenceServiceServicer):
             index += 1
 
 
-async def serve_floor() -> None:
-    """Serve the floor on a free loopback port; print ``READY 127.0.0.1:PORT``; run until killed."""
+class ComputeFloorServicer(pb_grpc.InferenceServiceServicer):
+    """The floor plus one inline forward of a real model per request (see the module docstring)."""
+
+    def __init__(self, model_path: str) -> None:
+        import torch  # only this variant needs the model stack
+
+        from hamlet_server.backends import load_backend, resolve_backend
+
+        torch.set_num_threads(1)
+        self._torch = torch
+        self._model = load_backend(Path(model_path), "cpu", resolve_backend("auto", "cpu"), threads=1)
+
+    def _forward(self, obs: tensor_pb2.Tensor, hidden: Any) -> tuple[tensor_pb2.Tensor, list[int], Any]:
+        array = np.frombuffer(obs.data, dtype="<f4").reshape(tuple(obs.shape))
+        if hidden is None and self._model.is_recurrent:
+            zeros = self._torch.zeros(1, array.shape[0], self._model.hidden_dim or 0)
+            hidden = (zeros, zeros.clone())
+        q, hidden = self._model.forward(self._torch.from_numpy(array.copy()), hidden)
+        q_np = q.numpy()
+        tensor = tensor_pb2.Tensor(shape=q_np.shape, dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=q_np.tobytes())
+        return tensor, q_np.argmax(axis=1).tolist(), hidden
+
+    async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
+        q, actions, _ = self._forward(request.observations, None)
+        return pb.PredictResponse(model="floor", version=0, actions=actions, q_values=q)
+
+    async def StreamEpisode(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.StreamEpisodeResponse]:
+        start = (await request_iterator.__anext__()).start
+        yield pb.StreamEpisodeResponse(
+            started=pb.EpisodeStarted(session_id="floor", model="floor", num_envs=start.num_envs, action_dim=ACTION_DIM)
+        )
+        index, hidden = 0, None
+        async for request in request_iterator:
+            q, actions, hidden = self._forward(request.step.observations, hidden)
+            yield pb.StreamEpisodeResponse(
+                step=pb.EpisodeStepResult(step_index=index, actions=actions, q_values=q, model="floor")
+            )
+            index += 1
+
+
+async def serve_floor(compute: str | None = None) -> None:
+    """Serve the floor (with ``compute``: plus that model's forward) on a free loopback port; print
+    ``READY 127.0.0.1:PORT``; run until killed."""
     server = grpc.aio.server()
-    pb_grpc.add_InferenceServiceServicer_to_server(FloorServicer(), server)
+    servicer = FloorServicer() if compute is None else ComputeFloorServicer(compute)
+    pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(f"READY 127.0.0.1:{port}", flush=True)
@@ -80,4 +129,6 @@ def spawn_ready(cmd: list[str], cwd: Path | None = None) -> tuple[subprocess.Pop
 
 
 if __name__ == "__main__":
-    asyncio.run(serve_floor())
+    parser = argparse.ArgumentParser(description="The bare-gRPC floor on a free loopback port; prints READY host:port.")
+    parser.add_argument("--compute", metavar="MODEL", help="also run this model's forward inline per request")
+    asyncio.run(serve_floor(parser.parse_args().compute))
