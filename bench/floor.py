@@ -38,16 +38,17 @@ class FloorServicer(pb_grpc.InferenceServiceServicer):
     def __init__(self) -> None:
         self._answers: dict[int, tuple[tensor_pb2.Tensor, list[int]]] = {}
 
-    def _answer(self, obs: tensor_pb2.Tensor) -> tuple[tensor_pb2.Tensor, list[int]]:
+    def _answer(self, obs: tensor_pb2.Tensor, state: Any) -> tuple[tensor_pb2.Tensor, list[int], Any]:
+        """Q-values and actions for ``obs``, and the stream's next ``state`` (None at a stream's start)."""
         batch = np.frombuffer(obs.data, dtype="<f4").reshape(tuple(obs.shape)).shape[0]
         if batch not in self._answers:
             q = np.zeros((batch, ACTION_DIM), np.float32)
             tensor = tensor_pb2.Tensor(shape=q.shape, dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=q.tobytes())
             self._answers[batch] = (tensor, [0] * batch)
-        return self._answers[batch]
+        return (*self._answers[batch], state)
 
     async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
-        q, actions = self._answer(request.observations)
+        q, actions, _ = self._answer(request.observations, None)
         return pb.PredictResponse(model="floor", version=0, actions=actions, q_values=q)
 
     async def StreamEpisode(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.StreamEpisodeResponse]:
@@ -55,19 +56,21 @@ class FloorServicer(pb_grpc.InferenceServiceServicer):
         yield pb.StreamEpisodeResponse(
             started=pb.EpisodeStarted(session_id="floor", model="floor", num_envs=start.num_envs, action_dim=ACTION_DIM)
         )
-        index = 0
+        index, state = 0, None
         async for request in request_iterator:
-            q, actions = self._answer(request.step.observations)
+            q, actions, state = self._answer(request.step.observations, state)
             yield pb.StreamEpisodeResponse(
                 step=pb.EpisodeStepResult(step_index=index, actions=actions, q_values=q, model="floor")
             )
             index += 1
 
 
-class ComputeFloorServicer(pb_grpc.InferenceServiceServicer):
-    """The floor plus one inline forward of a real model per request (see the module docstring)."""
+class ComputeFloorServicer(FloorServicer):
+    """The floor plus one inline forward of a real model per request (see the module docstring); a stream's
+    state is its LSTM state."""
 
     def __init__(self, model_path: str) -> None:
+        super().__init__()
         import torch  # only this variant needs the model stack
 
         from hamlet_server.backends import load_backend, resolve_backend
@@ -76,32 +79,15 @@ class ComputeFloorServicer(pb_grpc.InferenceServiceServicer):
         self._torch = torch
         self._model = load_backend(Path(model_path), "cpu", resolve_backend("auto", "cpu"), threads=1)
 
-    def _forward(self, obs: tensor_pb2.Tensor, hidden: Any) -> tuple[tensor_pb2.Tensor, list[int], Any]:
+    def _answer(self, obs: tensor_pb2.Tensor, state: Any) -> tuple[tensor_pb2.Tensor, list[int], Any]:
         array = np.frombuffer(obs.data, dtype="<f4").reshape(tuple(obs.shape))
-        if hidden is None and self._model.is_recurrent:
+        if state is None and self._model.is_recurrent:
             zeros = self._torch.zeros(1, array.shape[0], self._model.hidden_dim or 0)
-            hidden = (zeros, zeros.clone())
-        q, hidden = self._model.forward(self._torch.from_numpy(array.copy()), hidden)
+            state = (zeros, zeros.clone())
+        q, state = self._model.forward(self._torch.from_numpy(array.copy()), state)
         q_np = q.numpy()
         tensor = tensor_pb2.Tensor(shape=q_np.shape, dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=q_np.tobytes())
-        return tensor, q_np.argmax(axis=1).tolist(), hidden
-
-    async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
-        q, actions, _ = self._forward(request.observations, None)
-        return pb.PredictResponse(model="floor", version=0, actions=actions, q_values=q)
-
-    async def StreamEpisode(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.StreamEpisodeResponse]:
-        start = (await request_iterator.__anext__()).start
-        yield pb.StreamEpisodeResponse(
-            started=pb.EpisodeStarted(session_id="floor", model="floor", num_envs=start.num_envs, action_dim=ACTION_DIM)
-        )
-        index, hidden = 0, None
-        async for request in request_iterator:
-            q, actions, hidden = self._forward(request.step.observations, hidden)
-            yield pb.StreamEpisodeResponse(
-                step=pb.EpisodeStepResult(step_index=index, actions=actions, q_values=q, model="floor")
-            )
-            index += 1
+        return tensor, q_np.argmax(axis=1).tolist(), state
 
 
 async def serve_floor(compute: str | None = None) -> None:

@@ -64,7 +64,7 @@ class ReplayBuffer:
         self._actions = torch.zeros(self.capacity, dtype=torch.int64)
         self._rewards = torch.zeros(self.capacity)
         self._intrinsic = torch.zeros(self.capacity)
-        self._shaping = torch.zeros(self.capacity)
+        self._shaping: Tensor | None = None  # allocated by the first push that carries shaping
         self._dones = torch.zeros(self.capacity, dtype=torch.bool)
         self._size = 0
         self._position = 0
@@ -91,7 +91,10 @@ class ReplayBuffer:
         self._actions[index] = actions.to(torch.int64)
         self._rewards[index] = rewards.to(torch.float32)
         self._intrinsic[index] = 0.0 if intrinsic is None else intrinsic.to(torch.float32)
-        self._shaping[index] = 0.0 if shaping is None else shaping.to(torch.float32)
+        if shaping is not None and self._shaping is None:
+            self._shaping = torch.zeros(self.capacity)
+        if self._shaping is not None:
+            self._shaping[index] = 0.0 if shaping is None else shaping.to(torch.float32)
         self._dones[index] = dones.to(torch.bool)
         self._position = int((self._position + count) % self.capacity)
         self._size = min(self._size + count, self.capacity)
@@ -102,7 +105,9 @@ class ReplayBuffer:
         if self._size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         index = torch.randint(self._size, (batch_size,), generator=generator)
-        rewards = self._rewards[index] + self._shaping[index]
+        rewards = self._rewards[index]
+        if self._shaping is not None:
+            rewards = rewards + self._shaping[index]
         if intrinsic_weight:
             rewards = rewards + intrinsic_weight * self._intrinsic[index]
         return TransitionBatch(
@@ -120,9 +125,9 @@ class ReplayBuffer:
             "actions": None if empty else self._actions.clone(),
             "rewards_extrinsic": None if empty else self._rewards.clone(),
             "rewards_intrinsic": None if empty else self._intrinsic.clone(),
-            "rewards_shaping": None if empty else self._shaping.clone(),
             "next_observations": None if empty else self._next_obs.clone(),
             "dones": None if empty else self._dones.clone(),
+            **({} if self._shaping is None or empty else {"rewards_shaping": self._shaping.clone()}),
         }
 
     @classmethod
@@ -134,8 +139,8 @@ class ReplayBuffer:
             buffer._actions.copy_(state["actions"])
             buffer._rewards.copy_(state["rewards_extrinsic"])
             buffer._intrinsic.copy_(state["rewards_intrinsic"])
-            if state.get("rewards_shaping") is not None:  # absent from checkpoints written before it existed
-                buffer._shaping.copy_(state["rewards_shaping"])
+            if state.get("rewards_shaping") is not None:  # absent when the run stored no shaping
+                buffer._shaping = state["rewards_shaping"].clone()
             buffer._dones.copy_(state["dones"])
         buffer._size = int(state["size"])
         buffer._position = int(state["position"])
