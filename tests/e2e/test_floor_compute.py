@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from demo_models import DEMO_L2
 
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
@@ -25,8 +26,6 @@ from floor import spawn_ready  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-L2 = max((ROOT / "models" / "townlet-L2-lstm").glob("model_ep*.pt"))
-
 
 def _tensor(array: np.ndarray) -> tensor_pb2.Tensor:
     return tensor_pb2.Tensor(shape=array.shape, dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=array.tobytes())
@@ -37,9 +36,9 @@ def _q(tensor: tensor_pb2.Tensor) -> np.ndarray:
 
 
 def test_compute_floor_answers_the_models_q_values_and_keeps_stream_state() -> None:
-    model = HamletModel.load(L2)
+    model = HamletModel.load(DEMO_L2)
     obs = np.random.default_rng(0).random((4, model.obs_dim), dtype=np.float32)
-    proc, target = spawn_ready([sys.executable, str(ROOT / "bench" / "floor.py"), "--compute", str(L2)], cwd=ROOT)
+    proc, target = spawn_ready([sys.executable, str(ROOT / "bench" / "floor.py"), "--compute", str(DEMO_L2)], cwd=ROOT)
     try:
         with grpc.insecure_channel(target) as channel:
             stub = pb_grpc.InferenceServiceStub(channel)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from demo_models import DEMO_L2
 from ports import free_port
 
 from hamlet_client import AsyncHamletClient, HamletClient
@@ -128,7 +129,7 @@ async def _run_with_a_failure(replicas: list[Replica], sig: int, every: int) -> 
 
 
 def _check(results: list[tuple]) -> int:
-    model = HamletModel.load(ROOT / "models" / MODEL / "model_ep00550.pt")
+    model = HamletModel.load(DEMO_L2)
     for stream, (q_values, _) in enumerate(results):
         for got, want in zip(q_values, _reference(model, stream), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # batching order: float32 rounding only

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from browser_helpers import Page, chromium, needs_chromium, save_screenshot, viewer_process
+from demo_models import DEMO_L2, version_of
 from live_server import ThreadedServer
 
 from hamlet_server.config import ServerConfig
@@ -82,7 +83,7 @@ def test_play_pause_step_and_switch_model_in_chromium(
     # switch model: the L2 LSTM on its 5x5 window, stepped to a known step for the screenshot
     page.select("model", "townlet-L2-lstm")
     page.wait(lambda: page.text("model-label") == "townlet-L2-lstm" and page.text("step") == "0", "the L2 session")
-    assert page.text("version-label") == "550" and page.attribute("window-0", "width")
+    assert page.text("version-label") == str(version_of(DEMO_L2)) and page.attribute("window-0", "width")
     for _ in range(20):
         statuses = page.counter("statuses")
         page.click("step-once")

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from demo_models import DEMO_L2, version_of
 from live_server import ThreadedServer
 
 from hamlet_server.config import ServerConfig
@@ -45,7 +46,7 @@ NOT_RUN = {
     "hamlet-train --level L1 --episodes 300 --out runs/townlet-L1-mlp": "trains for ~5 minutes (how models/ was "
     "made); tests/unit/test_training_demo_models.py::test_demo_model_beats_random_on_its_level checks the result",
     "hamlet-train --level L2 --relayout --episodes 3000 --out runs/townlet-L2-lstm": "trains for ~40 minutes to the "
-    "shipped episode 550 (how models/ was made); "
+    "shipped model (how models/ was made); "
     "tests/unit/test_training_demo_models.py::test_demo_model_beats_random_on_its_level checks the result",
     "pip install ./client        #": "builds a fresh venv: "
     "tests/e2e/test_client_clean_venv.py::test_pip_install_client_into_a_clean_venv_works_without_torch",
@@ -199,7 +200,7 @@ def _run_page(page: str, cwd: Path, target: str | None = None) -> str:
 def test_readme_shell_blocks_run(clone: Path, server: ThreadedServer) -> None:
     out = _run_page("README.md", clone, server.target)
     assert re.search(r"^\[\d\] \(1, 6\) \(1, 1, 256\)$", out, flags=re.M), out  # numpy in, numpy out
-    assert re.search(r"^episode\s+550$", out, flags=re.M)  # hamlet-model inspect of the trained demo model
+    assert re.search(rf"^episode\s+{version_of(DEMO_L2)}$", out, flags=re.M)  # hamlet-model inspect of the demo model
     assert "migrated 2 checkpoint(s)" in out
     assert (clone / "my-models" / "quick-L1" / "model_ep00002.pt").is_file()
     assert "['townlet-L1-mlp', 'townlet-L2-lstm']" in out and re.search(r"^\[\d \d \d \d\] \(4, 6\)$", out, re.M)

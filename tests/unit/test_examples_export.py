@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from demo_models import DEMO_L1, DEMO_L2
 from hamlet_runs import make_network
 
 from townlet.inference.model import HamletModel
 from townlet.inference.onnx_export import export_to_onnx
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_L1 = REPO / "models" / "townlet-L1-mlp" / "model_ep00300.pt"
-DEMO_L2 = REPO / "models" / "townlet-L2-lstm" / "model_ep00550.pt"
 
 pytestmark = pytest.mark.slow  # every test starts a Python process
 
@@ -71,8 +70,8 @@ def test_ensemble_of_an_l1_and_an_l2_model_says_why_in_one_line() -> None:
     done = _run("ensemble.py", "--checkpoints", str(DEMO_L1), str(DEMO_L2), returncode=2)
     assert "Traceback" not in done.stderr
     assert "members must share obs_dim and action_dim" in done.stderr
-    assert "townlet-L1-mlp/model_ep00300.pt (obs 91, 6 actions)" in done.stderr
-    assert "townlet-L2-lstm/model_ep00550.pt (obs 54, 6 actions)" in done.stderr
+    assert f"townlet-L1-mlp/{DEMO_L1.name} (obs 91, 6 actions)" in done.stderr
+    assert f"townlet-L2-lstm/{DEMO_L2.name} (obs 54, 6 actions)" in done.stderr
 
 
 def test_onnx_inference_exports_a_demo_model() -> None:

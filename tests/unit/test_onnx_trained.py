@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from demo_models import DEMO_L1, DEMO_L2
 
 from townlet.inference import cli
 from townlet.inference.model import HamletModel
@@ -16,11 +17,7 @@ from townlet.inference.onnx_export import ExportVerificationError, export_verifi
 from townlet.inference.onnx_runtime import OnnxModel
 
 torch.set_num_threads(1)
-REPO = Path(__file__).resolve().parents[2]
-DEMO = {
-    "simple": REPO / "models" / "townlet-L1-mlp" / "model_ep00300.pt",
-    "recurrent": REPO / "models" / "townlet-L2-lstm" / "model_ep00550.pt",
-}
+DEMO = {"simple": DEMO_L1, "recurrent": DEMO_L2}
 
 
 @pytest.fixture(scope="module", params=sorted(DEMO))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from demo_models import DEMO_L1, DEMO_L2
 
 from hamlet_server.backends import Backend, load_backend
 from hamlet_server.batcher import BatchResult, StepBatcher, WorkItem
@@ -36,9 +37,8 @@ torch.set_num_threads(1)
 
 ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 ROUNDS = 8
-MODELS = Path(__file__).resolve().parents[2] / "models"
-L2_MODEL = MODELS / "townlet-L2-lstm" / "model_ep00550.pt"  # trained CNN+LSTM, obs 54, hidden 256
-L1_MODEL = MODELS / "townlet-L1-mlp" / "model_ep00300.pt"  # trained MLP, obs 91
+L2_MODEL = DEMO_L2  # trained CNN+LSTM, obs 54, hidden 256
+L1_MODEL = DEMO_L1  # trained MLP, obs 91
 
 
 def _second_version(path: Path) -> HamletModel:
