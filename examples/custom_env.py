@@ -23,7 +23,7 @@ import torch
 
 from townlet.inference import HamletModel
 
-DEMO_L2 = Path(__file__).resolve().parent.parent / "models" / "townlet-L2-lstm" / "model_ep00550.pt"
+DEMO_L2 = Path(__file__).resolve().parent.parent / "models" / "townlet-L2-lstm" / "model_ep01175.pt"
 UP, DOWN, LEFT, RIGHT, INTERACT, WAIT = range(6)
 MOVES = {UP: (-1, 0), DOWN: (1, 0), LEFT: (0, -1), RIGHT: (0, 1)}
 

@@ -50,7 +50,7 @@ def rollout(session: ort.InferenceSession, meta: dict[str, str], steps: int, bat
     return np.stack(chosen)
 
 
-DEMO_L2 = Path(__file__).resolve().parent.parent / "models" / "townlet-L2-lstm" / "model_ep00550.pt"
+DEMO_L2 = Path(__file__).resolve().parent.parent / "models" / "townlet-L2-lstm" / "model_ep01175.pt"
 
 
 def export_demo(folder: Path) -> Path:

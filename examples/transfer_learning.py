@@ -20,7 +20,7 @@ from torch import nn
 
 from townlet.inference import HamletModel
 
-DEMO_L2 = Path(__file__).resolve().parent.parent / "models" / "townlet-L2-lstm" / "model_ep00550.pt"
+DEMO_L2 = Path(__file__).resolve().parent.parent / "models" / "townlet-L2-lstm" / "model_ep01175.pt"
 
 
 def freeze(module: nn.Module) -> int:

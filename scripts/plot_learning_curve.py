@@ -6,8 +6,9 @@
 
 ``--log``: what ``hamlet-train`` wrote on stderr (a progress line every 10 episodes: mean survival of the
 16 training envs, epsilon-greedy). ``--evals``: CSV lines ``episode,mean_survival,mean_affordances`` from
-``hamlet-train evaluate MODEL --layout unseen`` on the saved models (greedy, unseen layouts). ``--random``:
-the random policy's mean survival on those evaluation episodes, drawn as a dashed line.
+``hamlet-train evaluate MODEL --layout unseen`` on the saved models (greedy, unseen layouts): survival on the
+left axis, the mean number of affordance types used per episode on the right one. ``--random``: the random
+policy's mean survival on those evaluation episodes, drawn as a dashed line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import re
 from pathlib import Path
 
 _PROGRESS = re.compile(r"\] (\d+)/\d+ survival\s+([\d.]+)")
-WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 720, 360, 60, 150, 30, 45
+WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 760, 360, 60, 190, 30, 45
+AFFORD_MAX = 10  # the right axis (affordance types per episode; L2 has 14)
 
 
 def training_points(log: Path) -> list[tuple[float, float]]:
@@ -50,6 +52,9 @@ def svg(train: list[tuple[float, float]], evals: list[tuple[float, float, float]
     def y(steps: float) -> float:
         return TOP + plot_h * (1 - steps / y_max)
 
+    def y_afford(types: float) -> float:  # the right axis: affordance types per episode, 0 to AFFORD_MAX
+        return y(types * y_max / AFFORD_MAX)
+
     def line(points: list[tuple[float, float]], colour: str, dash: str = "") -> str:
         path = " ".join(f"{x(e):.1f},{y(s):.1f}" for e, s in points)
         extra = f' stroke-dasharray="{dash}"' if dash else ""
@@ -71,6 +76,12 @@ def svg(train: list[tuple[float, float]], evals: list[tuple[float, float, float]
     parts.append(
         f'<text transform="translate(16 {TOP + plot_h / 2}) rotate(-90)" text-anchor="middle">survival steps</text>'
     )
+    for types in range(0, AFFORD_MAX + 1, 2):
+        parts.append(f'<text x="{LEFT + plot_w + 6}" y="{y_afford(types) + 4}">{types}</text>')
+    parts.append(
+        f'<text transform="translate({LEFT + plot_w + 26} {TOP + plot_h / 2}) rotate(90)" text-anchor="middle">'
+        "affordance types per episode</text>"
+    )
     parts.append(f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#444"/>')
     parts.append(line([(0, random), (last, random)], "#888", "6 4"))
     if train:
@@ -78,19 +89,21 @@ def svg(train: list[tuple[float, float]], evals: list[tuple[float, float, float]
     if evals:
         parts.append(line([(e, s) for e, s, _ in evals], "#c33"))
         parts += [f'<circle cx="{x(e):.1f}" cy="{y(s):.1f}" r="3" fill="#c33"/>' for e, s, _ in evals]
+        parts.append(line([(e, a * y_max / AFFORD_MAX) for e, _, a in evals], "#3a3", "2 2"))
     legend = [
         ("#9ab", "", "training (epsilon-greedy)"),
         ("#c33", "", "greedy, unseen layouts"),
         ("#888", "6 4", f"random policy ({random:.0f})"),
+        ("#3a3", "2 2", "greedy: affordance types"),
     ]
     for i, (colour, dash, label) in enumerate(legend):
         top = TOP + 10 + 20 * i
         extra = f' stroke-dasharray="{dash}"' if dash else ""
         parts.append(
-            f'<line x1="{LEFT + plot_w + 10}" x2="{LEFT + plot_w + 30}" y1="{top}" y2="{top}" stroke="{colour}" '
+            f'<line x1="{LEFT + plot_w + 40}" x2="{LEFT + plot_w + 60}" y1="{top}" y2="{top}" stroke="{colour}" '
             f'stroke-width="2"{extra}/>'
         )
-        parts.append(f'<text x="{LEFT + plot_w + 35}" y="{top + 4}" font-size="11">{label}</text>')
+        parts.append(f'<text x="{LEFT + plot_w + 65}" y="{top + 4}" font-size="11">{label}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
