@@ -31,6 +31,8 @@ def test_demo_model_beats_random_on_its_level(name: str) -> None:
         env = {"layout": {k: tuple(v) for k, v in meta["affordance_layout"].items()}}
     trained = SurvivalStats.of_results(play_model(model, level, 20, seed=11, **env))
     random = SurvivalStats.of_results(play_random(level, 20, seed=11, **env))
-    # L1 on its layout: 500 steps (4.5x), 4 affordances; L2 on unseen layouts: 214 (1.85x), 1.05 affordances.
-    assert trained.mean > 1.7 * random.mean
-    assert trained.mean_affordances is not None and trained.mean_affordances >= 1.0
+    # L1 on its layout: 500 steps (4.5x random), 4 affordance types per episode. L2 on unseen layouts: 242.8
+    # (2.10x), 4.5 types. The previous L2 model (episode 550, no affordance bonus) scored 1.85x and 1.05 types
+    # here and would fail: the thresholds hold issue 15's goal (2x, 4 types) with a margin for these 20 episodes.
+    assert trained.mean > 1.9 * random.mean
+    assert trained.mean_affordances is not None and trained.mean_affordances >= 3.5
