@@ -52,8 +52,8 @@ def svg(train: list[tuple[float, float]], evals: list[tuple[float, float, float]
     def y(steps: float) -> float:
         return TOP + plot_h * (1 - steps / y_max)
 
-    def y_afford(types: float) -> float:  # the right axis: affordance types per episode, 0 to AFFORD_MAX
-        return y(types * y_max / AFFORD_MAX)
+    def on_left_axis(types: float) -> float:  # the right axis (affordance types, 0 to AFFORD_MAX) in steps
+        return types * y_max / AFFORD_MAX
 
     def line(points: list[tuple[float, float]], colour: str, dash: str = "") -> str:
         path = " ".join(f"{x(e):.1f},{y(s):.1f}" for e, s in points)
@@ -77,7 +77,7 @@ def svg(train: list[tuple[float, float]], evals: list[tuple[float, float, float]
         f'<text transform="translate(16 {TOP + plot_h / 2}) rotate(-90)" text-anchor="middle">survival steps</text>'
     )
     for types in range(0, AFFORD_MAX + 1, 2):
-        parts.append(f'<text x="{LEFT + plot_w + 6}" y="{y_afford(types) + 4}">{types}</text>')
+        parts.append(f'<text x="{LEFT + plot_w + 6}" y="{y(on_left_axis(types)) + 4}">{types}</text>')
     parts.append(
         f'<text transform="translate({LEFT + plot_w + 26} {TOP + plot_h / 2}) rotate(90)" text-anchor="middle">'
         "affordance types per episode</text>"
@@ -89,7 +89,7 @@ def svg(train: list[tuple[float, float]], evals: list[tuple[float, float, float]
     if evals:
         parts.append(line([(e, s) for e, s, _ in evals], "#c33"))
         parts += [f'<circle cx="{x(e):.1f}" cy="{y(s):.1f}" r="3" fill="#c33"/>' for e, s, _ in evals]
-        parts.append(line([(e, a * y_max / AFFORD_MAX) for e, _, a in evals], "#3a3", "2 2"))
+        parts.append(line([(e, on_left_axis(a)) for e, _, a in evals], "#3a3", "2 2"))
     legend = [
         ("#9ab", "", "training (epsilon-greedy)"),
         ("#c33", "", "greedy, unseen layouts"),

@@ -37,8 +37,6 @@ torch.set_num_threads(1)
 
 ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 ROUNDS = 8
-L2_MODEL = DEMO_L2  # trained CNN+LSTM, obs 54, hidden 256
-L1_MODEL = DEMO_L1  # trained MLP, obs 91
 
 
 def _second_version(path: Path) -> HamletModel:
@@ -56,9 +54,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The trained demo models that `make serve` serves, and a second version of the L2 one."""
     root = tmp_path_factory.mktemp("versions")
     return {
-        "lstm-v1": L2_MODEL,
-        "lstm-v2": save_inference_checkpoint(_second_version(L2_MODEL), root / "lstm-v2.pt"),
-        "mlp-v1": L1_MODEL,
+        "lstm-v1": DEMO_L2,  # trained CNN+LSTM, obs 54, hidden 256
+        "lstm-v2": save_inference_checkpoint(_second_version(DEMO_L2), root / "lstm-v2.pt"),
+        "mlp-v1": DEMO_L1,  # trained MLP, obs 91
     }
 
 

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from demo_models import MODELS, demo_checkpoint
 
 from townlet.inference import HamletModel
 from townlet.training.evaluate import SurvivalStats, play_model, play_random, unseen_layouts
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
 DEMOS = {"townlet-L1-mlp": ("L1", "simple"), "townlet-L2-lstm": ("L2", "recurrent")}
 
 
 @pytest.mark.parametrize("name", sorted(DEMOS))
 def test_demo_model_beats_random_on_its_level(name: str) -> None:
     level, network_type = DEMOS[name]
-    files = sorted((MODELS / name).glob("model_ep*.pt"))
-    if not files:
-        pytest.skip(f"{name} is not in this checkout")
-    model = HamletModel.load(files[-1])
+    model = HamletModel.load(demo_checkpoint(name))
     meta = model.metadata
     assert (meta["network_type"], meta["level"], meta["trainer"]) == (network_type, level, "townlet.training")
     assert meta["depletion_multiplier"] == 1.0
