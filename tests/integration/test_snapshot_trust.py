@@ -196,12 +196,23 @@ def _int64_hidden(state: pb.EpisodeState) -> None:
     state.hidden_c.CopyFrom(enc(dec(state.hidden_c).astype(np.int64)))
 
 
+def _float64_bytes(state: pb.EpisodeState) -> None:
+    """The issue's case: the shape is right, the bytes are not (the old message said [4, 256] needs [4, 256])."""
+    state.hidden_h.data = dec(state.hidden_h).astype(np.float64).tobytes()
+
+
 _INVALID = {
     "epsilon 7.5": (_set(epsilon=7.5), "BAD_EPSILON", "resume_from.epsilon: expected a number in [0, 1]"),
     "epsilon NaN": (_set(epsilon=math.nan), "BAD_EPSILON", "resume_from.epsilon: expected a number in [0, 1]"),
     "hidden NaN": (_hidden(math.nan), "BAD_TENSOR", "resume_from.hidden_h: expected finite values"),
     "hidden Inf": (_hidden(math.inf), "BAD_TENSOR", "resume_from.hidden_h: expected finite values"),
     "hidden int64": (_int64_hidden, "BAD_SNAPSHOT", "resume_from.hidden_c: expected DATA_TYPE_FLOAT32"),
+    "hidden bytes": (
+        _float64_bytes,
+        "BAD_TENSOR",
+        f"resume_from.hidden_h: shape [{ENVS}, {HIDDEN}] of "
+        f"DATA_TYPE_FLOAT32 needs {ENVS * HIDDEN * 4} bytes, got {ENVS * HIDDEN * 8}",
+    ),
     "step_index 2**63-1": (_set(step_index=2**63 - 1), "BAD_SNAPSHOT", "resume_from.step_index: expected"),
     "step_index -1": (_set(step_index=-1), "BAD_SNAPSHOT", "resume_from.step_index: expected"),
     "num_envs over --max-envs": (_set(num_envs=ENVS + 1), "ENV_LIMIT", "resume_from.num_envs: expected 1..4"),
