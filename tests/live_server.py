@@ -1,4 +1,5 @@
-"""A real HamletServer on its own event loop in a daemon thread, for tests that use the blocking client.
+"""A real HamletServer on its own event loop in a daemon thread, for tests that use the blocking client; and
+`write_snapshot_keys`, the key file that replicas of one test deployment share so that episodes move between them.
 
 (The asyncio tests use the integration conftest's `server` fixture on the test's own loop instead.)
 """
@@ -6,10 +7,21 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
+from pathlib import Path
 
 from hamlet_server.config import ServerConfig
 from hamlet_server.server import HamletServer
+
+__all__ = ["ThreadedServer", "write_snapshot_keys"]
+
+
+def write_snapshot_keys(path: Path, *keys: str) -> Path:
+    """Write a `--snapshot-key-file` at ``path`` holding ``keys`` (one per line, the first signs), or one fresh
+    random key when none is given; returns ``path``."""
+    path.write_text("\n".join(keys or (secrets.token_hex(32),)) + "\n")
+    return path
 
 
 class ThreadedServer:

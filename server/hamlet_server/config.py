@@ -117,6 +117,18 @@ class ServerConfig:
     token_file: str = _opt(
         "", "file holding the bearer token every hamlet.v1 call must send (empty: no authentication)"
     )
+    snapshot_key_file: str = _opt(
+        "",
+        "file holding the keys that sign episode snapshots, one per line (16+ bytes each, e.g. `openssl rand -hex "
+        "32`): the first signs, every line verifies (list the new key first during a rotation). The same file on "
+        "every replica of a deployment; never the bearer token (clients hold that). Empty: snapshots are sent "
+        "unsigned and resuming one is refused (FAILED_PRECONDITION) unless --allow-unsigned-snapshots",
+    )
+    allow_unsigned_snapshots: bool = _opt(
+        False,
+        "without --snapshot-key-file, resume episodes from unsigned snapshots (checksum only): any client can then "
+        "set the (h, c), epsilon, generator and step index of the episode it resumes; for local use",
+    )
     tls_cert: str = _opt("", "PEM certificate chain: serve TLS instead of plaintext (with --tls-key)")
     tls_key: str = _opt("", "PEM private key of --tls-cert")
     allow_insecure: bool = _opt(
@@ -152,6 +164,11 @@ class ServerConfig:
                 f"--device {self.device}: unknown device; use auto, cpu, cuda or cuda:N",
             ),
             (self.exposure_is_protected, self._insecure_bind_message()),
+            (
+                not (self.snapshot_key_file and self.allow_unsigned_snapshots),
+                "--allow-unsigned-snapshots with --snapshot-key-file: a server with a key resumes only snapshots "
+                "signed with it; drop one of the two",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -27,6 +27,7 @@ from hamlet_server.metrics import ServerMetrics
 from hamlet_server.repository import ModelRepository
 from hamlet_server.security import BearerTokenInterceptor, read_token, server_credentials
 from hamlet_server.servicer import InferenceServicer, add_to_server
+from hamlet_server.snapshot_keys import read_snapshot_keys
 from hamlet_server.startup import bind_grpc, grpc_address, serve_metrics
 from hamlet_server.streams import Ending, StreamTable
 from townlet.inference.model import resolve_device
@@ -108,7 +109,12 @@ class HamletServer:
             log.warning("no servable model under %s: health is NOT_SERVING until a file loads and passes the "
                         "canary; new files are picked up as they appear", self.config.models)  # fmt: skip
         token = read_token(self.config.token_file)
-        self.servicer.snapshot_key = token.encode() if token else None
+        self.servicer.snapshot_keys = read_snapshot_keys(self.config.snapshot_key_file)
+        if self.config.allow_unsigned_snapshots:
+            log.warning(
+                "--allow-unsigned-snapshots: any client can resume an episode from a state it made up "
+                "(hidden state, epsilon, generator, step index); use --snapshot-key-file beyond local use"
+            )
         credentials = server_credentials(self.config.tls_cert, self.config.tls_key)
         interceptors = [BearerTokenInterceptor(token)] if token else []
         server = grpc.aio.server(options=_grpc_options(self.config), interceptors=interceptors)

@@ -30,6 +30,8 @@ from hamlet_server.batcher import WorkItem
 from hamlet_server.config import ServerConfig
 from hamlet_server.metrics import ServerMetrics
 from hamlet_server.repository import ModelLoadError, ModelRepository, ServedModel, UnknownVersionError
+from hamlet_server.sessions import check_num_envs, check_step_index
+from hamlet_server.snapshot_keys import SnapshotKeys
 from hamlet_server.snapshots import open_snapshot, restore, take_snapshot
 from hamlet_server.status import RequestError, rich_status, status_for, truncate
 from hamlet_server.streams import Ending, EndReason, EpisodeStream, Phase, SessionLimitError, StreamTable
@@ -185,7 +187,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.config = config
         self.metrics = metrics
         self.draining = False
-        self.snapshot_key: bytes | None = None  # the bearer token: signs and checks episode snapshots
+        self.snapshot_keys: SnapshotKeys | None = None  # --snapshot-key-file: signs and checks episode snapshots
         self.backend = backend  # the resolved backend (`auto` decided by the server)
         self.watch = WatchHub()
         self._step_latency = metrics.latency.labels("StreamEpisode.step")
@@ -352,7 +354,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             raise
         snapshot = None
         if ending.reason is EndReason.SERVER_DRAINING and stream.session is not None:
-            snapshot = take_snapshot(stream.session, self.snapshot_key)  # before the rows are freed
+            snapshot = take_snapshot(stream.session, self.snapshot_keys)  # before the rows are freed
         self._ended(stream, ending)
         if ending.in_band:
             # After an interrupted write gRPC still holds that send: a second write would fail. The client
@@ -444,14 +446,16 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def _start(self, stream: EpisodeStream, start: pb.EpisodeStart) -> None:
         self._refuse_if_draining()
-        state = open_snapshot(start.resume_from, self.snapshot_key) if start.HasField("resume_from") else None
-        num_envs = start.num_envs if state is None or start.num_envs else state.num_envs
-        if not 1 <= num_envs <= self.config.max_envs:
-            raise RequestError(
-                SC.INVALID_ARGUMENT,
-                f"start.num_envs: expected 1..{self.config.max_envs} environments (--max-envs), got {num_envs}",
-                "ENV_LIMIT",
+        state = None
+        if start.HasField("resume_from"):
+            state = open_snapshot(
+                start.resume_from,
+                self.snapshot_keys,
+                allow_unsigned=self.config.allow_unsigned_snapshots,
+                max_envs=self.config.max_envs,
             )
+        num_envs = start.num_envs if state is None or start.num_envs else state.num_envs
+        check_num_envs(num_envs, self.config.max_envs, "start.num_envs")
         if state is None:
             epsilon = check_epsilon(start.epsilon, "start.epsilon")
             served = await self.repository.acquire(start.model, start.version if start.HasField("version") else None)
@@ -507,6 +511,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         session = stream.session
         assert session is not None
         served, n = session.model, session.num_envs
+        check_step_index(session.step_index, "step")  # OUT_OF_RANGE STEP_LIMIT after 2**53 steps
         obs = decode_observations(step.observations, obs_dim=served.obs_dim, batch=n)
         reset = None
         if len(step.reset) not in (0, n):
@@ -544,6 +549,6 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             self.watch.publish(stream.stream_id, lambda: self._frame(stream.stream_id, step, out))
         session.step_index += 1
         if session.snapshot_every and session.step_index % session.snapshot_every == 0:
-            out.snapshot.CopyFrom(take_snapshot(session, self.snapshot_key))
+            out.snapshot.CopyFrom(take_snapshot(session, self.snapshot_keys))
         self._step_latency.observe(time.perf_counter() - began)
         return response

@@ -6,6 +6,8 @@
   doubling and shrinks with hysteresis (see `StepBatcher.compact`).
 - `Session` is the started part of a stream: its model version, rows and random stream. The stream's whole
   life (open, start, limits, timeouts, end reasons, freeing) belongs to `hamlet_server.streams`.
+- `check_step_index` and `check_num_envs` are the rules for a step index and an environment count, shared by a
+  fresh start, every step and a resumed snapshot.
 """
 
 from __future__ import annotations
@@ -20,7 +22,46 @@ import torch
 if TYPE_CHECKING:
     from hamlet_server.repository import ServedModel
 
-__all__ = ["HiddenStateTable", "Session", "SlotAllocator"]
+__all__ = [
+    "MAX_STEP_INDEX",
+    "EnvLimitError",
+    "HiddenStateTable",
+    "Session",
+    "SlotAllocator",
+    "StepLimitError",
+    "check_num_envs",
+    "check_step_index",
+]
+
+MAX_STEP_INDEX = 2**53
+"""Steps one episode may take, counted across resumes: a step's index is in ``0..MAX_STEP_INDEX - 1``. Far
+below int64's limit (the wire's step_index), so the counter can never overflow, and exact as a float64 (JSON
+clients); at a million steps a second an episode reaches it after 285 years."""
+
+
+class StepLimitError(ValueError):
+    """A step index outside ``0..MAX_STEP_INDEX - 1`` (OUT_OF_RANGE STEP_LIMIT for a step; BAD_SNAPSHOT resumed)."""
+
+
+class EnvLimitError(ValueError):
+    """An environment count outside ``1..--max-envs`` (INVALID_ARGUMENT, reason ENV_LIMIT)."""
+
+
+def check_step_index(index: int, name: str) -> int:
+    """The rule for the index of the next step (fresh, stepping or resumed): ``0 <= index < MAX_STEP_INDEX``."""
+    if not 0 <= index < MAX_STEP_INDEX:
+        raise StepLimitError(
+            f"{name}: expected a step index in 0..{MAX_STEP_INDEX - 1} (2**53 - 1), got {index}; an episode "
+            "takes at most 2**53 steps: start a new episode"
+        )
+    return index
+
+
+def check_num_envs(num_envs: int, max_envs: int, name: str) -> int:
+    """The rule for the environments one stream drives: ``1..max_envs`` (--max-envs)."""
+    if not 1 <= num_envs <= max_envs:
+        raise EnvLimitError(f"{name}: expected 1..{max_envs} environments (--max-envs), got {num_envs}")
+    return num_envs
 
 
 class SlotAllocator:

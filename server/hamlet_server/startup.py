@@ -1,10 +1,10 @@
 """Startup checks: each misconfiguration the server can detect before serving, as one line saying what to change.
 
 `check_startup(config)` runs before any model is loaded (`hamlet-server serve` calls it first): the model
-directory, the device, the token file, the TLS pair, and whether the gRPC and metrics ports can be bound.
-The binds themselves (`bind_grpc`, `serve_metrics`) turn a failure that slipped past the check (a port taken
-in between) into the same kind of line. Every problem is a `StartupError`, which the CLI prints as
-``hamlet-server: <message>`` before exiting with status 2.
+directory, the device, the token file, the snapshot key file, the TLS pair, and whether the gRPC and metrics
+ports can be bound. The binds themselves (`bind_grpc`, `serve_metrics`) turn a failure that slipped past the
+check (a port taken in between) into the same kind of line. Every problem is a `StartupError`, which the CLI
+prints as ``hamlet-server: <message>`` before exiting with status 2.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import grpc
 from hamlet_server.config import ServerConfig
 from hamlet_server.metrics import ServerMetrics
 from hamlet_server.security import read_token, server_credentials
+from hamlet_server.snapshot_keys import read_snapshot_keys
 
 __all__ = ["StartupError", "bind_grpc", "check_device", "check_startup", "grpc_address", "serve_metrics"]
 
@@ -37,6 +38,7 @@ def check_startup(config: ServerConfig) -> None:
             raise StartupError(f"--models {config.models}: not a directory; point it at a model repository")
         check_device(config.device)
         read_token(config.token_file)
+        read_snapshot_keys(config.snapshot_key_file)
         server_credentials(config.tls_cert, config.tls_key)
     except StartupError:
         raise

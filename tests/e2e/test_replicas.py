@@ -1,8 +1,8 @@
-"""Episodes that outlive a replica, end to end: three ``hamlet-server`` processes on three loopback ports,
-32 streams x 4 envs of the trained L2 demo model through the SDK with client-side round_robin balancing.
-SIGTERM (drain hand-off) or SIGKILL (per-step snapshots) one replica mid-run: every episode continues on
-the others, the simulator loops see no error, and every step's Q-values equal an uninterrupted local run.
-Unary Predict spreads over the replicas."""
+"""Episodes that outlive a replica, end to end: three ``hamlet-server`` processes on three loopback ports
+sharing one --snapshot-key-file, 32 streams x 4 envs of the trained L2 demo model through the SDK with
+client-side round_robin balancing. SIGTERM (drain hand-off) or SIGKILL (per-step snapshots) one replica
+mid-run: every episode continues on the others, the simulator loops see no error, and every step's Q-values
+equal an uninterrupted local run. Unary Predict spreads over the replicas."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from demo_models import DEMO_L2
+from live_server import write_snapshot_keys
 from ports import free_port
 
 from hamlet_client import AsyncHamletClient, HamletClient
@@ -36,11 +37,11 @@ pytestmark = pytest.mark.slow
 class Replica:
     """One ``hamlet-server serve`` process on a free port, its metrics on another."""
 
-    def __init__(self) -> None:
+    def __init__(self, key_file: Path) -> None:
         self.metrics_port = free_port()
         cmd = [sys.executable, "-m", "hamlet_server.cli", "serve", "--models", str(ROOT / "models"), "--port", "0",
                "--metrics-port", str(self.metrics_port), "--poll-interval", "0", "--grace", "5",
-               "--log-level", "warning"]  # fmt: skip
+               "--log-level", "warning", "--snapshot-key-file", str(key_file)]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("HAMLET_")} | {"PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         self.target = ""
@@ -70,8 +71,9 @@ class Replica:
 
 
 @pytest.fixture
-def replicas() -> Iterator[list[Replica]]:
-    started = [Replica() for _ in range(3)]  # start all three, then wait: they load in parallel
+def replicas(tmp_path: Path) -> Iterator[list[Replica]]:
+    key_file = write_snapshot_keys(tmp_path / "snapshot-keys")  # one deployment: every replica signs with it
+    started = [Replica(key_file) for _ in range(3)]  # start all three, then wait: they load in parallel
     try:
         for replica in started:
             replica.wait_ready()

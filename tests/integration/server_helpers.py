@@ -1,10 +1,11 @@
-"""Helpers of the hamlet_server integration tests: seeded models, tensor <-> proto, request builders.
+"""Helpers of the hamlet_server integration tests: seeded models, tensor <-> proto, request builders, snapshots.
 
 A module of its own (not conftest) so that test files import it by a unique name.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import tensor_pb2
+from hamlet_server.snapshot_keys import read_snapshot_keys
 from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
 from townlet.inference import HamletModel, save_inference_checkpoint
 from townlet.inference.filenames import inference_checkpoint_name
@@ -92,3 +94,12 @@ def assert_ended(response: pb.StreamEpisodeResponse, reason: str, code: Any, err
     assert ended.status_code == code.value[0], ended
     if error_reason:
         assert ended.error_reason == error_reason, ended
+
+
+def seal(state: pb.EpisodeState, key_file: Path | None = None) -> pb.EpisodeSnapshot:
+    """A snapshot of ``state`` with a right checksum, signed as a server with ``key_file`` would sign it (with
+    none: unsigned), so a test can hand a server a state no server took."""
+    payload = state.SerializeToString(deterministic=True)
+    keys = read_snapshot_keys(str(key_file)) if key_file is not None else None
+    mac = keys.sign(payload) if keys is not None else b""
+    return pb.EpisodeSnapshot(state=payload, checksum=hashlib.sha256(payload).digest(), mac=mac)

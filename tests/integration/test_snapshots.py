@@ -1,16 +1,18 @@
 """Episodes that outlive a replica, at the protocol level: a snapshot taken by one server (per step, or on a
-drain) resumes on another with Q-values and actions identical to an uninterrupted run (same seed, epsilon
-> 0 so the generator state matters too); tampered, foreign and forged snapshots are refused."""
+drain) resumes on another replica of the deployment (the same --snapshot-key-file) with Q-values and actions
+identical to an uninterrupted run (same seed, epsilon > 0 so the generator state matters too), as often as
+it is sent (a fork); tampered and foreign snapshots are refused. Who may sign and what a resumed state may
+hold: test_snapshot_trust.py."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from server_helpers import LSTM, MLP, assert_ended, dec, read_to_end, step_msg, write_model
+from live_server import write_snapshot_keys
+from server_helpers import LSTM, MLP, assert_ended, dec, read_to_end, seal, step_msg, write_model
 
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
@@ -56,8 +58,13 @@ async def _run(port: int, first: int, last: int, *, resume: pb.EpisodeSnapshot |
 
 
 @pytest.fixture
-async def replicas(server_factory):
-    return [await server_factory() for _ in range(2)]
+def key_file(tmp_path: Path) -> Path:
+    return write_snapshot_keys(tmp_path / "snapshot-keys")
+
+
+@pytest.fixture
+async def replicas(server_factory, key_file: Path):
+    return [await server_factory(snapshot_key_file=str(key_file)) for _ in range(2)]
 
 
 def _assert_same(got: list, want: list) -> None:
@@ -76,6 +83,17 @@ async def test_per_step_snapshot_resumes_on_another_replica_exactly(replicas, ki
     assert snapshot.state and len(snapshot.checksum) == 32
     tail, _ = await _run(b.port, CUT, STEPS, resume=snapshot, kind=kind)
     _assert_same(head + tail, reference)
+
+
+async def test_a_snapshot_resumes_more_than_once_so_an_episode_can_be_forked(replicas) -> None:
+    """No nonce: the same snapshot continues on both replicas (and twice on one), each fork exactly."""
+    a, b = replicas
+    reference, _ = await _run(a.port, 0, STEPS)
+    _, responses = await _run(a.port, 0, CUT, every=CUT)
+    snapshot = responses[-1].step.snapshot
+    for port in (b.port, a.port, b.port):
+        tail, _ = await _run(port, CUT, STEPS, resume=snapshot)
+        _assert_same(tail, reference[CUT:])
 
 
 async def test_a_drain_hands_the_episode_over_in_band(replicas) -> None:
@@ -111,7 +129,7 @@ async def _refusal(port: int, start: pb.EpisodeStart) -> grpc.aio.AioRpcError:
     return error
 
 
-async def test_tampered_and_foreign_snapshots_are_refused(replicas, tmp_path: Path) -> None:
+async def test_tampered_and_foreign_snapshots_are_refused(replicas, key_file: Path) -> None:
     a, _ = replicas
     _, responses = await _run(a.port, 0, CUT, every=CUT)
     good = responses[-1].step.snapshot
@@ -121,37 +139,22 @@ async def test_tampered_and_foreign_snapshots_are_refused(replicas, tmp_path: Pa
     error = await _refusal(a.port, pb.EpisodeStart(resume_from=edited))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "checksum" in error.details()
     state.format_version = 9
-    payload = state.SerializeToString()
-    foreign = pb.EpisodeSnapshot(state=payload, checksum=hashlib.sha256(payload).digest())
+    foreign = seal(state, key_file)  # signed: only its format is wrong
     error = await _refusal(a.port, pb.EpisodeStart(resume_from=foreign))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "format 9" in error.details()
     error = await _refusal(a.port, pb.EpisodeStart(model=MLP, resume_from=good))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "SNAPSHOT_MISMATCH" in str(error.trailing_metadata())
 
 
-async def test_a_server_with_a_token_refuses_unsigned_or_forged_snapshots(server_factory, tmp_path: Path) -> None:
-    token = tmp_path / "token"
-    token.write_text("s3cret-token\n")
-    a = await server_factory(token_file=token)
-    plain = await server_factory()
-    _, responses = await _run(plain.port, 0, CUT, every=CUT)
-    unsigned = responses[-1].step.snapshot  # from a server without the token
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as channel:
-        call = pb_grpc.InferenceServiceStub(channel).StreamEpisode(metadata=(("authorization", "Bearer s3cret-token"),))
-        await call.write(pb.StreamEpisodeRequest(start=pb.EpisodeStart(resume_from=unsigned)))
-        _, error = await read_to_end(call)
-    assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "not signed" in error.details()
-
-
 async def test_a_missing_version_is_failed_precondition_unless_other_versions_are_allowed(
-    server_factory, model_dir: Path
+    server_factory, model_dir: Path, key_file: Path
 ) -> None:
-    a = await server_factory()
+    a = await server_factory(snapshot_key_file=str(key_file))
     _, responses = await _run(a.port, 0, CUT, every=CUT)
     snapshot = responses[-1].step.snapshot
     other_root = model_dir.parent / "other"
     write_model(other_root, LSTM, LSTM, 7, seed=1)  # same weights, another version number
-    b = await server_factory(models=other_root)
+    b = await server_factory(models=other_root, snapshot_key_file=str(key_file))
     error = await _refusal(b.port, pb.EpisodeStart(resume_from=snapshot))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "allow_other_version" in error.details()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{b.port}") as channel:
@@ -164,7 +167,7 @@ async def test_a_missing_version_is_failed_precondition_unless_other_versions_ar
         await call.done_writing()
 
 
-def test_the_blocking_client_resumes_a_drained_episode_on_another_replica(model_dir: Path) -> None:
+def test_the_blocking_client_resumes_a_drained_episode_on_another_replica(model_dir: Path, key_file: Path) -> None:
     """HamletClient(resume=True) over two replicas: the replica holding the episode drains mid-run; the loop
     sees no error, the episode continues on the other, and its Q-values equal an uninterrupted run."""
     from live_server import ThreadedServer
@@ -172,7 +175,8 @@ def test_the_blocking_client_resumes_a_drained_episode_on_another_replica(model_
     from hamlet_client import HamletClient
     from hamlet_server.config import ServerConfig
 
-    servers = [ThreadedServer(ServerConfig(models=model_dir, port=0, metrics_port=0)) for _ in range(2)]
+    config = ServerConfig(models=model_dir, port=0, metrics_port=0, snapshot_key_file=str(key_file))
+    servers = [ThreadedServer(config) for _ in range(2)]
     obs = _observations()
     try:
         with HamletClient(servers[0].target, timeout=30.0) as plain, plain.episode(LSTM, num_envs=ENVS, epsilon=0.3,

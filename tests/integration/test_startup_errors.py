@@ -110,6 +110,20 @@ def test_token_file_missing_unreadable_or_empty(model_dir: Path, tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_snapshot_key_file_missing_empty_or_too_short(model_dir: Path, tmp_path: Path) -> None:
+    empty, short = tmp_path / "empty-keys", tmp_path / "short-keys"
+    empty.write_text(" \n")
+    short.write_text("0123456789abcdef0123\nshort\n")
+    cases = {tmp_path / "no-such-keys": "no such file", empty: "the file is empty", short: "key 2 is 5 bytes"}
+    for path, problem in cases.items():
+        result = _serve("--models", str(model_dir), "--port", "0", "--snapshot-key-file", str(path))
+        _assert_refused(result, f"--snapshot-key-file {path}", problem)
+    both = _serve("--models", str(model_dir), "--port", "0", "--snapshot-key-file", str(short),
+                  "--allow-unsigned-snapshots")  # fmt: skip
+    _assert_refused(both, "--allow-unsigned-snapshots with --snapshot-key-file")
+
+
+@pytest.mark.slow
 def test_tls_mismatch_missing_or_half_configured(model_dir: Path, tmp_path: Path) -> None:
     cert_a, _ = _pem_pair(tmp_path, "a")
     _, key_b = _pem_pair(tmp_path, "b")

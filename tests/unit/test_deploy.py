@@ -272,12 +272,31 @@ def test_k8s_requires_a_token_from_a_secret_and_exposes_metrics_to_the_scraper(m
     container = _container(deployment)
     config = _config(deployment)  # starts: not refused
     assert not is_loopback(config.host) and not config.allow_insecure and config.token_file
-    secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
-    assert [s["secretName"] for s in secrets.values()] == ["hamlet-serve-token"]
-    mounts = [m for m in container["volumeMounts"] if m["name"] in secrets]
-    assert any(config.token_file.startswith(m["mountPath"] + "/") and m["readOnly"] for m in mounts)
+    assert _secret_of(pod, container, config.token_file) == "hamlet-serve-token"
     assert config.metrics_host == "0.0.0.0"  # Prometheus scrapes the pod IP
     assert int(template["metadata"]["annotations"]["prometheus.io/port"]) == config.metrics_port
+
+
+def _secret_of(pod: dict[str, Any], container: dict[str, Any], path: str) -> str:
+    """The name of the Secret whose read-only mount holds file ``path``."""
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    found = [secrets[m["name"]] for m in container["volumeMounts"]
+             if m["name"] in secrets and path.startswith(m["mountPath"] + "/") and m["readOnly"]]  # fmt: skip
+    assert len(found) == 1, f"{path}: expected on one read-only Secret mount, found {found}"
+    return found[0]
+
+
+def test_k8s_signs_snapshots_with_a_key_from_its_own_secret(manifest: list[dict[str, Any]]) -> None:
+    """The replicas share a snapshot key that no client holds: a Secret apart from the bearer token's."""
+    deployment = _one(manifest, "Deployment")
+    pod, container = deployment["spec"]["template"]["spec"], _container(deployment)
+    config = _config(deployment)
+    assert config.snapshot_key_file and not config.allow_unsigned_snapshots
+    assert _secret_of(pod, container, config.snapshot_key_file) == "hamlet-serve-snapshot-key"
+    assert {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v} == {
+        "hamlet-serve-token",
+        "hamlet-serve-snapshot-key",
+    }
 
 
 # ----------------------------------------------------------------------------------------------- the two variants
