@@ -15,7 +15,9 @@ import sys
 from collections.abc import Sequence
 
 from hamlet_server.config import ServerConfig, add_arguments, config_from_args, is_loopback
+from hamlet_server.logs import configure_logging
 from hamlet_server.startup import StartupError, check_startup, grpc_address
+from townlet.inference.version import add_version_flag
 
 __all__ = ["main"]
 
@@ -24,6 +26,7 @@ log = logging.getLogger("hamlet_server")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hamlet-server", description="Serve Hamlet DQN agents over gRPC.")
+    add_version_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
@@ -66,11 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_startup(config)
     except ValueError as exc:  # StartupError included
         return _refuse(exc)
-    worker = "[pid %(process)d] " if config.reuse_port else ""  # --workers: which process said it
-    logging.basicConfig(
-        level=config.log_level.upper(), format=f"%(asctime)s {worker}%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )  # fmt: skip
+    configure_logging(config.log_level, config.log_format, show_pid=config.reuse_port)
     if config.allow_insecure and not is_loopback(config.host) and not (config.token_file or config.tls_cert):
         log.warning("--allow-insecure: serving plaintext without a token on %s; anyone who reaches it can call it",
                     config.host)  # fmt: skip

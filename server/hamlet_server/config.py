@@ -127,6 +127,11 @@ class ServerConfig:
     max_message_mb: int = _opt(16, "largest gRPC message accepted or sent, MiB")
     grace: float = _opt(10.0, "seconds SIGTERM/SIGINT waits for in-flight work before exiting")
     log_level: str = _opt("INFO", "logging level: DEBUG, INFO, WARNING, ERROR")
+    log_format: str = _opt(
+        "text",
+        "text, or json: one JSON object a line (time, level, logger, message, and the call's session, model, "
+        "version and peer where known) for a log pipeline",
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -147,6 +152,7 @@ class ServerConfig:
             (self.max_message_mb >= 1, "max_message_mb must be >= 1"),
             (self.grace >= 0, "grace must be >= 0"),
             (self.backend in ("auto", "torch", "onnx"), f"backend must be auto, torch or onnx, got {self.backend!r}"),
+            (self.log_format in ("text", "json"), f"log_format must be text or json, got {self.log_format!r}"),
             (
                 _DEVICE.fullmatch(self.device) is not None,
                 f"--device {self.device}: unknown device; use auto, cpu, cuda or cuda:N",

@@ -86,7 +86,7 @@ class HamletServer:
             max_batch=config.max_batch, max_delay_us=config.max_delay_us, inline_rows=config.inline_rows,
             default_model=config.default_model,
             loader=functools.partial(load_backend, backend=self.backend, threads=config.threads),
-            on_batch=lambda name, n: self.metrics.batch_size.labels(name).observe(n),
+            on_batch=self.metrics.observe_batch,
             on_load_failure=lambda name, reason: self.metrics.load_failures.labels(name, reason).inc(),
         )  # fmt: skip
         self.metrics.bind_gauges(lambda: len(self.streams), self.repository.loaded_count)
