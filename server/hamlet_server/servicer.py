@@ -183,6 +183,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.backend = backend  # the resolved backend (`auto` decided by the server)
         self.watch = WatchHub()
         self._step_latency = metrics.latency.labels("StreamEpisode.step")
+        self.step_tracer: Callable[[int, float, float], None] | None = None  # --tracing: CallTracing.step
         self._predict_latency = metrics.latency.labels("Predict")
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -546,4 +547,6 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         elapsed = time.perf_counter() - began
         self._step_latency.observe(elapsed)
         self.metrics.step_latency.labels(served.name).observe(elapsed)
+        if self.step_tracer is not None:
+            self.step_tracer(out.step_index, began, elapsed)
         return response
