@@ -11,7 +11,7 @@ PROTO_SRC  := $(wildcard proto/hamlet/v1/*.proto)
 GEN_DIR    := client/hamlet_client/_generated
 GEN_STAMP  := $(GEN_DIR)/.stamp
 
-.PHONY: help install proto test test-fast lint format bench serve view browser-deps clean
+.PHONY: help install proto test test-fast lint format bench serve view browser-deps image image-deps clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ $(GEN_STAMP): $(PROTO_SRC) scripts/gen_proto.py
 	$(PY) scripts/gen_proto.py
 	@touch $@
 
-test: install proto browser-deps  ## run the whole test suite
+test: install proto browser-deps image-deps  ## run the whole test suite (with the container image's, when podman installs)
 	$(PY) -m pytest -q
 
 test-fast: install proto  ## skip tests marked slow
@@ -75,6 +75,20 @@ browser-deps:  ## Debian's chromium and chromium-driver, for the viewer's browse
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; \
 	else echo "== no apt-get here: install Chromium and chromedriver, else the browser test is skipped"; fi
+
+IMAGE_TARGET ?= cpu
+IMAGE_TAG    ?= hamlet-serve:$(IMAGE_TARGET)
+image:  ## build the server image (IMAGE_TARGET=cpu|cuda, IMAGE_TAG=...) with podman or docker: scripts/build_image.sh
+	scripts/build_image.sh $(IMAGE_TARGET) $(IMAGE_TAG)
+
+image-deps:  ## Debian's podman, runc and mmdebstrap, for make image and tests/e2e/test_image.py (make test runs it)
+	@if command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  echo "== podman, runc, mmdebstrap (Debian packages) for tests/e2e/test_image.py"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q podman runc mmdebstrap uidmap \
+	    || echo "== podman could not be installed: tests/e2e/test_image.py will be skipped"; \
+	else echo "== no apt-get here: install podman (or docker) to run the image test"; fi
 
 clean:  ## remove the virtual environment and generated code
 	rm -rf $(VENV) $(GEN_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -27,7 +28,7 @@ from hamlet_server.backends import Backend
 from hamlet_server.sessions import HiddenStateTable
 from townlet.inference.policy import epsilon_greedy
 
-__all__ = ["BatchResult", "StepBatcher", "WorkItem"]
+__all__ = ["BatchResult", "BatchStats", "StepBatcher", "WorkItem"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class WorkItem:
     return_hidden: bool = False
     is_cancelled: Callable[[], bool] = field(default=lambda: False)
     future: asyncio.Future[BatchResult] | None = None
+    queued_at: float = 0.0  # time.perf_counter() when submitted
 
     @property
     def rows(self) -> int:
@@ -61,6 +63,15 @@ class BatchResult:
     batch_size: int  # rows in the forward this item rode in
 
 
+@dataclass(frozen=True)
+class BatchStats:
+    """What one forward cost, for metrics: reported by `StepBatcher` through `on_batch`."""
+
+    rows: int  # rows in the forward
+    forward_seconds: float  # gather + network + scatter + copy of the results to the host
+    queued_seconds: tuple[float, ...]  # per item: from submit() until its batch's forward began
+
+
 class StepBatcher:
     """Batches the work of one model version. Start with `start()`, stop with `await close()`."""
 
@@ -72,7 +83,7 @@ class StepBatcher:
         max_batch: int = 256,
         max_delay_us: int = 0,
         inline_rows: int = 0,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self.model = model
         self.inline_rows = inline_rows
@@ -103,6 +114,7 @@ class StepBatcher:
         if self._closed or self._loop is None:
             raise RuntimeError("batcher is not running")
         item.future = self._loop.create_future()
+        item.queued_at = time.perf_counter()
         self._pending.append(item)
         self._pending_rows += item.rows
         self._schedule()
@@ -225,6 +237,7 @@ class StepBatcher:
     def _forward(self, batch: list[WorkItem]) -> list[BatchResult]:
         """Runs on the worker thread (or inline): one gather, one forward, one scatter, one copy of the
         results to the host, then per item only views and its own exploration draws."""
+        began = time.perf_counter()
         device = self.device
         total = sum(item.rows for item in batch)
         obs = torch.cat([item.obs for item in batch]) if len(batch) > 1 else batch[0].obs
@@ -256,7 +269,8 @@ class StepBatcher:
         self.batches += 1
         self.rows += total
         if self._on_batch is not None:
-            self._on_batch(total)
+            waits = tuple(began - item.queued_at for item in batch)
+            self._on_batch(BatchStats(total, time.perf_counter() - began, waits))
         return results
 
     def _gather(self, batch: list[WorkItem]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from hamlet_server.config import ServerConfig, add_arguments, config_from_args, is_loopback
+from hamlet_server.healthcheck import add_health_arguments, run_health
+from hamlet_server.logs import configure_logging
 from hamlet_server.startup import StartupError, check_startup, grpc_address
+from townlet.inference.version import add_version_flag
 
 __all__ = ["main"]
 
@@ -24,6 +27,7 @@ log = logging.getLogger("hamlet_server")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hamlet-server", description="Serve Hamlet DQN agents over gRPC.")
+    add_version_flag(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
@@ -32,6 +36,14 @@ def _parser() -> argparse.ArgumentParser:
         "health, reflection and Prometheus metrics. Flags fall back to HAMLET_* environment variables.",
     )
     add_arguments(serve)
+    health = commands.add_parser(
+        "health",
+        help="ask a running server whether it is SERVING (exit 0) or not (exit 1)",
+        description="Check a running server through grpc.health.v1 (no token needed): prints the status and "
+        "exits 0 when SERVING, 1 otherwise. Reads HAMLET_PORT, HAMLET_HOST and HAMLET_TLS_CERT like serve, "
+        "so the container's HEALTHCHECK follows the port the server was given.",
+    )
+    add_health_arguments(health)
     return parser
 
 
@@ -61,16 +73,14 @@ async def _serve(config: ServerConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "health":
+        return run_health(args)
     try:
         config = config_from_args(args)
         check_startup(config)
     except ValueError as exc:  # StartupError included
         return _refuse(exc)
-    worker = "[pid %(process)d] " if config.reuse_port else ""  # --workers: which process said it
-    logging.basicConfig(
-        level=config.log_level.upper(), format=f"%(asctime)s {worker}%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )  # fmt: skip
+    configure_logging(config.log_level, config.log_format, show_pid=config.reuse_port)
     if config.allow_insecure and not is_loopback(config.host) and not (config.token_file or config.tls_cert):
         log.warning("--allow-insecure: serving plaintext without a token on %s; anyone who reaches it can call it",
                     config.host)  # fmt: skip

@@ -139,6 +139,18 @@ class ServerConfig:
     max_message_mb: int = _opt(16, "largest gRPC message accepted or sent, MiB")
     grace: float = _opt(10.0, "seconds SIGTERM/SIGINT waits for in-flight work before exiting")
     log_level: str = _opt("INFO", "logging level: DEBUG, INFO, WARNING, ERROR")
+    tracing: str = _opt(
+        "off",
+        "OpenTelemetry spans for every hamlet.v1 call: off, otlp (to OTEL_EXPORTER_OTLP_ENDPOINT, default "
+        "localhost:4317) or console; needs pip install 'hamlet-server[otel]'",
+    )
+    trace_sample: float = _opt(1.0, "fraction of new traces sampled, 0..1 (a caller's traceparent decision is kept)")
+    trace_step_every: int = _opt(100, "with --tracing: one stream step in every N gets a span of its own (0: none)")
+    log_format: str = _opt(
+        "text",
+        "text, or json: one JSON object a line (time, level, logger, message, and the call's session, model, "
+        "version and peer where known) for a log pipeline",
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -159,6 +171,10 @@ class ServerConfig:
             (self.max_message_mb >= 1, "max_message_mb must be >= 1"),
             (self.grace >= 0, "grace must be >= 0"),
             (self.backend in ("auto", "torch", "onnx"), f"backend must be auto, torch or onnx, got {self.backend!r}"),
+            (self.log_format in ("text", "json"), f"log_format must be text or json, got {self.log_format!r}"),
+            (self.tracing in ("off", "otlp", "console"), f"tracing must be off, otlp or console, got {self.tracing!r}"),
+            (0.0 <= self.trace_sample <= 1.0, "trace_sample must be in 0..1"),
+            (self.trace_step_every >= 0, "trace_step_every must be >= 0"),
             (
                 _DEVICE.fullmatch(self.device) is not None,
                 f"--device {self.device}: unknown device; use auto, cpu, cuda or cuda:N",

@@ -6,6 +6,9 @@
 | hamlet_request_errors_total             | counter   | method, code   |
 | hamlet_request_latency_seconds          | histogram | method         |
 | hamlet_batch_size                       | histogram | model          |
+| hamlet_batch_queue_seconds              | histogram | model          |
+| hamlet_forward_seconds                  | histogram | model          |
+| hamlet_stream_step_seconds              | histogram | model          |
 | hamlet_active_sessions                  | gauge     |                |
 | hamlet_stream_ends_total                | counter   | reason         |
 | hamlet_loaded_model_versions            | gauge     |                |
@@ -13,14 +16,29 @@
 
 A refused file is counted once per change of the file (it is not read again until it changes).
 `StreamEpisode` is counted once per stream (its final code) and its latency is per step, under the method
-label `StreamEpisode.step`.
+label `StreamEpisode.step`; `hamlet_stream_step_seconds` is the same time by model.
+`hamlet_batch_queue_seconds` is each request's wait in the batcher (submit to the start of its forward) and
+`hamlet_forward_seconds` one batched forward (gather, network, scatter, copy to the host): their sum is most of
+a step's server-side latency. The registry also carries prometheus_client's standard `process_*` (CPU, memory,
+open files) and `python_*` (GC, interpreter) collectors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+
+from hamlet_server.batcher import BatchStats
 
 __all__ = ["ServerMetrics"]
 
@@ -37,6 +55,8 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_*
+            r.register(standard)
         self.requests = Counter("hamlet_requests", "RPCs finished, by method and status code",
                                 ["method", "code"], registry=r)  # fmt: skip
         self.errors = Counter("hamlet_request_errors", "RPCs finished with a status other than OK",
@@ -45,6 +65,12 @@ class ServerMetrics:
                                  ["method"], buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.batch_size = Histogram("hamlet_batch_size", "Rows per batched forward", ["model"],
                                     buckets=_BATCH_BUCKETS, registry=r)  # fmt: skip
+        self.queue_time = Histogram("hamlet_batch_queue_seconds", "Time a request waited in the batcher for "
+                                    "its forward", ["model"], buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.forward_time = Histogram("hamlet_forward_seconds", "Time of one batched forward", ["model"],
+                                      buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.step_latency = Histogram("hamlet_stream_step_seconds", "Server-side latency of a stream step",
+                                      ["model"], buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.active_sessions = Gauge("hamlet_active_sessions", "Open StreamEpisode streams (started or not)",
                                      registry=r)  # fmt: skip
         self.stream_ends = Counter("hamlet_stream_ends", "StreamEpisode streams ended, by end reason",
@@ -60,6 +86,14 @@ class ServerMetrics:
         """Read the two gauges from live objects at scrape time."""
         self.active_sessions.set_function(sessions)
         self.loaded_versions.set_function(loaded)
+
+    def observe_batch(self, model: str, stats: BatchStats) -> None:
+        """One forward of ``model``'s batcher: its rows, its time, and each request's wait before it."""
+        self.batch_size.labels(model).observe(stats.rows)
+        self.forward_time.labels(model).observe(stats.forward_seconds)
+        queue = self.queue_time.labels(model)
+        for wait in stats.queued_seconds:
+            queue.observe(wait)
 
     def record(self, method: str, code: str) -> None:
         self.requests.labels(method, code).inc()

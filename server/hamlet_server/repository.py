@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hamlet_server.backends import Backend
-from hamlet_server.batcher import StepBatcher
+from hamlet_server.batcher import BatchStats, StepBatcher
 from hamlet_server.canary import canary_problem
 from hamlet_server.sessions import SlotAllocator
 from townlet.inference.filenames import parse_checkpoint_name
@@ -165,7 +165,7 @@ class ModelRepository:
         inline_rows: int = 0,
         default_model: str = "",
         loader: Callable[[Path, str], Backend] = _default_loader,
-        on_batch: Callable[[str, int], None] | None = None,
+        on_batch: Callable[[str, BatchStats], None] | None = None,
         on_load_failure: Callable[[str, str], None] | None = None,
     ) -> None:
         self.root = Path(root)
@@ -360,8 +360,8 @@ class ModelRepository:
         if self._on_batch is not None:
             report, name = self._on_batch, key[0]
 
-            def on_batch(rows: int) -> None:
-                report(name, rows)
+            def on_batch(stats: BatchStats) -> None:
+                report(name, stats)
 
         batcher = StepBatcher(
             loaded.model,

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 import torch
@@ -30,7 +31,11 @@ from hamlet_server.servicer import InferenceServicer, add_to_server
 from hamlet_server.snapshot_keys import read_snapshot_keys
 from hamlet_server.startup import bind_grpc, grpc_address, serve_metrics
 from hamlet_server.streams import Ending, StreamTable
+from hamlet_server.tracing import CallTracing, TracingInterceptor, make_tracing
 from townlet.inference.model import resolve_device
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["LIVENESS_NAME", "SERVICE_NAME", "HamletServer", "model_health_name"]
 
@@ -64,7 +69,8 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
 class HamletServer:
     """One serving process: repository, sessions, batchers, servicer, health, reflection, metrics."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, span_exporter: SpanExporter | None = None) -> None:
+        """``span_exporter`` receives the spans instead of ``--tracing``'s exporter (tests)."""
         self.config = config
         self.device = str(resolve_device(config.device))  # the model layer's rule: auto -> cuda if present
         self.backend = resolve_backend(config.backend, self.device)
@@ -87,11 +93,15 @@ class HamletServer:
             max_batch=config.max_batch, max_delay_us=config.max_delay_us, inline_rows=config.inline_rows,
             default_model=config.default_model,
             loader=functools.partial(load_backend, backend=self.backend, threads=config.threads),
-            on_batch=lambda name, n: self.metrics.batch_size.labels(name).observe(n),
+            on_batch=self.metrics.observe_batch,
             on_load_failure=lambda name, reason: self.metrics.load_failures.labels(name, reason).inc(),
         )  # fmt: skip
         self.metrics.bind_gauges(lambda: len(self.streams), self.repository.loaded_count)
         self.servicer = InferenceServicer(self.repository, self.streams, config, self.metrics, backend=self.backend)
+        self.tracing: CallTracing | None = None
+        if config.tracing != "off" or span_exporter is not None:
+            self.tracing = make_tracing(config.tracing, config.trace_sample, config.trace_step_every, span_exporter)
+            self.servicer.step_tracer = self.tracing.step
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -116,7 +126,9 @@ class HamletServer:
                 "(hidden state, epsilon, generator, step index); use --snapshot-key-file beyond local use"
             )
         credentials = server_credentials(self.config.tls_cert, self.config.tls_key)
-        interceptors = [BearerTokenInterceptor(token)] if token else []
+        interceptors: list[grpc.aio.ServerInterceptor] = [BearerTokenInterceptor(token)] if token else []
+        if self.tracing is not None:  # outermost: a refused call is traced too
+            interceptors.insert(0, TracingInterceptor(self.tracing))
         server = grpc.aio.server(options=_grpc_options(self.config), interceptors=interceptors)
         add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -196,6 +208,8 @@ class HamletServer:
         await self.repository.close()
         self._executor.shutdown(wait=True)
         self.metrics.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # exports the spans still buffered
         self._stopped.set()
         log.info("stopped")
 

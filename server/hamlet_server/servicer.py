@@ -12,7 +12,6 @@ marker, so garbage gets INVALID_ARGUMENT (MALFORMED_MESSAGE) instead of grpc's U
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_client.proto import model_pb2
 from hamlet_server.batcher import WorkItem
 from hamlet_server.config import ServerConfig
+from hamlet_server.logs import bind_log_context
 from hamlet_server.metrics import ServerMetrics
 from hamlet_server.repository import ModelLoadError, ModelRepository, ServedModel, UnknownVersionError
 from hamlet_server.sessions import check_num_envs, check_step_index
@@ -44,6 +44,7 @@ from hamlet_server.tensor_codec import (
 )
 from hamlet_server.watch import WatchHub
 from townlet.inference.validation import check_epsilon
+from townlet.inference.version import package_version
 
 __all__ = ["InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto"]
 
@@ -110,13 +111,6 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     )
     service = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-
-
-def _server_version() -> str:
-    try:
-        return importlib.metadata.version("hamlet-server")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
@@ -191,12 +185,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.backend = backend  # the resolved backend (`auto` decided by the server)
         self.watch = WatchHub()
         self._step_latency = metrics.latency.labels("StreamEpisode.step")
+        self.step_tracer: Callable[[int, float, float], None] | None = None  # --tracing: CallTracing.step
         self._predict_latency = metrics.latency.labels("Predict")
 
     # ---- helpers ---------------------------------------------------------------------------------
     async def _fail(self, context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
         code, message, reason = status_for(exc)
         self.metrics.record(method, code.name)
+        bind_log_context(peer=context.peer())
         log.log(logging.ERROR if code is SC.INTERNAL else logging.DEBUG, "%s: %s %s", method, code.name, message)
         await context.abort_with_status(rich_status(code, message, reason))
 
@@ -240,7 +236,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         c = self.config
         self.metrics.record("GetServerInfo", "OK")
         return pb.GetServerInfoResponse(
-            server_version=_server_version(), max_envs=c.max_envs, max_predict_batch=c.max_predict_batch,
+            server_version=package_version(), max_envs=c.max_envs, max_predict_batch=c.max_predict_batch,
             max_message_bytes=c.max_message_bytes, session_ttl_seconds=c.session_ttl,
             start_timeout_seconds=c.start_timeout, max_sessions=c.max_sessions, max_slots=c.max_slots,
             device=self.repository.device, backend=self.backend,
@@ -346,6 +342,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             stream = self.streams.open(asyncio.current_task())
         except (RequestError, SessionLimitError) as exc:
             await self._fail(context, "StreamEpisode", exc)
+        bind_log_context(session=stream.stream_id, peer=context.peer())  # this stream's task only
         try:
             ending = await self._run(stream, context)
         except asyncio.CancelledError:
@@ -409,7 +406,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                     "SECOND_START",
                 )
             await self._start(stream, request.start)
-            return self._started(stream)
+            response = self._started(stream)
+            bind_log_context(model=response.started.model, version=response.started.version)
+            return response
         raise RequestError(SC.INVALID_ARGUMENT, "empty StreamEpisodeRequest: set start or step", "EMPTY_REQUEST")
 
     @staticmethod
@@ -550,5 +549,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         session.step_index += 1
         if session.snapshot_every and session.step_index % session.snapshot_every == 0:
             out.snapshot.CopyFrom(take_snapshot(session, self.snapshot_keys))
-        self._step_latency.observe(time.perf_counter() - began)
+        elapsed = time.perf_counter() - began
+        self._step_latency.observe(elapsed)
+        self.metrics.step_latency.labels(served.name).observe(elapsed)
+        if self.step_tracer is not None:
+            self.step_tracer(out.step_index, began, elapsed)
         return response

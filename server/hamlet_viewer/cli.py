@@ -22,6 +22,7 @@ from hamlet_viewer.brains import Brain, LocalBrain, RemoteBrain
 from hamlet_viewer.errors import ViewerError
 from hamlet_viewer.session import MAX_ENVS, SessionSettings
 from hamlet_viewer.watch_app import create_watch_app
+from townlet.inference.version import add_version_flag
 
 __all__ = ["brain_from_args", "build_parser", "main", "watch_app_from_args"]
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Watch a Hamlet agent play Townlet live in the browser. Actions come from a served model "
         "through an episode stream (the server keeps the LSTM state), or from a local checkpoint.",
     )
+    add_version_flag(parser)
     source = parser.add_argument_group("where actions come from")
     source.add_argument(
         "--target", default="localhost:50051", help="Hamlet Serve server host:port (default %(default)s)"
@@ -49,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--port", type=int, default=8765, help="port (default %(default)s; 0 picks a free one)")
     start = parser.add_argument_group("what each page starts with (all changeable on the page)")
     start.add_argument("--model", default=None, help="model name (default: the server's default model)")
-    start.add_argument("--version", type=int, default=None, help="model version (default: the latest)")
+    start.add_argument(
+        "--model-version", type=int, default=None, help="model version (default: the latest)"
+    )  # --version is the program's
     start.add_argument("--level", default=None, help="Townlet level (default: the one the model trained on)")
     start.add_argument(
         "--envs", type=int, default=1, help=f"environments shown side by side, 1..{MAX_ENVS} (default 1)"
@@ -159,7 +163,7 @@ def _play_app(args: argparse.Namespace) -> tuple[Starlette, socket.socket]:
     if args.session:
         raise ViewerError("--session names the session to watch; add --watch")
     settings = SessionSettings(
-        model=args.model, version=args.version, level=args.level, num_envs=args.envs, epsilon=args.epsilon,
+        model=args.model, version=args.model_version, level=args.level, num_envs=args.envs, epsilon=args.epsilon,
         seed=args.seed, follow_latest=args.follow_latest, layout=args.layout,
     ).checked()  # fmt: skip
     brain = brain_from_args(args)

@@ -3,6 +3,7 @@ draining, and the CLI process answering SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -74,6 +75,13 @@ async def test_metrics_endpoint_reports_requests_batches_sessions_versions(serve
     assert "hamlet_active_sessions 1.0" in text
     assert "hamlet_loaded_model_versions 2.0" in text
     assert 'hamlet_request_latency_seconds_count{method="StreamEpisode.step"} 1.0' in text
+    # the batcher's two costs apart, the step latency by model, and the standard process and runtime metrics
+    assert 'hamlet_batch_queue_seconds_count{model="mlp"} 1.0' in text
+    assert 'hamlet_forward_seconds_count{model="mlp"} 1.0' in text
+    assert 'hamlet_forward_seconds_count{model="lstm"} 1.0' in text
+    assert 'hamlet_stream_step_seconds_count{model="lstm"} 1.0' in text
+    assert "process_resident_memory_bytes" in text and "process_cpu_seconds_total" in text
+    assert "python_gc_collections_total" in text and "python_info" in text
 
 
 async def test_drain_goes_not_serving_refuses_new_work_and_ends_streams(server_factory):
@@ -121,6 +129,37 @@ def test_cli_serves_and_exits_cleanly_on_sigterm(model_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow  # starts the server's CLI process
+def test_cli_json_logs_carry_the_stream_session_model_and_peer(model_dir):
+    env = {**os.environ, "HAMLET_MODELS": str(model_dir), "HAMLET_METRICS_PORT": "0", "HAMLET_PORT": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hamlet_server.cli", "serve", "--log-format", "json", "--log-level", "DEBUG"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY 127.0.0.1:"), line + proc.stderr.read()
+        port = int(line.rsplit(":", 1)[1])
+        requests = [start_msg(LSTM, 2), step_msg(obs_batch(LSTM, 2, np.random.default_rng(0)))]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            responses = list(pb_grpc.InferenceServiceStub(channel).StreamEpisode(iter(requests), timeout=20))
+        session = responses[0].started.session_id
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        lines = proc.stderr.read().splitlines()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    entries = [json.loads(text) for text in lines]  # every line is one JSON object
+    assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
+    ended = [e for e in entries if e["message"].startswith(f"stream {session} ended")]
+    assert len(ended) == 1, lines
+    assert ended[0]["session"] == session and ended[0]["model"] == LSTM and ended[0]["version"] == 0
+    assert ended[0]["peer"].startswith(("ipv4:127.0.0.1:", "ipv6:"))
+    assert not any("session" in e for e in entries if "loaded" in e["message"])  # start-up lines carry none
 
 
 @pytest.mark.slow  # starts the server's CLI process

@@ -262,7 +262,13 @@ async def test_every_mix_matches_the_reference_path(
     executor = ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,)) if threaded else None
     sizes: list[int] = []
     batchers = {
-        name: StepBatcher(model, executor, max_batch=max_batch, inline_rows=inline_rows, on_batch=sizes.append)
+        name: StepBatcher(
+            model,
+            executor,
+            max_batch=max_batch,
+            inline_rows=inline_rows,
+            on_batch=lambda stats: sizes.append(stats.rows),
+        )
         for name, model in backends[backend].items()
     }
     for batcher in batchers.values():

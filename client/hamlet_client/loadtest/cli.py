@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import grpc
 
+from hamlet_client import __version__
 from hamlet_client.loadtest.driver import LoadSpec, Progress, discover_model, run_load
 from hamlet_client.loadtest.figures import RunFigures, format_report, median_figures, report_json
 
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}", help="print the version and exit")
     load = p.add_argument_group("load")
     load.add_argument(
         "--target",

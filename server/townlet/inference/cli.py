@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from townlet.inference.errors import BrainSpecError, CheckpointError, InferenceError
+from townlet.inference.version import add_version_flag
 
 __all__ = ["main", "migrate_main"]
 
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         "and export models to ONNX.",
         epilog=f"Run '{PROG} COMMAND --help' for a command's options.",
     )
+    add_version_flag(parser)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     inspect = commands.add_parser(

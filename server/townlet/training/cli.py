@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from townlet.inference.errors import InferenceError
+from townlet.inference.version import add_version_flag
 from townlet.training.errors import TrainingError
 
 __all__ = ["main"]
@@ -58,6 +59,7 @@ def _train_parser() -> argparse.ArgumentParser:
         epilog=f"Evaluate a model against the random policy: '{PROG} evaluate --help'.",
         argument_default=argparse.SUPPRESS,
     )
+    add_version_flag(parser)
     for spec in dataclasses.fields(TrainConfig):
         flag = "--" + spec.name.replace("_", "-")
         text = f"{spec.metadata['help']} (default: {spec.default})"

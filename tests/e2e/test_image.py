@@ -1,0 +1,150 @@
+"""The container image, built and run (podman, or docker where podman is absent): `make image`'s script builds the
+cpu target; the container runs as uid 10001 with a read-only root, answers Predict and a stream through the SDK,
+reports healthy through its HEALTHCHECK on a port other than 50051, hot-reloads a checkpoint dropped into its
+read-only model volume, and drains on SIGTERM with exit 0.
+
+Skipped (with the reason) only where neither podman nor docker exists; `make test` installs podman first
+(`make image-deps`). The build takes minutes the first time; later builds reuse the engine's layer cache.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from demo_models import DEMO_L1, DEMO_L2
+from ports import free_port
+
+from hamlet_client import HamletClient
+
+pytestmark = pytest.mark.slow  # builds and runs a container image
+
+ROOT = Path(__file__).resolve().parents[2]
+TAG = "localhost/hamlet-serve:e2e-cpu"
+ENGINE = shutil.which("podman") or (shutil.which("docker") if shutil.which("docker") else None)
+
+
+def _engine(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    assert ENGINE is not None
+    podman = ENGINE.endswith("podman")
+    runtime = ["--runtime", "runc"] if podman else []  # crun fails on cgroups in sandboxes
+    if podman and args[0] == "run":  # below the sandbox's hard limits, which runc may not raise
+        args = ("run", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", *args[1:])
+    done = subprocess.run([ENGINE, *runtime, *args], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{ENGINE} {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    if ENGINE is None:
+        pytest.skip("neither podman nor docker is installed (make image-deps installs podman on Debian)")
+    started = time.monotonic()
+    built = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build_image.sh"), "cpu", TAG],
+        capture_output=True, text=True, timeout=1800, cwd=ROOT,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
+    print(built.stdout.splitlines()[-1], f"(test saw {time.monotonic() - started:.0f} s)")
+    return TAG
+
+
+@pytest.fixture
+def model_volume(tmp_path: Path) -> Path:
+    """The two demo models, readable by the container's uid 10001."""
+    root = tmp_path / "models"
+    for checkpoint in (DEMO_L1, DEMO_L2):
+        target = root / checkpoint.parent.name / checkpoint.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(checkpoint, target)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+@pytest.fixture
+def container(image: str, model_volume: Path) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    run = _engine(
+        "run", "--detach", "--read-only", "--network", "host",
+        "--volume", f"{model_volume}:/models:ro",
+        "--env", f"HAMLET_PORT={port}", "--env", "HAMLET_HOST=127.0.0.1", "--env", "HAMLET_METRICS_PORT=0",
+        "--env", "HAMLET_POLL_INTERVAL=0.5", "--env", "HAMLET_GRACE=5",
+        image,
+    )  # fmt: skip
+    name = run.stdout.strip()
+    try:
+        yield name, port
+    finally:
+        _engine("rm", "--force", name, check=False)
+
+
+def _wait_healthy(name: str, port: int, deadline_s: float = 120) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if ENGINE.endswith("podman"):
+            if _engine("healthcheck", "run", name, check=False).returncode == 0:
+                return
+        else:
+            state = _engine("inspect", "--format", "{{.State.Health.Status}}", name, check=False).stdout.strip()
+            if state == "healthy":
+                return
+        time.sleep(1)
+    logs = _engine("logs", name, check=False)
+    raise AssertionError(f"not healthy on port {port} within {deadline_s} s\n{logs.stdout}\n{logs.stderr}")
+
+
+def test_the_cpu_image_serves_reloads_and_drains(container: tuple[str, int], model_volume: Path) -> None:
+    name, port = container
+    _wait_healthy(name, port)  # the image's HEALTHCHECK follows HAMLET_PORT
+    user = _engine("exec", name, "id", "-u").stdout.strip()
+    assert user == "10001"
+    assert _engine("exec", name, "touch", "/opt/venv/x", check=False).returncode != 0  # read-only root
+    assert _engine("exec", name, "python3", "-c", "import pip", check=False).returncode != 0  # no pip at run time
+
+    with HamletClient(f"127.0.0.1:{port}") as client:
+        models = {m.name: m for m in client.list_models()}
+        assert set(models) == {DEMO_L1.parent.name, DEMO_L2.parent.name}
+        mlp, lstm = models[DEMO_L1.parent.name], models[DEMO_L2.parent.name]
+        result = client.predict(np.zeros((2, mlp.obs_dim), np.float32), model=mlp.name)
+        assert result.q_values.shape == (2, mlp.action_dim) and np.isfinite(result.q_values).all()
+        with client.episode(lstm.name, num_envs=2) as episode:
+            for _ in range(3):
+                step = episode.step(np.zeros((2, lstm.obs_dim), np.float32))
+        assert step.q_values.shape == (2, lstm.action_dim) and step.step_index == 2
+
+        # hot reload: a new version appears in the read-only volume (written from outside the container)
+        newer = model_volume / mlp.name / f"model_ep{mlp.latest_version + 1:05d}.pt"
+        shutil.copy2(DEMO_L1, newer)
+        newer.chmod(0o644)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if client.predict(np.zeros(mlp.obs_dim, np.float32), model=mlp.name).version == mlp.latest_version + 1:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the new checkpoint was not served within 60 s")
+
+    _engine("kill", "--signal", "TERM", name)
+    code = _engine("wait", name, timeout=60).stdout.strip().splitlines()[-1]
+    logs = _engine("logs", name, check=False)
+    assert code == "0", logs.stderr[-3000:]
+    assert "draining" in logs.stderr and "stopped" in logs.stderr
+
+
+def test_the_image_is_lean_where_it_matters(image: str) -> None:
+    """No pip, setuptools or compiler in the runtime image; a numeric non-root user; HOME set."""
+    config = _engine("image", "inspect", "--format", "{{.Config.User}} {{range .Config.Env}}{{.}} {{end}}", image)
+    user, *env = config.stdout.split()
+    assert user == "10001:10001"
+    assert "HOME=/home/hamlet" in env
+    listing = _engine("run", "--rm", "--entrypoint", "sh", image, "-c",
+                      "ls /opt/venv/bin; command -v gcc cc || true", check=True).stdout.split()  # fmt: skip
+    assert "hamlet-server" in listing
+    assert not {"pip", "pip3", "gcc", "cc"} & {Path(p).name for p in listing}
