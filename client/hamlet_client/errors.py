@@ -25,6 +25,7 @@ same classes with the code the server would have used, so one ``except`` clause 
 | CANCELLED            | `CancelledError`         |                    |
 | UNIMPLEMENTED        | `UnimplementedError`     |                    |
 | INTERNAL, UNKNOWN, DATA_LOSS | `InternalError`  |                    |
+| DATA_LOSS (client-side)      | `ArtifactIntegrityError` | `InternalError` |
 | anything else        | `HamletError`            |                    |
 
 When the server ends an episode stream it says why in-band (an ``EpisodeEnded`` response); the next
