@@ -247,6 +247,8 @@ class HamletClient:
         from hamlet_client.artifacts import fetch_artifact
         from hamlet_client.local import LocalPolicy
 
+        if self._closed:
+            raise FailedPreconditionError("the client is closed; create a new HamletClient")
         fetch_timeout = _check_timeout(timeout, max(self._timeout, 60.0))
 
         def fetch(name: str, wanted: int | None) -> Any:

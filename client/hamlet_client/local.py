@@ -47,7 +47,7 @@ DEFAULT_POLL_INTERVAL = 30.0
 """Seconds between checks for a newer version (made only when an episode or a predict starts)."""
 
 _episode_ids = itertools.count()
-Fetch = Callable[[str, "int | None"], ModelArtifact]
+Fetch = Callable[[str, int | None], ModelArtifact]
 """``fetch(model, version)`` -> the checked artifact (version None: the latest)."""
 LatestVersion = Callable[[str], int]
 """``latest(model)`` -> the server's latest version of the model."""
