@@ -282,7 +282,7 @@ def test_the_onnx_backend_hands_out_the_export_it_verified_at_load(
 def test_local_input_errors_match_the_remote_ones(serve: Callable[..., ThreadedServer], model_dir: Path) -> None:
     server = serve(model_dir)
     with HamletClient(server.target, timeout=60) as client:
-        policy = client.local_policy("mlp")
+        policy = client.local_policy("mlp", poll_interval=0)
         for bad in (np.zeros((2, 90), np.float32), np.full((1, 91), np.nan, np.float32)):
             with pytest.raises(InvalidArgumentError):
                 client.predict(bad, model="mlp")
@@ -294,3 +294,8 @@ def test_local_input_errors_match_the_remote_ones(serve: Callable[..., ThreadedS
             assert episode.step(np.zeros((2, 91), np.float32)).step_index == 0  # still usable
         with pytest.raises(FailedPreconditionError, match="closed"):
             episode.step(np.zeros((2, 91), np.float32))
+    with pytest.raises(FailedPreconditionError, match="the client is closed"):
+        client.local_policy("mlp")
+    # The policy runs on without the server: its version checks fail (logged) and it keeps its version.
+    with policy.episode(num_envs=1) as episode:
+        assert episode.step(np.zeros(91, np.float32)).version == 0
