@@ -247,7 +247,7 @@ class LocalPolicy:
         self._num_threads = num_threads
         self._clock = clock
         self._lock = threading.Lock()
-        self._runner = OnnxRunner(fetch(model, version), num_threads=num_threads)
+        self._runner = self._load(model, version)
         self._checked_at = clock()
         self.switches = 0
         """How many times the policy moved to another version."""
@@ -286,12 +286,22 @@ class LocalPolicy:
             latest = self._latest(current.artifact.model)
             if latest == current.artifact.version:
                 return False
-            runner = OnnxRunner(self._fetch(current.artifact.model, latest), num_threads=self._num_threads)
+            runner = self._load(current.artifact.model, latest)
             self._runner = runner
             self.switches += 1
         logger.info("local policy %r: switched from version %d to %d (sha256 %s)", runner.artifact.model,
                     current.artifact.version, runner.artifact.version, runner.artifact.sha256[:12])  # fmt: skip
         return True
+
+    def _load(self, model: str, version: int | None) -> OnnxRunner:
+        """Fetch ``model`` at ``version`` and open it; the artifact must be the one asked for."""
+        artifact = self._fetch(model, version)
+        if (model and artifact.model != model) or (version is not None and artifact.version != version):
+            raise ArtifactIntegrityError(
+                f"asked for model {model or '(default)'!r} version {'latest' if version is None else version}, the "
+                f"server sent {artifact.model!r} version {artifact.version}; not run"
+            )
+        return OnnxRunner(artifact, num_threads=self._num_threads)
 
     def _current(self) -> OnnxRunner:
         """The runner for new work, after a version check when one is due (failures keep the current one)."""

@@ -245,3 +245,11 @@ def test_bad_arguments_say_what_was_expected(mlp_artifact: ModelArtifact) -> Non
         policy.predict(np.zeros(91, np.float32), hidden=(np.zeros((1, 1, 4)), np.zeros((1, 1, 4))))
     with pytest.raises(InvalidArgumentError, match="epsilon"):
         policy.predict(np.zeros(91, np.float32), epsilon=2.0)
+
+
+def test_an_artifact_of_another_model_or_version_is_refused(mlp_artifact: ModelArtifact) -> None:
+    with pytest.raises(ArtifactIntegrityError, match="asked for model 'other' version latest, the server sent 'm'"):
+        LocalPolicy(lambda name, v: mlp_artifact, lambda name: 1, "other")
+    with pytest.raises(ArtifactIntegrityError, match="asked for model 'm' version 7, the server sent 'm' version 1"):
+        LocalPolicy(lambda name, v: mlp_artifact, lambda name: 1, "m", version=7)
+    assert LocalPolicy(lambda name, v: mlp_artifact, lambda name: 1, "").model == "m"  # "" is the default model
