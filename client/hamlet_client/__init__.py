@@ -7,13 +7,17 @@
         with client.episode(num_envs=4) as episode:
             step = episode.step(obs_batch)        # the server keeps the LSTM state between steps
 
-`AsyncHamletClient` is the same for asyncio. Errors are `HamletError` subclasses, one per gRPC status.
+`client.local_policy(model)` runs the model in this process instead (onnxruntime: ``hamlet-client[local]``),
+with the same ``predict`` and ``episode``. `AsyncHamletClient` is the same for asyncio. Errors are
+`HamletError` subclasses, one per gRPC status.
 """
 
 from hamlet_client.aio import AsyncEpisode, AsyncHamletClient
+from hamlet_client.artifacts import ModelArtifact
 from hamlet_client.client import DEFAULT_TIMEOUT, Episode, HamletClient
 from hamlet_client.connection import RetryPolicy
 from hamlet_client.errors import (
+    ArtifactIntegrityError,
     CancelledError,
     CapacityExceededError,
     DeadlineExceededError,
@@ -29,6 +33,7 @@ from hamlet_client.errors import (
     UnavailableError,
     UnimplementedError,
 )
+from hamlet_client.local import LocalEpisode, LocalPolicy
 from hamlet_client.results import (
     ModelInfo,
     ModelMetadata,
@@ -43,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "ArtifactIntegrityError",
     "AsyncEpisode",
     "AsyncHamletClient",
     "CancelledError",
@@ -54,6 +60,9 @@ __all__ = [
     "HamletError",
     "InternalError",
     "InvalidArgumentError",
+    "LocalEpisode",
+    "LocalPolicy",
+    "ModelArtifact",
     "ModelInfo",
     "ModelMetadata",
     "ModelNotFoundError",

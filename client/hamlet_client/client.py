@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -58,6 +58,9 @@ from hamlet_client.results import (
 )
 from hamlet_client.resume import ResumeState, is_resumable
 from hamlet_client.stub import InferenceStub
+
+if TYPE_CHECKING:
+    from hamlet_client.local import LocalPolicy
 
 __all__ = ["DEFAULT_TIMEOUT", "Episode", "HamletClient"]
 
@@ -216,6 +219,45 @@ class HamletClient:
         """The checkpoint metadata of a model version (None: the default model, its latest version)."""
         response = self._unary(self._stub.GetModelMetadata, metadata_request(model, version), timeout)
         return metadata_from_proto(response.metadata)
+
+    def local_policy(
+        self,
+        model: str | None = None,
+        *,
+        version: int | None = None,
+        poll_interval: float | None = 30.0,
+        num_threads: int = 1,
+        timeout: float | None = None,
+    ) -> LocalPolicy:
+        """Run a model in this process: fetch its verified ONNX export (sha256 checked) into onnxruntime.
+
+        The returned `hamlet_client.local.LocalPolicy` has this client's ``predict`` and ``episode`` (same
+        arguments, same result types) with the LSTM state kept here. Needs ``pip install 'hamlet-client[local]'``.
+
+        Args:
+            model: model name; None = the server's default. version: pin a version; None = the latest, and
+                follow new ones between episodes. poll_interval: seconds between version checks (made when an
+                episode or a predict starts); None = never. num_threads: onnxruntime threads (1 suits these
+                small networks). timeout: deadline of each artifact fetch (default: 60 s or the client's).
+
+        Raises:
+            ModelNotFoundError, FailedPreconditionError (no verified export), ArtifactIntegrityError (the
+            bytes failed the checks), ImportError (onnxruntime is missing).
+        """
+        from hamlet_client.artifacts import fetch_artifact
+        from hamlet_client.local import LocalPolicy
+
+        if self._closed:
+            raise FailedPreconditionError("the client is closed; create a new HamletClient")
+        fetch_timeout = _check_timeout(timeout, max(self._timeout, 60.0))
+
+        def fetch(name: str, wanted: int | None) -> Any:
+            return fetch_artifact(self._stub, name, wanted, metadata=self._metadata, timeout=fetch_timeout)
+
+        return LocalPolicy(
+            fetch, lambda name: self.metadata(name).version, model or "", version=version,
+            poll_interval=poll_interval, num_threads=num_threads,
+        )  # fmt: skip
 
     def _unary(self, method: Callable[..., _Resp], request: Any, timeout: float | None) -> _Resp:
         if self._closed:

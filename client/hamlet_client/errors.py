@@ -25,6 +25,7 @@ same classes with the code the server would have used, so one ``except`` clause 
 | CANCELLED            | `CancelledError`         |                    |
 | UNIMPLEMENTED        | `UnimplementedError`     |                    |
 | INTERNAL, UNKNOWN, DATA_LOSS | `InternalError`  |                    |
+| DATA_LOSS (client-side)      | `ArtifactIntegrityError` | `InternalError` |
 | anything else        | `HamletError`            |                    |
 
 When the server ends an episode stream it says why in-band (an ``EpisodeEnded`` response); the next
@@ -42,6 +43,7 @@ from typing import Any
 import grpc
 
 __all__ = [
+    "ArtifactIntegrityError",
     "CancelledError",
     "CapacityExceededError",
     "DeadlineExceededError",
@@ -180,6 +182,14 @@ class InternalError(HamletError):
     """INTERNAL, UNKNOWN or DATA_LOSS: a fault on the server; the message says what it knows."""
 
     default_code = grpc.StatusCode.INTERNAL
+
+
+class ArtifactIntegrityError(InternalError):
+    """A model artifact (`HamletClient.local_policy`) failed its checks: the bytes do not hash to the sha256
+    the server announced, arrive out of order or short, or the ONNX file does not describe the model the
+    server said it is. Nothing from it is run. Code DATA_LOSS; raised by the client, never sent by a server."""
+
+    default_code = grpc.StatusCode.DATA_LOSS
 
 
 _BY_CODE: dict[grpc.StatusCode, type[HamletError]] = {

@@ -47,6 +47,11 @@ class InferenceStub:
             request_serializer=service_pb2.WatchEpisodesRequest.SerializeToString,
             response_deserializer=service_pb2.WatchEpisodesResponse.FromString,
         )
+        self.GetModelArtifact: Any = channel.unary_stream(
+            prefix + "GetModelArtifact",
+            request_serializer=service_pb2.GetModelArtifactRequest.SerializeToString,
+            response_deserializer=service_pb2.GetModelArtifactResponse.FromString,
+        )
         self.StreamEpisode: Any = channel.stream_stream(
             prefix + "StreamEpisode",
             request_serializer=service_pb2.StreamEpisodeRequest.SerializeToString,

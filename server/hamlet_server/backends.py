@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from hamlet_server.artifacts import VerifiedExport
+
 if TYPE_CHECKING:
     from townlet.inference.model import HamletModel
     from townlet.inference.onnx_runtime import OnnxModel
@@ -67,9 +69,11 @@ class Backend(Protocol):
 class OnnxBackedModel:
     """A HamletModel's metadata with an onnxruntime session doing the forward (CPU, torch tensors in/out)."""
 
-    def __init__(self, model: HamletModel, onnx_model: OnnxModel) -> None:
+    def __init__(self, model: HamletModel, onnx_model: OnnxModel, onnx_export: VerifiedExport | None = None) -> None:
         self._model = model
         self._onnx = onnx_model
+        self.onnx_export = onnx_export
+        """The verified file this session runs, kept for clients that fetch it (`hamlet_server.artifacts`)."""
         self.obs_dim = int(model.obs_dim)
         self.action_dim = int(model.action_dim)
         self.is_recurrent = bool(model.is_recurrent)
@@ -115,9 +119,10 @@ def load_backend(path: Path, device: str, backend: str = "torch", threads: int =
     with tempfile.TemporaryDirectory(prefix="hamlet-onnx-") as tmp:
         onnx_path, report = export_verified(model, Path(tmp) / "model.onnx")
         onnx_model = OnnxModel(onnx_path, num_threads=threads)  # the session holds the graph; the file can go
+        export = VerifiedExport(onnx_path.read_bytes(), report.atol, report.rtol, report.brief())
     log.info("%s: exported to ONNX and verified against PyTorch (%s); serving with onnxruntime",
              path.name, report.brief())  # fmt: skip
-    return OnnxBackedModel(model, onnx_model)
+    return OnnxBackedModel(model, onnx_model, export)
 
 
 if TYPE_CHECKING:

@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_client.proto import model_pb2
+from hamlet_server.artifacts import ArtifactStore, artifact_responses
 from hamlet_server.batcher import WorkItem
 from hamlet_server.config import ServerConfig
 from hamlet_server.logs import bind_log_context
@@ -109,6 +110,11 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
         request_deserializer=_lenient(pb.WatchEpisodesRequest.FromString, "WatchEpisodesRequest"),
         response_serializer=pb.WatchEpisodesResponse.SerializeToString,
     )
+    handlers["GetModelArtifact"] = grpc.unary_stream_rpc_method_handler(
+        servicer.GetModelArtifact,
+        request_deserializer=_lenient(pb.GetModelArtifactRequest.FromString, "GetModelArtifactRequest"),
+        response_serializer=pb.GetModelArtifactResponse.SerializeToString,
+    )
     service = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
@@ -184,6 +190,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.snapshot_keys: SnapshotKeys | None = None  # --snapshot-key-file: signs and checks episode snapshots
         self.backend = backend  # the resolved backend (`auto` decided by the server)
         self.watch = WatchHub()
+        self.artifacts = ArtifactStore()  # verified ONNX exports for GetModelArtifact
         self._step_latency = metrics.latency.labels("StreamEpisode.step")
         self.step_tracer: Callable[[int, float, float], None] | None = None  # --tracing: CallTracing.step
         self._predict_latency = metrics.latency.labels("Predict")
@@ -290,6 +297,21 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         finally:
             self.watch.unsubscribe(watcher)
         self.metrics.record("WatchEpisodes", "OK")
+
+    # ---- GetModelArtifact (the logic: hamlet_server.artifacts) ------------------------------------
+    async def GetModelArtifact(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        try:
+            _reject_malformed(request)
+            self._refuse_if_draining()
+            responses = await artifact_responses(
+                self.artifacts, self.repository, request,
+                max_message_bytes=self.config.max_message_bytes, metadata=metadata_to_proto,
+            )  # fmt: skip
+        except Exception as exc:
+            await self._fail(context, "GetModelArtifact", exc)
+        for response in responses:
+            await context.write(response)
+        self.metrics.record("GetModelArtifact", "OK")
 
     # ---- Predict ---------------------------------------------------------------------------------
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -16,6 +16,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from hamlet_server.artifacts import BadChunkSizeError, ExportUnavailableError
 from hamlet_server.repository import ModelLoadError, UnknownModelError, UnknownVersionError
 from hamlet_server.sessions import EnvLimitError, StepLimitError
 from hamlet_server.streams import SessionLimitError, SlotLimitError
@@ -62,6 +63,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
         found = (SC.NOT_FOUND, str(exc), "UNKNOWN_VERSION")
     elif isinstance(exc, ModelLoadError):
         found = (SC.FAILED_PRECONDITION, str(exc), "MODEL_NOT_SERVABLE")
+    elif isinstance(exc, ExportUnavailableError):
+        found = (SC.FAILED_PRECONDITION, str(exc), "EXPORT_UNAVAILABLE")
+    elif isinstance(exc, BadChunkSizeError):
+        found = (SC.INVALID_ARGUMENT, str(exc), "BAD_ARGUMENT")
     elif isinstance(exc, SessionLimitError):
         found = (SC.RESOURCE_EXHAUSTED, str(exc), "SESSION_LIMIT")
     elif isinstance(exc, SlotLimitError):

@@ -77,6 +77,23 @@ client.close()
 print(json.dumps(out))
 """
 
+LOCAL_EXTRA = {"onnxruntime", "flatbuffers", "packaging"}  # hamlet-client[local]: onnxruntime and what it needs
+LOCAL_SNIPPET = r"""
+import importlib.util, json, sys
+import numpy as np
+from hamlet_client import HamletClient
+
+out = {"torch_spec": importlib.util.find_spec("torch") is not None}
+with HamletClient(sys.argv[1]) as client:
+    policy = client.local_policy("mlp")
+    obs = np.linspace(0.0, 1.0, 2 * 91, dtype=np.float32).reshape(2, 91)
+    out["q_values"] = policy.predict(obs).q_values.tolist()
+    with policy.episode(num_envs=2) as episode:
+        out["steps"] = [episode.step(obs).step_index for _ in range(3)]
+    out["version"] = policy.version
+print(json.dumps(out))
+"""
+
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> str:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only the venv's own packages
@@ -116,7 +133,7 @@ def _fresh_clone(repo: Path) -> None:
     shutil.copy(ROOT / "examples" / "remote_rollout.py", repo / "examples")
 
 
-def _venv(tmp_path: Path, *sources: Path) -> str:
+def _venv(tmp_path: Path, *sources: Path | str) -> str:
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
     python = str(venv / "bin" / "python")
@@ -185,3 +202,25 @@ def test_client_and_numpy_only_simulator_run_remote_rollout_without_torch(
     assert "on L1, 2 episodes, trained layout, 1 stream of 2 envs" in printed  # level and seed from metadata
     lines = printed.splitlines()
     assert lines[1].startswith("served") and lines[2].startswith("random")
+
+
+@pytest.mark.slow
+def test_the_local_extra_runs_the_policy_in_a_clean_venv_without_torch(
+    tmp_path: Path, mlp_server: tuple[str, HamletModel]
+) -> None:
+    # `pip install './client[local]'`: onnxruntime joins the SDK, torch still does not.
+    repo = tmp_path / "repo"
+    _fresh_clone(repo)
+    python = _venv(tmp_path, f"{repo / 'client'}[local]")
+    names = _distributions(python, tmp_path)
+    assert names <= ALLOWED_DISTRIBUTIONS | LOCAL_EXTRA, f"unexpected: {sorted(names - ALLOWED_DISTRIBUTIONS)}"
+    assert "onnxruntime" in names and "torch" not in names
+
+    target, model = mlp_server
+    (tmp_path / "local_snippet.py").write_text(LOCAL_SNIPPET)
+    out = json.loads(_run([python, "local_snippet.py", target], cwd=tmp_path, timeout=120).strip().splitlines()[-1])
+    assert out["torch_spec"] is False
+    obs = np.linspace(0.0, 1.0, 2 * 91, dtype=np.float32).reshape(2, 91)
+    want = np.asarray(model.predict(obs).q_values)
+    np.testing.assert_allclose(np.array(out["q_values"], dtype=np.float32), want, atol=1e-5, rtol=1e-5)
+    assert out["steps"] == [0, 1, 2] and out["version"] == 1

@@ -15,6 +15,7 @@ from ports import free_port
 from server_helpers import LSTM, MLP, OBS_DIM
 
 from hamlet_client.loadtest import LoadSpec, run_load
+from hamlet_client.loadtest.local_run import run_local
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_client.proto import tensor_pb2
@@ -114,3 +115,21 @@ async def aenumerate(items: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]
     async for item in items:
         yield index, item
         index += 1
+
+
+async def test_the_local_run_steps_the_same_load_in_this_process(server: HamletServer) -> None:
+    spec = LoadSpec(
+        streams=2, envs=3, obs_dim=OBS_DIM[LSTM], duration=0.6, warmup=0.1, model=LSTM, predict_fraction=0.25,
+        episode_steps=5,
+    )  # fmt: skip
+    seen: list[Any] = []
+    figures = await asyncio.to_thread(
+        run_local, spec, f"127.0.0.1:{server.port}", progress=seen.append, progress_interval=0.2
+    )
+    assert figures.label == "local" and figures.errors == {}
+    assert figures.steps > 0 and figures.predicts > 0
+    assert figures.step_latency.count == figures.steps and figures.step_latency.p50_us > 0
+    assert figures.env_steps_per_s == pytest.approx(3 * (figures.steps + figures.predicts) / 0.6)
+    assert seen and any(p.measuring for p in seen)
+    with pytest.raises(ValueError, match="lock-step only"):
+        run_local(LoadSpec(streams=1, envs=1, obs_dim=54, duration=1.0, rate=10.0), f"127.0.0.1:{server.port}")

@@ -95,6 +95,7 @@ PYTHON_BLOCKS_RUN_BY = {  # a page, or a phrase of one block
     'with HamletClient("localhost:50051") as client:\n    models =': "test_client_md_blocks_run_against_a_server",
     "import asyncio": "test_client_md_blocks_run_against_a_server",
     "from hamlet_client.proto import": "test_client_md_raw_messages_block_runs",
+    "policy = client.local_policy(": "test_client_md_local_inference_block_runs",
 }
 SERVER = "localhost:50051"
 _BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", flags=re.S | re.M)
@@ -238,3 +239,11 @@ def test_client_md_raw_messages_block_runs() -> None:
     namespace: dict[str, object] = {}
     exec(compile(body, "docs/CLIENT.md", "exec"), namespace)  # the documented block, as written
     assert hasattr(namespace["pb"], "PredictRequest") and hasattr(namespace["pb_grpc"], "InferenceServiceStub")
+
+
+@pytest.mark.slow  # serves the demo models and exports the L2 network to ONNX for the client
+def test_client_md_local_inference_block_runs(server: ThreadedServer, capsys: pytest.CaptureFixture[str]) -> None:
+    (body,) = [b for lang, b in _blocks("docs/CLIENT.md") if lang == "python" and "client.local_policy(" in b]
+    exec(compile(_at(body, server.target), "docs/CLIENT.md", "exec"), {"__name__": "docs_block"})
+    assert re.search(rf"^local {version_of(DEMO_L2)} \[\d \d \d \d\] True$", capsys.readouterr().out, flags=re.M)
+    assert server.sessions() == 0

@@ -37,7 +37,29 @@ def test_inference_imports_no_training_or_grpc() -> None:
 
 def test_client_imports_nothing_of_the_server_or_torch() -> None:
     imported = _top(_imports(ROOT / "client" / "hamlet_client"))
-    assert not imported & {"torch", "townlet", "hamlet_server", "onnxruntime"}
+    assert not imported & {"torch", "townlet", "hamlet_server"}
+
+
+def test_client_imports_onnxruntime_only_in_local_and_only_when_used() -> None:
+    # `hamlet-client[local]` is an extra: importing the SDK must work without it.
+    client = ROOT / "client" / "hamlet_client"
+    sources = [p for p in client.rglob("*.py") if "_generated" not in p.parts]
+    users = sorted(p.name for p in sources if "onnxruntime" in _top(_imports_of(p)))
+    assert users == ["local.py"]
+    module_level = _top(_imports_of(client / "local.py", top_level_only=True))
+    assert "onnxruntime" not in module_level, "import onnxruntime inside the function that needs it"
+
+
+def _imports_of(path: Path, *, top_level_only: bool = False) -> set[str]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    names: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
 
 
 def test_agent_imports_nothing_above_it() -> None:

@@ -123,6 +123,16 @@ def test_json_has_every_figure_no_nan_and_ratios() -> None:
     assert report_json(config, _run("server", 1, 1.0))["floor"] is None
 
 
+def test_json_with_a_local_run_has_local_over_server_ratios() -> None:
+    doc = report_json({}, _run("server", 1000, 2.0), local=_run("local", 5000, 0.25))
+    back = json.loads(json.dumps(doc, allow_nan=False))
+    assert back["local"]["steps_per_s"] == pytest.approx(2500.0)  # 5000 steps in 2 s
+    assert back["local_ratios"]["steps/s"] == pytest.approx(5.0)
+    assert back["local_ratios"]["step p50"] == pytest.approx(0.125)
+    assert "local" not in report_json({}, _run("server", 1, 1.0))
+    assert build_parser().parse_args(["--local"]).local is True
+
+
 def test_rounds_give_medians_and_add_up_errors() -> None:
     runs = [_run("server", n, ms, {"INTERNAL": 1}) for n, ms in ((1000, 3.0), (3000, 1.0), (2000, 2.0))]
     median = median_figures(runs)

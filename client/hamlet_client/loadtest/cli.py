@@ -21,6 +21,7 @@ import grpc
 from hamlet_client import __version__
 from hamlet_client.loadtest.driver import LoadSpec, Progress, discover_model, run_load
 from hamlet_client.loadtest.figures import RunFigures, format_report, median_figures, report_json
+from hamlet_client.loadtest.local_run import run_local
 
 __all__ = ["build_parser", "find_floor_command", "main", "spawn_ready"]
 
@@ -34,6 +35,9 @@ with --metrics) and the client's own CPU use (near 1.0 core: the client, not the
 --floor also starts the bare-gRPC floor (bench/floor.py of the repository: hamlet.v1 with no model work,
 cached zero Q-values) and drives it with the same message sizes right after, printing each figure beside
 the floor's and ours / floor: rates want a ratio near 1, latencies one near 1.
+
+--local also runs the same episodes in this process with the model's verified ONNX export (fetched from the
+server: HamletClient.local_policy, needs hamlet-client[local]) and prints local beside the server, same run.
 """
 
 EPILOG = """\
@@ -42,6 +46,7 @@ examples:
   hamlet-bench --streams 256 --metrics http://127.0.0.1:9090/metrics --floor
   hamlet-bench --streams 16 --envs 32 --rate 2000 --predict-fraction 0.1 --json out.json
   hamlet-bench --target HOST1:50051 --target HOST2:50051 --streams 128     # streams spread round-robin
+  hamlet-bench --model townlet-L2-lstm --streams 1 --envs 1 --local         # local vs remote inference
 
 exit status: 0 when no call failed, 1 when some did (counted by status code), 2 for a usage error.
 """
@@ -113,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the server's Prometheus page (http://HOST:PORT/metrics) for the mean batch; repeatable",
     )
     out.add_argument("--floor", action="store_true", help="also measure the bare-gRPC floor and print ratios")
+    out.add_argument(
+        "--local",
+        action="store_true",
+        help="also run the same episodes in this process with the model's ONNX export (onnxruntime, "
+        "hamlet-client[local]) and print local / server ratios",
+    )
     out.add_argument(
         "--floor-cmd",
         default=None,
@@ -187,7 +198,10 @@ def _progress_printer(stream: TextIO, label: str) -> Any:
     return show
 
 
-async def _measure(args: argparse.Namespace, log: TextIO) -> tuple[dict[str, Any], RunFigures, RunFigures | None]:
+_Measured = tuple[dict[str, Any], RunFigures, RunFigures | None, RunFigures | None]
+
+
+async def _measure(args: argparse.Namespace, log: TextIO) -> _Measured:
     targets = args.target or ["127.0.0.1:50051"]
     model, obs_dim = args.model, args.obs_dim
     if obs_dim is None:
@@ -219,6 +233,7 @@ async def _measure(args: argparse.Namespace, log: TextIO) -> tuple[dict[str, Any
         log.write(f"floor: {floor_target}\n")
     ours: list[RunFigures] = []
     floors: list[RunFigures] = []
+    locals_: list[RunFigures] = []
     try:
         for round_index in range(args.rounds):
             order = ["server", "floor"] if floor_target else ["server"]
@@ -242,11 +257,23 @@ async def _measure(args: argparse.Namespace, log: TextIO) -> tuple[dict[str, Any
                             progress_interval=args.interval,
                         )
                     )
+            if args.local:
+                progress = None if args.quiet else _progress_printer(log, "local")
+                locals_.append(
+                    await asyncio.to_thread(
+                        run_local, spec, targets[0], progress=progress, progress_interval=args.interval
+                    )
+                )
     finally:
         if floor_proc is not None:
             _stop(floor_proc)
     config = {**asdict(spec), "targets": targets, "rounds": args.rounds, "metrics": args.metrics}
-    return config, median_figures(ours), (median_figures(floors) if floors else None)
+    return (
+        config,
+        median_figures(ours),
+        median_figures(floors) if floors else None,
+        median_figures(locals_) if locals_ else None,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,19 +281,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     to_stdout_json = args.json == "-"
     table_out = sys.stderr if to_stdout_json else sys.stdout
     try:
-        config, ours, floor = asyncio.run(_measure(args, sys.stderr))
+        config, ours, floor, local = asyncio.run(_measure(args, sys.stderr))
     except KeyboardInterrupt:  # Ctrl-C: the streams are cancelled and the floor stopped on the way out
         print("hamlet-bench: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, LookupError, FileNotFoundError, RuntimeError) as exc:  # bad settings, model, floor
+    except (ValueError, LookupError, FileNotFoundError, RuntimeError, ImportError) as exc:  # settings, model, floor
         print(f"hamlet-bench: error: {exc}", file=sys.stderr)
         return 2
     except grpc.aio.AioRpcError as exc:  # ListModels failed: no server there, or not a Hamlet server
         print(f"hamlet-bench: error: ListModels failed with {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
     print(format_report(ours, floor), file=table_out)
+    if local is not None:
+        print("\nlocal inference in this process (onnxruntime) beside the server, same run; ratio local / server:",
+              file=table_out)  # fmt: skip
+        print(format_report(local, ours), file=table_out)
     if args.json is not None:
-        text = json.dumps(report_json(config, ours, floor), indent=2)
+        text = json.dumps(report_json(config, ours, floor, local=local), indent=2)
         if to_stdout_json:
             print(text)
         else:

@@ -261,13 +261,21 @@ def _no_nan(value: Any) -> Any:
     return value
 
 
-def report_json(config: Mapping[str, Any], run: RunFigures, floor: RunFigures | None = None) -> dict[str, Any]:
-    """The ``--json`` document: the settings, our figures, the floor's, and ours / floor per figure."""
+def report_json(
+    config: Mapping[str, Any], run: RunFigures, floor: RunFigures | None = None, *, local: RunFigures | None = None
+) -> dict[str, Any]:
+    """The ``--json`` document: the settings, our figures, the floor's, and ours / floor per figure; with
+    ``local`` (``--local``) also the local run's figures and local / server per figure."""
     doc: dict[str, Any] = {"config": dict(config), "server": _figures_json(run), "floor": None, "ratios": None}
     if floor is not None:
         doc["floor"] = _figures_json(floor)
-        theirs = {label: value for label, value, _ in _rows(floor)}
-        doc["ratios"] = {
-            label: _ratio(value, theirs.get(label)) for label, value, unit in _rows(run) if unit in ("/s", "us")
-        }
+        doc["ratios"] = _ratios(run, floor)
+    if local is not None:
+        doc["local"] = _figures_json(local)
+        doc["local_ratios"] = _ratios(local, run)
     return doc
+
+
+def _ratios(run: RunFigures, base: RunFigures) -> dict[str, float | None]:
+    theirs = {label: value for label, value, _ in _rows(base)}
+    return {label: _ratio(value, theirs.get(label)) for label, value, unit in _rows(run) if unit in ("/s", "us")}
