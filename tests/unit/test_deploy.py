@@ -1,5 +1,8 @@
 """The deployment files agree with the server and with Kubernetes.
 
+The Kubernetes manifests are a Kustomize base and two overlays (cpu, gpu); the tests read what
+``kubectl kustomize deploy/k8s/overlays/<variant>`` renders, the documents a cluster would get.
+
 Every HAMLET_* setting they use exists and the settings start a server (a ServerConfig built from the image's ENV
 plus the manifest's env); every Kubernetes document validates against the Kubernetes JSON schemas (strict: an
 unknown or misspelt field fails) of the oldest version the manifests support and of the newest the validator ships,
@@ -13,7 +16,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +32,10 @@ from hamlet_server.server import LIVENESS_NAME
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SETTINGS = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(ServerConfig)}
-CPU = DEPLOY / "k8s" / "hamlet-serve.yaml"
-GPU = DEPLOY / "k8s" / "hamlet-serve-gpu.yaml"
-MANIFESTS = sorted((DEPLOY / "k8s").glob("*.yaml"))
+OVERLAYS = DEPLOY / "k8s" / "overlays"
+CPU = OVERLAYS / "cpu"
+GPU = OVERLAYS / "gpu"
+VARIANTS = [CPU, GPU]
 OLDEST_KUBERNETES = "1.27"  # native gRPC probes are GA from 1.27
 HEADLESS = "hamlet-serve-headless"
 
@@ -37,8 +43,23 @@ HEADLESS = "hamlet-serve-headless"
 # ----------------------------------------------------------------------------------------------- reading the files
 
 
-def _docs(path: Path) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+_RENDERED: dict[Path, str] = {}
+
+
+def _render(overlay: Path) -> str:
+    """What ``kubectl kustomize OVERLAY`` prints (once per overlay per run)."""
+    if overlay not in _RENDERED:
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            pytest.skip("kubectl (with its built-in kustomize) is not installed: the overlays cannot be rendered")
+        done = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"kubectl kustomize {overlay}: {done.stderr}"
+        _RENDERED[overlay] = done.stdout
+    return _RENDERED[overlay]
+
+
+def _docs(overlay: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(_render(overlay)) if doc]
 
 
 def _one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -126,12 +147,28 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def test_the_manifests_are_the_two_variants() -> None:
-    assert [p.name for p in MANIFESTS] == ["hamlet-serve-gpu.yaml", "hamlet-serve.yaml"]
+def test_the_manifests_are_a_base_and_the_two_variant_overlays() -> None:
+    assert sorted(p.name for p in OVERLAYS.iterdir()) == ["cpu", "gpu"]
+    for overlay in VARIANTS:
+        kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+        assert kustomization["resources"] == ["../../base"]
+
+
+def test_the_image_is_named_once_per_variant_qualified_and_tagged() -> None:
+    """The base says only ``hamlet-serve``; each overlay's ``images:`` gives the registry and the tag, so the
+    rendered image would pull (an unqualified ``hamlet-serve:latest`` would not)."""
+    assert "image: hamlet-serve " in (DEPLOY / "k8s" / "base" / "deployment.yaml").read_text()
+    for overlay, tag in ((CPU, "cpu"), (GPU, "cuda")):
+        [image] = yaml.safe_load((overlay / "kustomization.yaml").read_text())["images"]
+        assert image["name"] == "hamlet-serve" and image["newTag"].endswith(tag)
+        rendered = _container(_one(_docs(overlay), "Deployment"))["image"]
+        registry, _, rest = rendered.partition("/")
+        assert "." in registry or ":" in registry, f"{rendered}: not qualified with a registry host"
+        assert rendered == f"{image['newName']}:{image['newTag']}" and not rendered.endswith(":latest")
 
 
 @pytest.mark.parametrize("version", [OLDEST_KUBERNETES, kubernetes_validate.latest_version()])
-@pytest.mark.parametrize("path", MANIFESTS, ids=[p.name for p in MANIFESTS])
+@pytest.mark.parametrize("path", VARIANTS, ids=[p.name for p in VARIANTS])
 def test_every_document_validates_against_the_kubernetes_schemas(path: Path, version: str, offline: None) -> None:
     docs = _docs(path)
     assert sorted(d["kind"] for d in docs) == [
@@ -210,7 +247,7 @@ def test_rollouts_and_disruptions_keep_capacity(manifest: list[dict[str, Any]]) 
     assert deployment["spec"]["replicas"] >= 2, "with one replica the PDB's one disruption takes the service down"
 
 
-def test_the_autoscaler_targets_the_deployment_on_cpu(manifest: list[dict[str, Any]]) -> None:
+def test_the_autoscaler_targets_the_deployment_on_sessions_then_cpu(manifest: list[dict[str, Any]]) -> None:
     deployment = _one(manifest, "Deployment")
     hpa = _one(manifest, "HorizontalPodAutoscaler")
     assert hpa["apiVersion"] == "autoscaling/v2"
@@ -221,9 +258,16 @@ def test_the_autoscaler_targets_the_deployment_on_cpu(manifest: list[dict[str, A
         deployment["metadata"]["name"],
     )
     assert hpa["spec"]["minReplicas"] == deployment["spec"]["replicas"] < hpa["spec"]["maxReplicas"]
-    [metric] = hpa["spec"]["metrics"]
-    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
-    assert metric["resource"]["target"]["type"] == "Utilization"
+    sessions, cpu = hpa["spec"]["metrics"]
+    # what fills a replica first: its stream places, as the per-pod gauge the server exports
+    assert sessions["type"] == "Pods" and sessions["pods"]["metric"]["name"] == "hamlet_active_sessions"
+    target = sessions["pods"]["target"]
+    assert target["type"] == "AverageValue" and 0 < int(target["averageValue"]) < _config(deployment).max_sessions
+    rules = yaml.safe_load((DEPLOY / "k8s" / "custom-metrics" / "prometheus-adapter-rules.yaml").read_text())
+    assert [r["name"]["as"] for r in rules["rules"]["custom"]] == ["hamlet_active_sessions"]
+    # the fallback every cluster has
+    assert cpu["type"] == "Resource" and cpu["resource"]["name"] == "cpu"
+    assert cpu["resource"]["target"]["type"] == "Utilization"
     resources = _container(deployment)["resources"]
     assert "cpu" in resources["requests"], "utilisation is measured against the CPU request"
     assert {"cpu", "memory"} <= set(resources["limits"])
@@ -316,7 +360,7 @@ def test_the_gpu_variant_asks_for_one_gpu_and_serves_on_it() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert config.device == "cuda"  # refused at start without CUDA, never a silent CPU fallback
     assert config.backend == "torch"  # the onnx backend runs on the CPU only
-    assert container["image"].endswith(":cuda")
+    assert container["image"].endswith("-cuda")  # the cuda target of deploy/Dockerfile
 
 
 def _without_gpu_differences(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -373,6 +417,8 @@ def test_compose_agrees_with_kubernetes_on_ports_image_and_drain() -> None:
     k8s = _config(deployment)
     published = {int(p.split(":")[1]): int(p.split(":")[2]) for p in service["ports"]}
     assert published == {compose.port: k8s.port, compose.metrics_port: k8s.metrics_port}
-    assert service["image"].split(":")[0] == _container(deployment)["image"].split(":")[0]
+    # the same image (compose builds it here; the cluster pulls it from a registry), the same target
+    assert service["image"] == "hamlet-serve:cpu" and service["build"]["target"] == "cpu"
+    assert _container(deployment)["image"].rsplit("/", 1)[1].split(":")[0] == "hamlet-serve"
     assert compose.grace == k8s.grace  # one drain budget wherever the image runs
     assert _seconds(service["stop_grace_period"]) > compose.grace, "docker would SIGKILL a server still draining"
