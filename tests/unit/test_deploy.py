@@ -30,6 +30,8 @@ import yaml
 from hamlet_server.config import ENV_PREFIX, ServerConfig, config_from_args, is_loopback
 from hamlet_server.server import LIVENESS_NAME
 
+pytestmark = pytest.mark.slow  # renders the overlays with kubectl (a process; well under a second each)
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SETTINGS = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(ServerConfig)}
 OVERLAYS = DEPLOY / "k8s" / "overlays"
