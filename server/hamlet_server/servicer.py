@@ -271,7 +271,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.metrics.record("ListSessions", "OK")
         return response
 
-    async def WatchEpisodes(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def WatchEpisodes(self, request: Any, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
         try:
             _reject_malformed(request)
             self._require_watch()
@@ -338,7 +338,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return WorkItem(obs, epsilon, mask, _generator(seed), hidden=hidden, return_hidden=served.is_recurrent)
 
     # ---- StreamEpisode ---------------------------------------------------------------------------
-    async def StreamEpisode(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+    async def StreamEpisode(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
         try:
             self._refuse_if_draining()
             stream = self.streams.open(asyncio.current_task())
@@ -433,7 +433,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         nothing does not hold us up."""
         if in_band:
             ended = pb.EpisodeEnded(
-                reason=pb.EndReason.Value(f"END_REASON_{ending.reason.name}"), message=ending.message,
+                reason=f"END_REASON_{ending.reason.name}", message=ending.message,
                 status_code=ending.code.value[0], error_reason=ending.error_reason, snapshot=snapshot,
             )  # fmt: skip
             try:
