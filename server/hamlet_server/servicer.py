@@ -192,7 +192,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self._predict_latency = metrics.latency.labels("Predict")
 
     # ---- helpers ---------------------------------------------------------------------------------
-    async def _fail(self, context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+    async def _fail(self, context: grpc.aio.ServicerContext[Any, Any], method: str, exc: BaseException) -> None:
         code, message, reason = status_for(exc)
         self.metrics.record(method, code.name)
         log.log(logging.ERROR if code is SC.INTERNAL else logging.DEBUG, "%s: %s %s", method, code.name, message)
@@ -203,7 +203,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             raise RequestError(SC.UNAVAILABLE, "server is shutting down; retry on another replica", "SERVER_DRAINING")
 
     # ---- ListModels / GetModelMetadata -----------------------------------------------------------
-    async def ListModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListModels(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _reject_malformed(request)
         except RequestError as exc:
@@ -220,7 +220,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.metrics.record("ListModels", "OK")
         return response
 
-    async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _reject_malformed(request)
             version = request.version if request.HasField("version") else None
@@ -234,7 +234,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.metrics.record("GetModelMetadata", "OK")
         return response
 
-    async def GetServerInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetServerInfo(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         c = self.config
         self.metrics.record("GetServerInfo", "OK")
         return pb.GetServerInfoResponse(
@@ -253,7 +253,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 "WATCH_DISABLED",
             )
 
-    async def ListSessions(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListSessions(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _reject_malformed(request)
             self._require_watch()
@@ -271,7 +271,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.metrics.record("ListSessions", "OK")
         return response
 
-    async def WatchEpisodes(self, request: Any, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
+    async def WatchEpisodes(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:  # type: ignore[override]
         try:
             _reject_malformed(request)
             self._require_watch()
@@ -294,7 +294,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.metrics.record("WatchEpisodes", "OK")
 
     # ---- Predict ---------------------------------------------------------------------------------
-    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         try:
             _reject_malformed(request)
@@ -338,7 +338,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return WorkItem(obs, epsilon, mask, _generator(seed), hidden=hidden, return_hidden=served.is_recurrent)
 
     # ---- StreamEpisode ---------------------------------------------------------------------------
-    async def StreamEpisode(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
+    async def StreamEpisode(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:  # type: ignore[override]
         try:
             self._refuse_if_draining()
             stream = self.streams.open(asyncio.current_task())
@@ -360,7 +360,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             in_band = stream.phase is not Phase.WRITING
             await self._send_end(context, ending, in_band=in_band, snapshot=snapshot)
 
-    async def _run(self, stream: EpisodeStream, context: grpc.aio.ServicerContext) -> Ending:
+    async def _run(self, stream: EpisodeStream, context: grpc.aio.ServicerContext[Any, Any]) -> Ending:
         """Serve the stream until it ends; returns how. Raises CancelledError only when the client left."""
         try:
             while stream.ending is None:
@@ -427,7 +427,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 ending.code.name, ending.message)  # fmt: skip
 
     async def _send_end(
-        self, context: grpc.aio.ServicerContext, ending: Ending, *, in_band: bool, snapshot: Any = None
+        self, context: grpc.aio.ServicerContext[Any, Any], ending: Ending, *, in_band: bool, snapshot: Any = None
     ) -> None:
         """The in-band EpisodeEnded (with a snapshot on a drain), then the status. A client that reads
         nothing does not hold us up."""
