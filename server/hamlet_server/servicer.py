@@ -43,7 +43,7 @@ from hamlet_server.tensor_codec import (
 from hamlet_server.watch import WatchHub
 from townlet.inference.validation import check_epsilon
 
-__all__ = ["InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto"]
+__all__ = ["InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto", "server_version"]
 
 log = logging.getLogger(__name__)
 SC = grpc.StatusCode
@@ -110,7 +110,8 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
 
-def _server_version() -> str:
+def server_version() -> str:
+    """The installed hamlet-server package version ("unknown" when it is not installed)."""
     try:
         return importlib.metadata.version("hamlet-server")
     except importlib.metadata.PackageNotFoundError:
@@ -238,7 +239,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         c = self.config
         self.metrics.record("GetServerInfo", "OK")
         return pb.GetServerInfoResponse(
-            server_version=_server_version(), max_envs=c.max_envs, max_predict_batch=c.max_predict_batch,
+            server_version=server_version(), max_envs=c.max_envs, max_predict_batch=c.max_predict_batch,
             max_message_bytes=c.max_message_bytes, session_ttl_seconds=c.session_ttl,
             start_timeout_seconds=c.start_timeout, max_sessions=c.max_sessions, max_slots=c.max_slots,
             device=self.repository.device, backend=self.backend,
@@ -298,24 +299,27 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         started = time.perf_counter()
         try:
             _reject_malformed(request)
-            self._refuse_if_draining()
-            epsilon = check_epsilon(request.epsilon, "epsilon")
-            served = await self.repository.acquire(
-                request.model, request.version if request.HasField("version") else None
-            )
-            try:
-                item = self._predict_item(request, served, epsilon)
-                result = await served.batcher.submit(item)
-            finally:
-                served.release()
-            response = pb.PredictResponse(model=served.name, version=served.version, actions=result.actions.tolist())
-            encode_tensor(result.q_values, response.q_values)
-            if result.hidden is not None:
-                encode_hidden(result.hidden, response.hidden)
+            response = await self.predict(request)
         except Exception as exc:
             await self._fail(context, "Predict", exc)
         self.metrics.record("Predict", "OK")
         self._predict_latency.observe(time.perf_counter() - started)
+        return response
+
+    async def predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        """Predict without the call around it: raises what `status_for` maps (the v2 ModelInfer calls it too)."""
+        self._refuse_if_draining()
+        epsilon = check_epsilon(request.epsilon, "epsilon")
+        served = await self.repository.acquire(request.model, request.version if request.HasField("version") else None)
+        try:
+            item = self._predict_item(request, served, epsilon)
+            result = await served.batcher.submit(item)
+        finally:
+            served.release()
+        response = pb.PredictResponse(model=served.name, version=served.version, actions=result.actions.tolist())
+        encode_tensor(result.q_values, response.q_values)
+        if result.hidden is not None:
+            encode_hidden(result.hidden, response.hidden)
         return response
 
     def _predict_item(self, request: pb.PredictRequest, served: ServedModel, epsilon: float) -> WorkItem:
