@@ -8,6 +8,7 @@ same server gives the Q-values the v2 answers must equal exactly.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -150,3 +151,23 @@ def test_without_the_flag_the_v2_service_is_not_served(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert report["live_status"] == "UNIMPLEMENTED"
+
+
+def test_serving_md_tritonclient_block_runs(tmp_path: Path) -> None:
+    """docs/SERVING.md's tritonclient block, as written, against a server started with the flag."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "SERVING.md").read_text()
+    (body,) = [b for b in re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M) if "tritonclient" in b]
+    server = ThreadedServer(
+        ServerConfig(models=MODELS, port=0, metrics_port=0, poll_interval=0, backend="torch", open_inference=True)
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", body.replace("localhost:50051", server.target)],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "True True True"
+    assert re.fullmatch(rf"\[\d \d \d \d\] \(4, 6\) {version_of(DEMO_L2)}", lines[1]), lines

@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from live_server import ThreadedServer
+
+from hamlet_server.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,6 +54,13 @@ BAD = [
 ]
 
 
+def _client_md_block() -> str:
+    """docs/CLIENT.md's typed-stub block (the one that makes an InferenceStub)."""
+    text = (ROOT / "docs" / "CLIENT.md").read_text()
+    (body,) = [b for b in re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M) if "InferenceStub(" in b]
+    return body
+
+
 def _bad_module() -> str:
     lines = [
         "import grpc",
@@ -66,14 +76,29 @@ def _bad_module() -> str:
 def test_mypy_passes_correct_user_code_and_reports_each_mistake(tmp_path: Path) -> None:
     (tmp_path / "good.py").write_text(GOOD)
     (tmp_path / "bad.py").write_text(_bad_module())
+    (tmp_path / "docs_block.py").write_text(_client_md_block())
+    files = [str(tmp_path / name) for name in ("good.py", "bad.py", "docs_block.py")]
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "--no-error-summary",
-         "--cache-dir", str(tmp_path / "cache"), str(tmp_path / "good.py"), str(tmp_path / "bad.py")],
+         "--cache-dir", str(tmp_path / "cache"), *files],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     report = result.stdout + result.stderr
-    assert "good.py" not in report, f"correct user code failed to type-check:\n{report}"
+    assert "good.py" not in report and "docs_block.py" not in report, f"correct code failed to type-check:\n{report}"
     first = len(_bad_module().splitlines()) - len(BAD) + 1
     for offset, (code, words) in enumerate(BAD):
         found = re.findall(rf"bad\.py:{first + offset}: error: (.*)", report)
         assert any(words in line for line in found), f"mypy did not catch `{code}` ({words}):\n{report}"
+
+
+def test_client_md_typed_stub_block_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/CLIENT.md's typed-stub block, as written, against a server on the demo models."""
+    server = ThreadedServer(
+        ServerConfig(models=ROOT / "models", port=0, metrics_port=0, poll_interval=0, backend="torch")
+    )
+    try:
+        body = _client_md_block().replace("localhost:50051", server.target)
+        exec(compile(body, "docs/CLIENT.md", "exec"), {"__name__": "docs_block"})
+    finally:
+        server.stop()
+    assert capsys.readouterr().out == "townlet-L1-mlp ['townlet-L1-mlp', 'townlet-L2-lstm']\n"
