@@ -18,12 +18,15 @@ Q-values. Readiness and metadata come from the model repository.
 
 Model name: the repository's name (empty: the default model); version: the decimal version string
 ("500"; empty: the latest). Inputs may come as ``raw_input_contents`` (little-endian, one entry per input)
-or typed ``contents``; outputs go back as ``raw_output_contents``, as Triton sends them.
+or typed ``contents``; outputs go back as ``raw_output_contents``, as Triton sends them. Metrics count
+ModelMetadata and ModelInfer as methods ``v2.ModelMetadata`` and ``v2.ModelInfer`` (any v2 failure as
+``v2.<Method>``); the liveness and readiness probes are not counted.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -209,6 +212,7 @@ class OpenInferenceServicer:
     def __init__(self, hamlet: InferenceServicer) -> None:
         self.hamlet = hamlet
         self.repository = hamlet.repository
+        self._latency = hamlet.metrics.latency.labels("v2.ModelInfer")
 
     async def _fail(self, context: grpc.aio.ServicerContext[Any, Any], method: str, exc: BaseException) -> None:
         code, message, reason = status_for(exc)
@@ -252,15 +256,18 @@ class OpenInferenceServicer:
                 served.release()
         except Exception as exc:
             await self._fail(context, "ModelMetadata", exc)
+        self.hamlet.metrics.record("v2.ModelMetadata", "OK")
         return response
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> v2.ModelInferResponse:
+        started = time.perf_counter()
         try:
             _reject_malformed(request)
             response = infer_response(await self.hamlet.predict(predict_request(request)), request)
         except Exception as exc:
             await self._fail(context, "ModelInfer", exc)
         self.hamlet.metrics.record("v2.ModelInfer", "OK")
+        self._latency.observe(time.perf_counter() - started)
         return response
 
 

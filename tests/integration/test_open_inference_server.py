@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 from server_helpers import LSTM, MLP
 
 from hamlet_server._generated_v2.inference import grpc_service_pb2 as v2
@@ -44,6 +45,9 @@ async def test_model_infer_equals_the_local_model(server_factory: Callable[..., 
     assert np.array_equal(q, expected.q_values)  # numpy in, numpy out
     h = np.frombuffer(out.raw_output_contents[2], "<f4").reshape(5, -1)
     assert np.array_equal(h, expected.hidden[0][0])
+    text = generate_latest(server.metrics.registry).decode()
+    assert 'hamlet_requests_total{code="OK",method="v2.ModelInfer"} 1.0' in text
+    assert 'hamlet_request_latency_seconds_count{method="v2.ModelInfer"} 1.0' in text
 
 
 async def test_garbage_bytes_and_methods_not_served(server_factory: Callable[..., Any]) -> None:
@@ -59,6 +63,9 @@ async def test_garbage_bytes_and_methods_not_served(server_factory: Callable[...
         assert await _code(bad_version) == grpc.StatusCode.INVALID_ARGUMENT
         meta = await stub.ServerMetadata(v2.ServerMetadataRequest())
         assert meta.name == "hamlet-server" and meta.version
+    text = generate_latest(server.metrics.registry).decode()
+    assert 'hamlet_request_errors_total{code="NOT_FOUND",method="v2.ModelMetadata"} 1.0' in text
+    assert 'hamlet_request_errors_total{code="INVALID_ARGUMENT",method="v2.ModelInfer"} 1.0' in text
 
 
 async def test_a_draining_server_is_not_ready_and_refuses_inference(server_factory: Callable[..., Any]) -> None:
