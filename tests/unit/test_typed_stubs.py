@@ -8,6 +8,7 @@ a PredictResponse, on a `grpc.Channel` and on a `grpc.aio.Channel`.
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -74,6 +75,12 @@ def _bad_module() -> str:
 
 @pytest.mark.slow  # mypy in a subprocess: ~10-30 s
 def test_mypy_passes_correct_user_code_and_reports_each_mistake(tmp_path: Path) -> None:
+    try:
+        importlib.metadata.distribution("types-grpcio")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail(
+            "types-grpcio is not installed, so every stub method is Any to mypy: `make install` (the dev extra)"
+        )
     (tmp_path / "good.py").write_text(GOOD)
     (tmp_path / "bad.py").write_text(_bad_module())
     (tmp_path / "docs_block.py").write_text(_client_md_block())
