@@ -57,7 +57,7 @@ from hamlet_client.results import (
     watch_frame_from_proto,
 )
 from hamlet_client.resume import ResumeState, is_resumable
-from hamlet_client.stub import InferenceStub
+from hamlet_client.stub import async_stub
 
 __all__ = ["AsyncEpisode", "AsyncHamletClient"]
 
@@ -88,7 +88,7 @@ class AsyncHamletClient:
         self._timeout = _check_timeout(timeout, DEFAULT_TIMEOUT)
         self._retry = retry if retry is not None else RetryPolicy()
         self._metadata = auth_metadata(token)
-        self._stub = InferenceStub(self._channel)
+        self._stub = async_stub(self._channel)
         self._episodes: set[AsyncEpisode] = set()
         self._closed = False
 

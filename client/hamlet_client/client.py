@@ -484,7 +484,7 @@ class Episode:
     def _receive(self, what: str) -> service_pb2.StreamEpisodeResponse:
         self._deadline = time.monotonic() + self._step_timeout
         try:
-            return next(self._call)  # type: ignore[no-any-return]
+            return next(self._call)  # type: ignore[no-any-return, unused-ignore]  # Any without types-grpcio
         except StopIteration:
             self._finish(cancel=False, reason="the server ended the stream")
             raise self._ended_error(what) from None

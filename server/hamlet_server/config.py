@@ -76,6 +76,12 @@ class ServerConfig:
         "serve ListSessions and WatchEpisodes: anyone who may call the server (the token, when set) can then "
         "follow every running episode's observations, Q-values and actions; frames are dropped for a slow watcher",
     )
+    open_inference: bool = _opt(
+        False,
+        "also serve the Open Inference Protocol v2 (KServe / Triton inference.GRPCInferenceService: ServerLive, "
+        "ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer) on the gRPC port, for tritonclient, "
+        "perf_analyzer, KServe and Seldon clients; ModelInfer runs Predict (docs/SERVING.md)",
+    )
     max_slots: int = _opt(
         65536,
         "most environment rows (the sum of num_envs of its open streams) per model version; more get "

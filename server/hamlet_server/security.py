@@ -87,7 +87,7 @@ def _check_pair(cert_path: str, key_path: str) -> None:
         ) from None
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused-ignore]
     """Refuses calls to protected methods unless they carry ``authorization: Bearer <token>``."""
 
     def __init__(self, token: str) -> None:
@@ -95,9 +95,9 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method or ""
         if handler is None or method.startswith(_OPEN_PREFIXES) or self._authorized(handler_call_details):
@@ -112,10 +112,10 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return False
 
 
-def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _refusal(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as ``handler`` that ends the call with UNAUTHENTICATED."""
 
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED,
             "missing or wrong bearer token: send metadata 'authorization: Bearer <token>' "

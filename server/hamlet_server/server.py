@@ -131,8 +131,13 @@ class HamletServer:
             interceptors.insert(0, TracingInterceptor(self.tracing))
         server = grpc.aio.server(options=_grpc_options(self.config), interceptors=interceptors)
         add_to_server(self.servicer, server)
+        services = [SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME]
+        if self.config.open_inference:  # the v2 stubs are imported only when asked for
+            from hamlet_server.open_inference import add_open_inference
+
+            services.append(add_open_inference(self.servicer, server))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection([SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
+        reflection.enable_server_reflection(services, server)
         self.port = bind_grpc(server, self.config.host, self.config.port, credentials)
         if self.config.metrics_port:  # before the gRPC server starts, so a taken port leaves nothing running
             self.metrics_port = serve_metrics(self.metrics, self.config.metrics_host, self.config.metrics_port)

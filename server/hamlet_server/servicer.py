@@ -47,7 +47,7 @@ from hamlet_server.watch import WatchHub
 from townlet.inference.validation import check_epsilon
 from townlet.inference.version import package_version
 
-__all__ = ["InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto"]
+__all__ = ["InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto", "server_version"]
 
 log = logging.getLogger(__name__)
 SC = grpc.StatusCode
@@ -117,6 +117,10 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     )
     service = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
+
+server_version = package_version
+"""The installed hamlet-server version ("unknown" when it is not installed)."""
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
@@ -196,7 +200,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self._predict_latency = metrics.latency.labels("Predict")
 
     # ---- helpers ---------------------------------------------------------------------------------
-    async def _fail(self, context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+    async def _fail(self, context: grpc.aio.ServicerContext[Any, Any], method: str, exc: BaseException) -> None:
         code, message, reason = status_for(exc)
         self.metrics.record(method, code.name)
         bind_log_context(peer=context.peer())
@@ -208,7 +212,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             raise RequestError(SC.UNAVAILABLE, "server is shutting down; retry on another replica", "SERVER_DRAINING")
 
     # ---- ListModels / GetModelMetadata -----------------------------------------------------------
-    async def ListModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListModels(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _reject_malformed(request)
         except RequestError as exc:
@@ -225,7 +229,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.metrics.record("ListModels", "OK")
         return response
 
-    async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _reject_malformed(request)
             version = request.version if request.HasField("version") else None
@@ -239,7 +243,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.metrics.record("GetModelMetadata", "OK")
         return response
 
-    async def GetServerInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetServerInfo(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         c = self.config
         self.metrics.record("GetServerInfo", "OK")
         return pb.GetServerInfoResponse(
@@ -258,7 +262,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 "WATCH_DISABLED",
             )
 
-    async def ListSessions(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ListSessions(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             _reject_malformed(request)
             self._require_watch()
@@ -276,7 +280,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.metrics.record("ListSessions", "OK")
         return response
 
-    async def WatchEpisodes(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def WatchEpisodes(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:  # type: ignore[override]
         try:
             _reject_malformed(request)
             self._require_watch()
@@ -299,7 +303,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.metrics.record("WatchEpisodes", "OK")
 
     # ---- GetModelArtifact (the logic: hamlet_server.artifacts) ------------------------------------
-    async def GetModelArtifact(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def GetModelArtifact(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
             _reject_malformed(request)
             self._refuse_if_draining()
@@ -314,28 +318,31 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.metrics.record("GetModelArtifact", "OK")
 
     # ---- Predict ---------------------------------------------------------------------------------
-    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         try:
             _reject_malformed(request)
-            self._refuse_if_draining()
-            epsilon = check_epsilon(request.epsilon, "epsilon")
-            served = await self.repository.acquire(
-                request.model, request.version if request.HasField("version") else None
-            )
-            try:
-                item = self._predict_item(request, served, epsilon)
-                result = await served.batcher.submit(item)
-            finally:
-                served.release()
-            response = pb.PredictResponse(model=served.name, version=served.version, actions=result.actions.tolist())
-            encode_tensor(result.q_values, response.q_values)
-            if result.hidden is not None:
-                encode_hidden(result.hidden, response.hidden)
+            response = await self.predict(request)
         except Exception as exc:
             await self._fail(context, "Predict", exc)
         self.metrics.record("Predict", "OK")
         self._predict_latency.observe(time.perf_counter() - started)
+        return response
+
+    async def predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        """Predict without the call around it: raises what `status_for` maps (the v2 ModelInfer calls it too)."""
+        self._refuse_if_draining()
+        epsilon = check_epsilon(request.epsilon, "epsilon")
+        served = await self.repository.acquire(request.model, request.version if request.HasField("version") else None)
+        try:
+            item = self._predict_item(request, served, epsilon)
+            result = await served.batcher.submit(item)
+        finally:
+            served.release()
+        response = pb.PredictResponse(model=served.name, version=served.version, actions=result.actions.tolist())
+        encode_tensor(result.q_values, response.q_values)
+        if result.hidden is not None:
+            encode_hidden(result.hidden, response.hidden)
         return response
 
     def _predict_item(self, request: pb.PredictRequest, served: ServedModel, epsilon: float) -> WorkItem:
@@ -358,7 +365,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return WorkItem(obs, epsilon, mask, _generator(seed), hidden=hidden, return_hidden=served.is_recurrent)
 
     # ---- StreamEpisode ---------------------------------------------------------------------------
-    async def StreamEpisode(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+    async def StreamEpisode(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:  # type: ignore[override]
         try:
             self._refuse_if_draining()
             stream = self.streams.open(asyncio.current_task())
@@ -381,7 +388,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             in_band = stream.phase is not Phase.WRITING
             await self._send_end(context, ending, in_band=in_band, snapshot=snapshot)
 
-    async def _run(self, stream: EpisodeStream, context: grpc.aio.ServicerContext) -> Ending:
+    async def _run(self, stream: EpisodeStream, context: grpc.aio.ServicerContext[Any, Any]) -> Ending:
         """Serve the stream until it ends; returns how. Raises CancelledError only when the client left."""
         try:
             while stream.ending is None:
@@ -450,13 +457,13 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 ending.code.name, ending.message)  # fmt: skip
 
     async def _send_end(
-        self, context: grpc.aio.ServicerContext, ending: Ending, *, in_band: bool, snapshot: Any = None
+        self, context: grpc.aio.ServicerContext[Any, Any], ending: Ending, *, in_band: bool, snapshot: Any = None
     ) -> None:
         """The in-band EpisodeEnded (with a snapshot on a drain), then the status. A client that reads
         nothing does not hold us up."""
         if in_band:
             ended = pb.EpisodeEnded(
-                reason=pb.EndReason.Value(f"END_REASON_{ending.reason.name}"), message=ending.message,
+                reason=f"END_REASON_{ending.reason.name}", message=ending.message,
                 status_code=ending.code.value[0], error_reason=ending.error_reason, snapshot=snapshot,
             )  # fmt: skip
             try:

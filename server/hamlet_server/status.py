@@ -102,4 +102,5 @@ def rich_status(code: grpc.StatusCode, message: str, error_reason: str) -> grpc.
     if code is SC.INVALID_ARGUMENT and field is not None:
         violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
         status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-    return rpc_status.to_status(status)
+    result: grpc.Status = rpc_status.to_status(status)
+    return result

@@ -31,7 +31,7 @@ __all__ = [
     "encode_tensor",
 ]
 
-_NP_BY_DTYPE: dict[int, np.dtype[Any]] = {
+_NP_BY_DTYPE: dict[tensor_pb2.DataType, np.dtype[Any]] = {
     tensor_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),
     tensor_pb2.DATA_TYPE_INT64: np.dtype("<i8"),
     tensor_pb2.DATA_TYPE_BOOL: np.dtype("?"),
@@ -131,7 +131,7 @@ def encode_tensor(tensor: torch.Tensor | np.ndarray, out: tensor_pb2.Tensor | No
         matches = [k for k, v in _NP_BY_DTYPE.items() if v == array.dtype.newbyteorder("<")]
         if not matches:
             raise TypeError(f"cannot encode numpy dtype {array.dtype}; expected float32, int64 or bool")
-        dtype = tensor_pb2.DataType.ValueType(matches[0])
+        dtype = matches[0]
         array = array.astype(_NP_BY_DTYPE[dtype], copy=False)
     msg = out if out is not None else tensor_pb2.Tensor()
     msg.shape[:] = list(array.shape)

@@ -56,6 +56,8 @@ NOT_RUN = {
     "tests/integration/test_client_sdk.py::test_episode_equals_local_rollout_and_frees_its_session",
     'HamletClient(["10.0.0.5:50051"': "needs three replicas: "
     "tests/e2e/test_replicas.py::test_episodes_survive_a_replica",
+    "--open-inference true   # also serve": "starts a server until stopped: "
+    "tests/integration/test_open_inference.py::test_serving_md_tritonclient_block_runs starts one with the flag",
     "client.list_sessions()": "needs a session to watch: "
     "tests/integration/test_watch.py::test_a_watcher_sees_every_step_of_a_stream",
     "from hamlet_client import InvalidArgumentError": "a fragment (client, obs): "
@@ -96,6 +98,8 @@ PYTHON_BLOCKS_RUN_BY = {  # a page, or a phrase of one block
     "import asyncio": "test_client_md_blocks_run_against_a_server",
     "from hamlet_client.proto import": "test_client_md_raw_messages_block_runs",
     "policy = client.local_policy(": "test_client_md_local_inference_block_runs",
+    "import tritonclient.grpc": "tests/integration/test_open_inference.py::test_serving_md_tritonclient_block_runs",
+    "stub = InferenceStub(channel)": "tests/unit/test_typed_stubs.py::test_client_md_typed_stub_block_runs",
 }
 SERVER = "localhost:50051"
 _BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", flags=re.S | re.M)

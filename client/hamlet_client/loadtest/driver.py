@@ -20,7 +20,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -28,7 +28,10 @@ import numpy as np
 from hamlet_client.loadtest.figures import Pacer, RunFigures, histogram_totals, mean_batch, summarize_latencies
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import tensor_pb2
-from hamlet_client.stub import InferenceStub
+from hamlet_client.stub import async_stub
+
+if TYPE_CHECKING:
+    from hamlet_client.stub import AsyncInferenceStub
 
 __all__ = ["LoadSpec", "Progress", "discover_model", "run_load", "scrape_batch_totals"]
 
@@ -132,7 +135,7 @@ def _tensor(array: np.ndarray) -> tensor_pb2.Tensor:
 class _Stream:
     """One simulated agent: a StreamEpisode of M environments (reopened when the server ends it)."""
 
-    def __init__(self, spec: LoadSpec, index: int, stub: InferenceStub, rec: _Recorder) -> None:
+    def __init__(self, spec: LoadSpec, index: int, stub: AsyncInferenceStub, rec: _Recorder) -> None:
         self.spec, self.stub, self.rec = spec, stub, rec
         self.rng = np.random.default_rng(spec.seed + index)
         obs = _tensor(self.rng.random((spec.envs, spec.obs_dim), dtype=np.float32))
@@ -156,7 +159,7 @@ class _Stream:
             try:
                 await call.write(self.start)
                 last = await call.read()
-                if last is not grpc.aio.EOF and not last.HasField("ended"):
+                if isinstance(last, pb.StreamEpisodeResponse) and not last.HasField("ended"):  # not EOF
                     last = await self._calls(call)
                 if last is None:  # the run is over: close our side, read what is left
                     await call.done_writing()
@@ -237,7 +240,7 @@ def scrape_batch_totals(urls: Sequence[str]) -> tuple[float, float] | None:
 async def discover_model(target: str, model: str) -> tuple[str, int, bool]:
     """``(name, obs_dim, recurrent)`` of ``model`` (empty: the server's default) from ``ListModels``."""
     async with grpc.aio.insecure_channel(target) as channel:
-        listing = await InferenceStub(channel).ListModels(pb.ListModelsRequest(), timeout=10.0)
+        listing = await async_stub(channel).ListModels(pb.ListModelsRequest(), timeout=10.0)
     name = model or listing.default_model
     for summary in listing.models:
         if summary.name == name:
@@ -263,7 +266,7 @@ async def run_load(
     channels = [
         grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS) for target in targets for _ in range(spec.channels)
     ]
-    stubs = [InferenceStub(channel) for channel in channels]
+    stubs = [async_stub(channel) for channel in channels]
     tasks = [asyncio.create_task(_Stream(spec, i, stubs[i % len(stubs)], rec).run()) for i in range(spec.streams)]
     ticker = asyncio.create_task(_report_progress(rec, begin, progress, progress_interval)) if progress else None
     try:
