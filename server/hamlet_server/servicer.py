@@ -303,7 +303,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.metrics.record("WatchEpisodes", "OK")
 
     # ---- GetModelArtifact (the logic: hamlet_server.artifacts) ------------------------------------
-    async def GetModelArtifact(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def GetModelArtifact(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:  # type: ignore[override]
         try:
             _reject_malformed(request)
             self._refuse_if_draining()

@@ -116,7 +116,7 @@ def _otlp_exporter() -> SpanExporter:
     return OTLPSpanExporter()  # endpoint, TLS and headers from the OTEL_EXPORTER_OTLP_* environment
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc, unused-ignore]
     """Wraps each `hamlet.v1` method handler in its call span (health and reflection are not traced)."""
 
     def __init__(self, tracing: CallTracing) -> None:
@@ -124,9 +124,9 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method or ""
         if handler is None or not method.startswith(_TRACED_PREFIX):
@@ -134,7 +134,9 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _traced(handler, self._tracing, method, handler_call_details.invocation_metadata)
 
 
-def _traced(handler: grpc.RpcMethodHandler, tracing: CallTracing, method: str, metadata: Any) -> grpc.RpcMethodHandler:
+def _traced(
+    handler: grpc.RpcMethodHandler[Any, Any], tracing: CallTracing, method: str, metadata: Any
+) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as ``handler`` whose behaviour runs inside the call's span."""
     kind = (
         ("stream" if handler.request_streaming else "unary")
@@ -145,7 +147,7 @@ def _traced(handler: grpc.RpcMethodHandler, tracing: CallTracing, method: str, m
 
     if inspect.isasyncgenfunction(behavior):
 
-        async def wrapped_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def wrapped_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             with tracing.call_span(method, metadata) as span:
                 try:
                     async for response in behavior(request, context):
@@ -156,7 +158,7 @@ def _traced(handler: grpc.RpcMethodHandler, tracing: CallTracing, method: str, m
         new_behavior: Callable[..., Any] = wrapped_stream
     else:
 
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             with tracing.call_span(method, metadata) as span:
                 try:
                     return await behavior(request, context)
@@ -165,12 +167,12 @@ def _traced(handler: grpc.RpcMethodHandler, tracing: CallTracing, method: str, m
 
         new_behavior = wrapped
     make = getattr(grpc, f"{kind}_rpc_method_handler")
-    return make(
+    return make(  # type: ignore[no-any-return]
         new_behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
     )
 
 
-def _finish(span: Span, context: grpc.aio.ServicerContext) -> None:
+def _finish(span: Span, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """The call's status code and what it bound for its log lines, on its span."""
     from opentelemetry.trace import Status, StatusCode
 
