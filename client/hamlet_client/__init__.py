@@ -12,7 +12,6 @@
 
 from hamlet_client.aio import AsyncEpisode, AsyncHamletClient
 from hamlet_client.client import DEFAULT_TIMEOUT, Episode, HamletClient
-from hamlet_client.connection import RetryPolicy
 from hamlet_client.errors import (
     CancelledError,
     CapacityExceededError,
@@ -38,6 +37,7 @@ from hamlet_client.results import (
     StepResult,
     WatchFrame,
 )
+from hamlet_client.service_config import RetryPolicy
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,8 @@ timeouts, typed endings, freeing), `StepBatcher` (one forward for many requests)
 own call or stream, with a status whose message says what was expected and what came.
 
 `add_to_server` registers the service with deserializers that turn undecodable bytes into a `Malformed`
-marker, so garbage gets INVALID_ARGUMENT (MALFORMED_MESSAGE) instead of grpc's UNKNOWN/INTERNAL.
+marker, so garbage gets INVALID_ARGUMENT (MALFORMED_MESSAGE) instead of grpc's UNKNOWN/INTERNAL, and notes
+when each call arrives (`InferenceServicer.last_arrival`: a drain stops the server once calls stop coming).
 """
 
 from __future__ import annotations
@@ -90,24 +91,32 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name),
+            _noting_arrival(servicer, getattr(servicer, name)),
             request_deserializer=_lenient(request.FromString, request.__name__),
             response_serializer=response.SerializeToString,
         )
         for name, (request, response) in messages.items()
     }
     handlers["StreamEpisode"] = grpc.stream_stream_rpc_method_handler(
-        servicer.StreamEpisode,
+        _noting_arrival(servicer, servicer.StreamEpisode),
         request_deserializer=_lenient(pb.StreamEpisodeRequest.FromString, "StreamEpisodeRequest"),
         response_serializer=pb.StreamEpisodeResponse.SerializeToString,
     )
     handlers["WatchEpisodes"] = grpc.unary_stream_rpc_method_handler(
-        servicer.WatchEpisodes,
+        _noting_arrival(servicer, servicer.WatchEpisodes),
         request_deserializer=_lenient(pb.WatchEpisodesRequest.FromString, "WatchEpisodesRequest"),
         response_serializer=pb.WatchEpisodesResponse.SerializeToString,
     )
     service = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
+
+def _noting_arrival(servicer: InferenceServicer, method: Callable[..., Any]) -> Callable[..., Any]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        servicer.last_arrival = time.monotonic()
+        return await method(request, context)
+
+    return handle
 
 
 def _server_version() -> str:
@@ -185,6 +194,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.config = config
         self.metrics = metrics
         self.draining = False
+        self.last_arrival = 0.0  # time.monotonic() when the newest call arrived
         self.snapshot_key: bytes | None = None  # the bearer token: signs and checks episode snapshots
         self.backend = backend  # the resolved backend (`auto` decided by the server)
         self.watch = WatchHub()
@@ -356,8 +366,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self._ended(stream, ending)
         if ending.in_band:
             # After an interrupted write gRPC still holds that send: a second write would fail. The client
-            # was not reading anyway; it gets the status (and its details) alone.
-            in_band = stream.phase is not Phase.WRITING
+            # was not reading anyway; it gets the status (and its details) alone. A stream drained before it
+            # started gets the status alone too: with no response sent, the client's gRPC may retry the open
+            # on another replica (service config), as it does a refused Predict.
+            unstarted_drain = ending.reason is EndReason.SERVER_DRAINING and stream.session is None
+            in_band = stream.phase is not Phase.WRITING and not unstarted_drain
             await self._send_end(context, ending, in_band=in_band, snapshot=snapshot)
 
     async def _run(self, stream: EpisodeStream, context: grpc.aio.ServicerContext) -> Ending:
@@ -386,6 +399,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             return stream.ending
         except Exception as exc:
             code, message, reason = status_for(exc)
+            if reason == "SERVER_DRAINING":  # a start that came in after the drain began
+                return Ending.draining()
             why = EndReason.SERVER_ERROR if code is SC.INTERNAL else EndReason.BAD_REQUEST
             if code is SC.RESOURCE_EXHAUSTED:
                 why = EndReason.EVICTED_CAPACITY

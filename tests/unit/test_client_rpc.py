@@ -31,7 +31,7 @@ from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_client.proto import model_pb2
 from hamlet_client.tensors import decode_tensor, encode_tensor
 
-FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.005)
+FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.02)
 NAN_MARK = 999.0  # a step whose first observation value is this is refused by the fake server
 SLOW_MARK = -777.0  # ... and this one is answered after a long sleep
 

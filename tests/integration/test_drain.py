@@ -1,0 +1,129 @@
+"""Drains reach user code as typed reasons, or not at all: real servers in threads, the SDK's clients.
+
+A drain refuses new work (UNAVAILABLE, SERVER_DRAINING) and goes NOT_SERVING before it stops the gRPC server,
+so a call queued in gRPC when the drain begins is answered, never killed with a bare CANCELLED; the SDK's
+channel (service config) retries a refused Predict or episode open on another replica, so with a healthy
+second replica nothing reaches the caller. The queued calls are made deterministic by blocking the draining
+server's event loop while the calls arrive, then draining before the loop gets to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from live_server import ThreadedServer
+
+from hamlet_client import CancelledError, HamletClient, HamletError, RetryPolicy, UnavailableError
+from hamlet_server import batcher
+from hamlet_server.config import ServerConfig
+
+MLP, LSTM = "mlp", "lstm"  # the models of the conftest's `model_dir`
+OBS = np.zeros(91, np.float32)
+
+
+@pytest.fixture
+def replicas(model_dir: Path) -> Iterator[Callable[[], ThreadedServer]]:
+    started: list[ThreadedServer] = []
+
+    def start() -> ThreadedServer:
+        config = ServerConfig(models=model_dir, port=0, metrics_port=0, poll_interval=0, backend="torch", grace=5.0)
+        started.append(ThreadedServer(config))
+        return started[-1]
+
+    yield start
+    for replica in started:
+        if not replica.server._stopped.is_set():
+            replica.stop()
+
+
+def _block_then_drain(replica: ThreadedServer, block: float) -> futures.Future[None]:
+    """Block the replica's event loop for ``block`` seconds (calls arriving meanwhile queue in gRPC), then
+    drain it before the loop has taken any of them."""
+
+    async def run() -> None:
+        time.sleep(block)  # on purpose: the loop takes no call while it sleeps
+        await replica.server.drain()
+
+    return asyncio.run_coroutine_threadsafe(run(), replica.loop)
+
+
+def _call_all(client: HamletClient, calls: int) -> list[Any]:
+    """``calls`` concurrent predicts; each result is the `Prediction` or the exception raised."""
+
+    def one(_: int) -> Any:
+        try:
+            return client.predict(OBS, model=MLP)
+        except HamletError as exc:
+            return exc
+
+    with futures.ThreadPoolExecutor(max_workers=calls) as pool:
+        return list(pool.map(one, range(calls)))
+
+
+def test_calls_queued_when_the_drain_begins_are_refused_typed_not_cancelled(replicas) -> None:
+    replica = replicas()
+    with HamletClient(replica.target, retry=RetryPolicy(max_attempts=1), timeout=30.0) as client:
+        client.predict(OBS, model=MLP)  # connected
+        drained = _block_then_drain(replica, block=0.5)
+        time.sleep(0.1)  # the loop is blocked now
+        results = _call_all(client, 8)
+        drained.result(timeout=30)
+    cancelled = [r for r in results if isinstance(r, CancelledError)]
+    assert not cancelled, f"{len(cancelled)} of 8 queued calls were killed with a bare CANCELLED"
+    refused = [r for r in results if isinstance(r, HamletError)]
+    assert all(isinstance(r, UnavailableError) for r in refused), [repr(r) for r in refused]
+
+
+def test_a_predict_in_flight_when_the_drain_begins_completes(replicas, monkeypatch) -> None:
+    replica = replicas()
+    entered = threading.Event()
+    submit = batcher.StepBatcher.submit
+
+    async def slow_submit(self: batcher.StepBatcher, item: batcher.WorkItem) -> batcher.BatchResult:
+        entered.set()
+        await asyncio.sleep(0.5)  # the drain begins while this call is in its handler
+        return await submit(self, item)
+
+    monkeypatch.setattr(batcher.StepBatcher, "submit", slow_submit)
+    client = HamletClient(replica.target, retry=RetryPolicy(max_attempts=1), timeout=30.0)
+    with client, futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(client.predict, OBS, model=MLP)
+        assert entered.wait(timeout=30)
+        asyncio.run_coroutine_threadsafe(replica.server.drain(), replica.loop).result(timeout=30)
+        assert pending.result(timeout=30).actions.shape == (1,)
+
+
+def test_with_two_replicas_a_drain_reaches_no_caller(replicas) -> None:
+    a, b = replicas(), replicas()
+    with HamletClient([a.target, b.target], timeout=30.0) as client:
+        for _ in range(4):
+            client.predict(OBS, model=MLP)  # both subchannels connected
+        drained = _block_then_drain(a, block=0.5)
+        results: list[Any] = []
+        began = time.monotonic()
+        while not drained.done() or time.monotonic() - began < 1.0:  # calls before, during and after the drain
+            results += _call_all(client, 4)
+            assert time.monotonic() - began < 60, "the drain did not finish"
+    errors = [repr(r) for r in results if isinstance(r, HamletError)]
+    assert not errors, f"{len(errors)} of {len(results)} calls failed: {errors[:5]}"
+    assert len(results) >= 40
+
+
+def test_an_episode_open_refused_by_a_draining_replica_goes_to_the_other(replicas) -> None:
+    a, b = replicas(), replicas()
+    a.server.servicer.draining = True  # refuses every open (health still SERVING: the channel keeps picking it)
+    with HamletClient([a.target, b.target], timeout=30.0) as client:
+        for _ in range(4):
+            client.predict(OBS, model=MLP)  # both subchannels connected (a refuses these too: retried on b)
+        for _ in range(6):
+            with client.episode(LSTM, num_envs=2) as episode:
+                assert episode.step(np.zeros((2, 54), np.float32)).step_index == 0
+    assert a.sessions() == 0 and b.sessions() == 0
