@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from hamlet_client.client import DEFAULT_TIMEOUT, _check_timeout
+from hamlet_client.client import DEFAULT_TIMEOUT, _after_close, _check_timeout
 from hamlet_client.connection import auth_metadata, channel_target, open_channel
 from hamlet_client.errors import (
     DeadlineExceededError,
@@ -462,7 +462,7 @@ class AsyncEpisode:
         while not self._responses.empty():
             extra = self._responses.get_nowait()
             if isinstance(extra, service_pb2.StreamEpisodeResponse):
-                logger.warning("episode %s: unexpected response after close: %s", self.session_id, extra)
+                _after_close(self.session_id, extra)
         code = await self._call.code()
         if code != grpc.StatusCode.OK:
             logger.debug("episode %s ended with %s while closing", self.session_id, code)

@@ -492,7 +492,7 @@ class Episode:
             self._deadline = time.monotonic() + (self._step_timeout if timeout is None else timeout)
             try:
                 for extra in self._call:
-                    logger.warning("episode %s: unexpected response after close: %s", self.session_id, extra)
+                    _after_close(self.session_id, extra)
             except grpc.RpcError as exc:
                 logger.debug("episode %s ended with %s while closing", self.session_id, exc.code())
             finally:
@@ -513,6 +513,16 @@ class Episode:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"Episode({self.session_id!r}, model={self.model!r}@{self.version}, num_envs={self.num_envs}, {state})"
+
+
+def _after_close(session_id: str, response: service_pb2.StreamEpisodeResponse) -> None:
+    """Log a response that came after the client half-closed: the server's EpisodeEnded (it drained or timed
+    the stream out meanwhile) is expected; anything else is not."""
+    kind = response.WhichOneof("kind")
+    if kind == "ended":
+        logger.debug("episode %s was ended by the server while closing: %s", session_id, response.ended.message)
+    else:
+        logger.warning("episode %s: unexpected %s response after close", session_id, kind)
 
 
 class _StepWatchdog:

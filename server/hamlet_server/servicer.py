@@ -13,6 +13,7 @@ when each call arrives (`InferenceServicer.last_arrival`: a drain stops the serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import logging
 import time
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 SC = grpc.StatusCode
 _FINAL_WRITE_TIMEOUT = 1.0  # seconds the in-band EpisodeEnded may wait for a client that does not read
 _CANCEL_GRACE = 0.01  # seconds after a stream's EOF in which a cancellation still counts as one
+_REFUSAL_READ_TIMEOUT = 1.0  # seconds a refused stream may take to send its first message (see _refuse_open)
 
 
 @dataclass(frozen=True)
@@ -353,7 +355,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             self._refuse_if_draining()
             stream = self.streams.open(asyncio.current_task())
         except (RequestError, SessionLimitError) as exc:
-            await self._fail(context, "StreamEpisode", exc)
+            await self._refuse_open(context, exc)
         try:
             ending = await self._run(stream, context)
         except asyncio.CancelledError:
@@ -372,6 +374,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             unstarted_drain = ending.reason is EndReason.SERVER_DRAINING and stream.session is None
             in_band = stream.phase is not Phase.WRITING and not unstarted_drain
             await self._send_end(context, ending, in_band=in_band, snapshot=snapshot)
+
+    async def _refuse_open(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        """Refuse a new stream (session limit, drain) with its status alone, after its first message (at most
+        `_REFUSAL_READ_TIMEOUT` s): a refusal that overtakes the client's write of its start makes grpcio's
+        asyncio client lose the status (it reports INTERNAL "Internal error from Core" instead)."""
+        with contextlib.suppress(asyncio.TimeoutError, grpc.RpcError):
+            await asyncio.wait_for(context.read(), _REFUSAL_READ_TIMEOUT)
+        await self._fail(context, "StreamEpisode", exc)
 
     async def _run(self, stream: EpisodeStream, context: grpc.aio.ServicerContext) -> Ending:
         """Serve the stream until it ends; returns how. Raises CancelledError only when the client left."""
