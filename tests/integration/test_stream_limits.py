@@ -231,14 +231,13 @@ async def test_asyncio_opens_refused_at_the_session_limit_are_always_typed(model
     blocking client; before, about a third were raw grpc.aio.AioRpcError (the refusal met the start's write)."""
     server = ThreadedServer(ServerConfig(models=model_dir, port=0, metrics_port=0, max_sessions=1, backend="torch"))
     try:
-        async with AsyncHamletClient(server.target, timeout=30.0) as client:
-            async with client.episode(MLP):  # holds the only session
-                refusals = []
-                for _ in range(50):
-                    try:
-                        await client.episode(MLP).start()
-                    except Exception as exc:  # every kind is recorded: the point is which ones come
-                        refusals.append(exc)
+        refusals = []
+        async with AsyncHamletClient(server.target, timeout=30.0) as client, client.episode(MLP):  # the only session
+            for _ in range(50):
+                try:
+                    await client.episode(MLP).start()
+                except Exception as exc:  # every kind is recorded: the point is which ones come
+                    refusals.append(exc)
         assert len(refusals) == 50
         untyped = [repr(e) for e in refusals if not isinstance(e, CapacityExceededError)]
         assert not untyped, untyped[:3]
