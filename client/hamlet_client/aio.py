@@ -280,9 +280,10 @@ class AsyncEpisode:
         open raises its typed error (`CapacityExceededError` at the session limit, ...).
 
         grpcio's asyncio client loses the status when the start's write meets a call the server has already
-        refused: it reports INTERNAL "Internal error from Core" instead (about 1 open in 30 at a session
-        limit). Nothing was started then, so the open is sent again (up to `_OPEN_ATTEMPTS` times) to learn
-        the real answer."""
+        refused: it reports INTERNAL "Internal error from Core" instead. A Hamlet server answers a refused open
+        only after its start for that reason (docs/SERVING.md, Shutdown); against one that refuses at once (an
+        older server) the open is sent again, up to `_OPEN_ATTEMPTS` times, to learn the real answer: nothing
+        was started. A write error with the status intact raises the typed error at once."""
         for attempt in range(1, _OPEN_ATTEMPTS + 1):
             try:
                 await self._open_once(start)

@@ -17,11 +17,12 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from live_server import ThreadedServer
 
-from hamlet_client import CancelledError, HamletClient, HamletError, RetryPolicy, UnavailableError
+from hamlet_client import AsyncHamletClient, CancelledError, HamletClient, HamletError, RetryPolicy, UnavailableError
 from hamlet_server import batcher
 from hamlet_server.config import ServerConfig
 
@@ -127,3 +128,59 @@ def test_an_episode_open_refused_by_a_draining_replica_goes_to_the_other(replica
             with client.episode(LSTM, num_envs=2) as episode:
                 assert episode.step(np.zeros((2, 54), np.float32)).step_index == 0
     assert a.sessions() == 0 and b.sessions() == 0
+
+
+class _LostStatusCall:
+    """What grpcio's asyncio client gives for an open refused while its start was being written (a replica
+    refusing at once, as before issue 21): the write fails and the status is a local INTERNAL."""
+
+    def __init__(self) -> None:
+        self.error = grpc.aio.AioRpcError(
+            grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), details="Internal error from Core"
+        )
+
+    async def write(self, request: Any) -> None:
+        raise self.error
+
+    async def read(self) -> Any:
+        raise self.error
+
+    async def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.INTERNAL
+
+    async def details(self) -> str:
+        return "Internal error from Core"
+
+    async def trailing_metadata(self) -> grpc.aio.Metadata:
+        return grpc.aio.Metadata()
+
+    def cancel(self) -> bool:
+        return False
+
+
+async def test_a_resume_whose_first_reopen_loses_its_status_still_continues(replicas) -> None:
+    """The race behind the InternalError of ``test_episodes_survive_a_replica[drain]``, forced: the episode's
+    replica drains (its snapshot comes in-band), and the first reopen meets a refusal whose status grpcio
+    lost (the reopen landed on the draining replica while its start was being written). Before, that raw
+    `AioRpcError` escaped the resume and reached the simulator; now the open is sent again and the episode
+    continues on the other replica."""
+    a, b = replicas(), replicas()
+    rng = np.random.default_rng(0)
+    async with AsyncHamletClient([a.target, b.target], timeout=30.0) as client:
+        for _ in range(4):
+            await client.predict(OBS, model=MLP)  # both subchannels connected
+        async with client.episode(LSTM, num_envs=2, resume=True, snapshot_every=0) as episode:
+            for _ in range(3):
+                await episode.step(rng.random((2, 54), dtype=np.float32))
+            holder = a if a.sessions() else b
+            real, opens = client._stub.StreamEpisode, []
+
+            def stream_episode(**kwargs: Any) -> Any:
+                opens.append(kwargs)
+                return _LostStatusCall() if len(opens) == 1 else real(**kwargs)
+
+            client._stub.StreamEpisode = stream_episode
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(holder.server.drain(), holder.loop))
+            step = await episode.step(rng.random((2, 54), dtype=np.float32))
+        assert step.step_index == 3 and episode.resumes == 1
+        assert len(opens) == 2
