@@ -69,7 +69,9 @@ def _call_all(client: HamletClient, calls: int) -> list[Any]:
         return list(pool.map(one, range(calls)))
 
 
-def test_calls_queued_when_the_drain_begins_are_refused_typed_not_cancelled(replicas) -> None:
+def test_calls_queued_when_the_drain_begins_are_refused_typed_not_cancelled(
+    replicas: Callable[[], ThreadedServer],
+) -> None:
     replica = replicas()
     with HamletClient(replica.target, retry=RetryPolicy(max_attempts=1), timeout=30.0) as client:
         client.predict(OBS, model=MLP)  # connected
@@ -83,7 +85,9 @@ def test_calls_queued_when_the_drain_begins_are_refused_typed_not_cancelled(repl
     assert all(isinstance(r, UnavailableError) for r in refused), [repr(r) for r in refused]
 
 
-def test_a_predict_in_flight_when_the_drain_begins_completes(replicas, monkeypatch) -> None:
+def test_a_predict_in_flight_when_the_drain_begins_completes(
+    replicas: Callable[[], ThreadedServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
     replica = replicas()
     entered = threading.Event()
     submit = batcher.StepBatcher.submit
@@ -102,7 +106,7 @@ def test_a_predict_in_flight_when_the_drain_begins_completes(replicas, monkeypat
         assert pending.result(timeout=30).actions.shape == (1,)
 
 
-def test_with_two_replicas_a_drain_reaches_no_caller(replicas) -> None:
+def test_with_two_replicas_a_drain_reaches_no_caller(replicas: Callable[[], ThreadedServer]) -> None:
     a, b = replicas(), replicas()
     with HamletClient([a.target, b.target], timeout=30.0) as client:
         for _ in range(4):
@@ -118,7 +122,9 @@ def test_with_two_replicas_a_drain_reaches_no_caller(replicas) -> None:
     assert len(results) >= 40
 
 
-def test_an_episode_open_refused_by_a_draining_replica_goes_to_the_other(replicas) -> None:
+def test_an_episode_open_refused_by_a_draining_replica_goes_to_the_other(
+    replicas: Callable[[], ThreadedServer],
+) -> None:
     a, b = replicas(), replicas()
     a.server.servicer.draining = True  # refuses every open (health still SERVING: the channel keeps picking it)
     with HamletClient([a.target, b.target], timeout=30.0) as client:
@@ -158,7 +164,9 @@ class _LostStatusCall:
         return False
 
 
-async def test_a_resume_whose_first_reopen_loses_its_status_still_continues(replicas) -> None:
+async def test_a_resume_whose_first_reopen_loses_its_status_still_continues(
+    replicas: Callable[[], ThreadedServer],
+) -> None:
     """The race behind the InternalError of ``test_episodes_survive_a_replica[drain]``, forced: the episode's
     replica drains (its snapshot comes in-band), and the first reopen meets a refusal whose status grpcio
     lost (the reopen landed on the draining replica while its start was being written). Before, that raw
