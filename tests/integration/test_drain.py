@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from live_server import ThreadedServer
 
 from hamlet_client import AsyncHamletClient, CancelledError, HamletClient, HamletError, RetryPolicy, UnavailableError
@@ -192,3 +193,46 @@ async def test_a_resume_whose_first_reopen_loses_its_status_still_continues(
             step = await episode.step(rng.random((2, 54), dtype=np.float32))
         assert step.step_index == 3 and episode.resumes == 1
         assert len(opens) == 2
+
+
+def test_health_watches_end_with_not_serving_when_the_drain_begins(replicas: Callable[[], ThreadedServer]) -> None:
+    """A watcher (a balancing client's health check) hears NOT_SERVING and its Watch ends OK; grpcio's stock
+    servicer never ended one, so the drain waited out its grace and then cancelled the watch."""
+    replica = replicas()
+    with grpc.insecure_channel(replica.target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service="hamlet.v1.Liveness"))
+        first = next(watch)
+        drained = asyncio.run_coroutine_threadsafe(replica.server.drain(grace=2.0), replica.loop)
+        rest = list(watch)
+        drained.result(timeout=30)
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    assert [first.status, *(r.status for r in rest)] == [serving, not_serving]
+    assert watch.code() == grpc.StatusCode.OK
+
+
+def test_a_balancing_client_stops_sending_to_a_replica_that_says_not_serving(
+    replicas: Callable[[], ThreadedServer],
+) -> None:
+    """The SDK's channel health-checks each replica: once one reports NOT_SERVING (the first step of its
+    drain), new calls go to the others only; plain round_robin would keep sending every other call there."""
+    a, b = replicas(), replicas()
+    with HamletClient([a.target, b.target], timeout=30.0) as client:
+        for _ in range(4):
+            client.predict(OBS, model=MLP)
+        asyncio.run_coroutine_threadsafe(a.server.health.enter_graceful_shutdown(), a.loop).result(timeout=30)
+        for _ in range(100):  # until the client has heard it (a round trip); then whole rounds skip a
+            before = _predicts(a)
+            for _ in range(20):
+                client.predict(OBS, model=MLP)
+            if _predicts(a) == before:
+                break
+        else:
+            raise AssertionError("the client kept sending calls to the replica that reported NOT_SERVING")
+
+
+def _predicts(replica: ThreadedServer) -> float:
+    """Predict calls the replica answered OK (its hamlet_requests_total)."""
+    value = replica.server.metrics.registry.get_sample_value(
+        "hamlet_requests_total", {"method": "Predict", "code": "OK"}
+    )
+    return value or 0.0
