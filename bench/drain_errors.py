@@ -21,10 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,8 +45,8 @@ PREDICT_MODEL, STREAM_MODEL = "townlet-L1-mlp", "townlet-L2-lstm"
 class Replica:
     """One ``hamlet-server serve`` process on a fixed port (restartable on the same port)."""
 
-    def __init__(self, port: int, grace: float) -> None:
-        self.port, self.grace = port, grace
+    def __init__(self, port: int, grace: float, extra: list[str]) -> None:
+        self.port, self.grace, self.extra = port, grace, extra
         self.proc: subprocess.Popen[str] | None = None
 
     @property
@@ -53,7 +56,7 @@ class Replica:
     def start(self) -> None:
         cmd = [sys.executable, "-m", "hamlet_server.cli", "serve", "--models", str(ROOT / "models"),
                "--port", str(self.port), "--metrics-port", "0", "--poll-interval", "0", "--grace", str(self.grace),
-               "--log-level", "warning"]  # fmt: skip
+               "--log-level", "warning", *self.extra]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("HAMLET_")} | {"PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         assert self.proc.stdout is not None
@@ -94,6 +97,18 @@ class Tally:
             key = f"{what}: UNTYPED {type(exc).__module__}.{type(exc).__name__}: {str(exc)[:80]}"
         with self._lock:
             self.errors[key] += 1
+
+
+def snapshot_key_args(folder: Path) -> list[str]:
+    """``--snapshot-key-file`` with a fresh key for servers that sign episode snapshots (resuming needs one key
+    on every replica); nothing for servers without the flag."""
+    from hamlet_server.config import ServerConfig
+
+    if "snapshot_key_file" not in {f.name for f in dataclasses.fields(ServerConfig)}:
+        return []
+    key_file = folder / "snapshot-keys"
+    key_file.write_text(secrets.token_hex(32) + "\n")
+    return ["--snapshot-key-file", str(key_file)]
 
 
 def predict_loop(targets: list[str], tally: Tally, stop: threading.Event) -> None:
@@ -140,9 +155,11 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=2)
     parser.add_argument("--episode-steps", type=int, default=30)
     parser.add_argument("--settle", type=float, default=1.5, help="seconds of load before each drain")
+    parser.add_argument("--server-arg", action="append", default=[], help="an extra flag for both replicas")
     args = parser.parse_args()
 
-    a, b = Replica(free_port(), args.grace), Replica(free_port(), args.grace)
+    extra = [*args.server_arg, *snapshot_key_args(Path(tempfile.mkdtemp(prefix="drain-errors-")))]
+    a, b = Replica(free_port(), args.grace, extra), Replica(free_port(), args.grace, extra)
     tally, stop = Tally(), threading.Event()
     workers: list[threading.Thread] = []
     try:

@@ -10,6 +10,8 @@ server's event loop while the calls arrive, then draining before the loop gets t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,12 +34,17 @@ OBS = np.zeros(91, np.float32)
 
 
 @pytest.fixture
-def replicas(model_dir: Path) -> Iterator[Callable[[], ThreadedServer]]:
+def replicas(model_dir: Path, tmp_path: Path) -> Iterator[Callable[[], ThreadedServer]]:
     started: list[ThreadedServer] = []
+    settings: dict[str, Any] = {"models": model_dir, "port": 0, "metrics_port": 0, "poll_interval": 0,
+                                "backend": "torch", "grace": 5.0}  # fmt: skip
+    if "snapshot_key_file" in {f.name for f in dataclasses.fields(ServerConfig)}:  # servers that sign snapshots
+        key_file = tmp_path / "snapshot-keys"  # one deployment: every replica signs and verifies with it
+        key_file.write_text(secrets.token_hex(32) + "\n")
+        settings["snapshot_key_file"] = str(key_file)
 
     def start() -> ThreadedServer:
-        config = ServerConfig(models=model_dir, port=0, metrics_port=0, poll_interval=0, backend="torch", grace=5.0)
-        started.append(ThreadedServer(config))
+        started.append(ThreadedServer(ServerConfig(**settings)))
         return started[-1]
 
     yield start
