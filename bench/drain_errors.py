@@ -13,7 +13,7 @@ the SDK the way an application would, against both targets (``round_robin``):
 Meanwhile replica A is sent SIGTERM (a drain), waited for, restarted on the same port, and given a second to
 be reconnected, ``--drains`` times. Every exception that reaches the loops is counted: typed (a
 ``HamletError``, by class and reason) or untyped (anything else, e.g. a raw ``grpc.RpcError``). The figures
-go in the issue note; the goal is zero errors of either kind with a healthy second replica.
+go in docs/SCALING.md (*Stopping a pod*); the goal is zero errors of either kind with a healthy second replica.
 """
 
 from __future__ import annotations
