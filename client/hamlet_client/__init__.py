@@ -15,7 +15,6 @@ with the same ``predict`` and ``episode``. `AsyncHamletClient` is the same for a
 from hamlet_client.aio import AsyncEpisode, AsyncHamletClient
 from hamlet_client.artifacts import ModelArtifact
 from hamlet_client.client import DEFAULT_TIMEOUT, Episode, HamletClient
-from hamlet_client.connection import RetryPolicy
 from hamlet_client.errors import (
     ArtifactIntegrityError,
     CancelledError,
@@ -43,6 +42,7 @@ from hamlet_client.results import (
     StepResult,
     WatchFrame,
 )
+from hamlet_client.service_config import RetryPolicy
 
 __version__ = "0.1.0"
 

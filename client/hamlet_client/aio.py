@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import grpc.aio
 
-from hamlet_client.client import DEFAULT_TIMEOUT, _check_timeout
-from hamlet_client.connection import RetryPolicy, auth_metadata, channel_target, open_channel, retry_wait
+from hamlet_client.client import DEFAULT_TIMEOUT, _after_close, _check_timeout
+from hamlet_client.connection import auth_metadata, channel_target, open_channel
 from hamlet_client.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -57,14 +56,22 @@ from hamlet_client.results import (
     watch_frame_from_proto,
 )
 from hamlet_client.resume import ResumeState, is_resumable
+from hamlet_client.service_config import RetryPolicy
 from hamlet_client.stub import async_stub
 
 __all__ = ["AsyncEpisode", "AsyncHamletClient"]
 
 logger = logging.getLogger(__name__)
 
-_Resp = TypeVar("_Resp")
 _Metadata = tuple[tuple[str, str], ...] | None
+_OPEN_ATTEMPTS = 3
+"""Opens of one episode when grpcio loses the refusal's status (see `AsyncEpisode._open`)."""
+_LOST_STATUS = "Internal error from Core"
+
+
+def _status_lost(error: HamletError) -> bool:
+    """Whether ``error`` is grpcio's local stand-in for a status it lost, not an answer of the server."""
+    return error.code == grpc.StatusCode.INTERNAL and error.message == _LOST_STATUS and not error.reason
 
 
 class AsyncHamletClient:
@@ -83,10 +90,9 @@ class AsyncHamletClient:
         options: Sequence[tuple[str, Any]] | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self._channel = open_channel(target, tls, options, aio=True)
+        self._channel = open_channel(target, tls, options, aio=True, retry=retry)
         self.target = channel_target(target)[0]
         self._timeout = _check_timeout(timeout, DEFAULT_TIMEOUT)
-        self._retry = retry if retry is not None else RetryPolicy()
         self._metadata = auth_metadata(token)
         self._stub = async_stub(self._channel)
         self._episodes: set[AsyncEpisode] = set()
@@ -168,19 +174,13 @@ class AsyncHamletClient:
         return metadata_from_proto(response.metadata)
 
     async def _unary(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+        """One call; gRPC retries it per the channel's service config within the deadline."""
         if self._closed:
             raise FailedPreconditionError("the client is closed; create a new AsyncHamletClient")
-        deadline = time.monotonic() + _check_timeout(timeout, self._timeout)
-        backoffs = self._retry.backoffs()
-        attempt = 1
-        while True:
-            try:
-                return await method(request, timeout=max(deadline - time.monotonic(), 0.0), metadata=self._metadata)
-            except grpc.RpcError as exc:
-                wait = retry_wait(exc, backoffs, deadline, time.monotonic())
-                logger.debug("attempt %d got UNAVAILABLE (%s); retrying in %.3f s", attempt, exc, wait)
-                attempt += 1
-                await asyncio.sleep(wait)
+        try:
+            return await method(request, timeout=_check_timeout(timeout, self._timeout), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
 
     def episode(
         self,
@@ -276,7 +276,24 @@ class AsyncEpisode:
         return self
 
     async def _open(self, start: service_pb2.StreamEpisodeRequest) -> None:
-        """Open the stream with ``start`` (a new episode or a resume) and take the server's answer."""
+        """Open the stream with ``start`` (a new episode or a resume) and take the server's answer; a refused
+        open raises its typed error (`CapacityExceededError` at the session limit, ...).
+
+        grpcio's asyncio client loses the status when the start's write meets a call the server has already
+        refused: it reports INTERNAL "Internal error from Core" instead. A Hamlet server answers a refused open
+        only after its start for that reason (docs/SERVING.md, Shutdown); against one that refuses at once (an
+        older server) the open is sent again, up to `_OPEN_ATTEMPTS` times, to learn the real answer: nothing
+        was started. A write error with the status intact raises the typed error at once."""
+        for attempt in range(1, _OPEN_ATTEMPTS + 1):
+            try:
+                await self._open_once(start)
+                return
+            except InternalError as exc:
+                if not _status_lost(exc) or attempt == _OPEN_ATTEMPTS:
+                    raise
+                logger.debug("episode open: the status was lost in a failed write (attempt %d); opening again", attempt)
+
+    async def _open_once(self, start: service_pb2.StreamEpisodeRequest) -> None:
         self._closed, self._end_reason, self._ended = False, "", None
         self._responses = asyncio.Queue()
         self._call = self._client._stub.StreamEpisode(timeout=self._stream_timeout, metadata=self._client._metadata)
@@ -285,7 +302,10 @@ class AsyncEpisode:
             self._read_all(self._call, self._responses), name="hamlet-episode-reader"
         )
         try:
-            await self._call.write(start)
+            try:
+                await self._call.write(start)
+            except (grpc.RpcError, asyncio.InvalidStateError) as exc:  # refused before the start was sent
+                raise await self._why_ended("start") from exc
             response = await self._receive("start")
         except BaseException:
             self._finish(cancel=True, reason="the start failed")
@@ -443,7 +463,7 @@ class AsyncEpisode:
         while not self._responses.empty():
             extra = self._responses.get_nowait()
             if isinstance(extra, service_pb2.StreamEpisodeResponse):
-                logger.warning("episode %s: unexpected response after close: %s", self.session_id, extra)
+                _after_close(self.session_id, extra)
         code = await self._call.code()
         if code != grpc.StatusCode.OK:
             logger.debug("episode %s ended with %s while closing", self.session_id, code)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from hamlet_client.connection import RetryPolicy, auth_metadata, channel_target, open_channel, retry_wait
+from hamlet_client.connection import auth_metadata, channel_target, open_channel
 from hamlet_client.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -57,6 +57,7 @@ from hamlet_client.results import (
     watch_frame_from_proto,
 )
 from hamlet_client.resume import ResumeState, is_resumable
+from hamlet_client.service_config import RetryPolicy
 from hamlet_client.stub import InferenceStub
 
 if TYPE_CHECKING:
@@ -95,8 +96,10 @@ class HamletClient:
         timeout: default deadline in seconds of each unary call (retries included) and of each episode
             step; None means `DEFAULT_TIMEOUT` (10 s). Every method also takes its own ``timeout``.
         options: extra gRPC channel options, ``[("grpc.keepalive_time_ms", 30000), ...]``.
-        retry: retries of ListModels, GetModelMetadata and Predict on UNAVAILABLE (`RetryPolicy`);
-            ``RetryPolicy(max_attempts=1)`` turns them off. Episode steps are never retried.
+        retry: gRPC's retries of the idempotent calls (Predict, ListModels, GetModelMetadata, ...) and of an
+            episode's open on UNAVAILABLE, in the channel's service config (`RetryPolicy`,
+            `hamlet_client.service_config`); ``RetryPolicy(max_attempts=1)`` turns them off. Episode steps
+            are never retried.
 
     The client is thread-safe. Close it with `close` or use it as a context manager; closing cancels
     the episodes still open.
@@ -112,10 +115,9 @@ class HamletClient:
         options: Sequence[tuple[str, Any]] | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self._channel = open_channel(target, tls, options, aio=False)
+        self._channel = open_channel(target, tls, options, aio=False, retry=retry)
         self.target = channel_target(target)[0]
         self._timeout = _check_timeout(timeout, DEFAULT_TIMEOUT)
-        self._retry = retry if retry is not None else RetryPolicy()
         self._metadata = auth_metadata(token)
         self._stub = InferenceStub(self._channel)
         self._watchdog = _StepWatchdog()
@@ -260,21 +262,15 @@ class HamletClient:
         )  # fmt: skip
 
     def _unary(self, method: Callable[..., _Resp], request: Any, timeout: float | None) -> _Resp:
+        """One call; gRPC retries it per the channel's service config within the deadline."""
         if self._closed:
             raise FailedPreconditionError("the client is closed; create a new HamletClient")
-        deadline = time.monotonic() + _check_timeout(timeout, self._timeout)
-        backoffs = self._retry.backoffs()
-        attempt = 1
-        while True:
-            try:
-                return method(request, timeout=max(deadline - time.monotonic(), 0.0), metadata=self._metadata)
-            except grpc.RpcError as exc:
-                wait = retry_wait(exc, backoffs, deadline, time.monotonic())
-                logger.debug("attempt %d got UNAVAILABLE (%s); retrying in %.3f s", attempt, exc, wait)
-                attempt += 1
-                time.sleep(wait)
-            except ValueError as exc:  # grpc raises this on a closed channel
-                raise FailedPreconditionError(f"the client's channel is closed: {exc}") from exc
+        try:
+            return method(request, timeout=_check_timeout(timeout, self._timeout), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        except ValueError as exc:  # grpc raises this on a closed channel
+            raise FailedPreconditionError(f"the client's channel is closed: {exc}") from exc
 
     # ------------------------------------------------------------------ episodes
 
@@ -538,7 +534,7 @@ class Episode:
             self._deadline = time.monotonic() + (self._step_timeout if timeout is None else timeout)
             try:
                 for extra in self._call:
-                    logger.warning("episode %s: unexpected response after close: %s", self.session_id, extra)
+                    _after_close(self.session_id, extra)
             except grpc.RpcError as exc:
                 logger.debug("episode %s ended with %s while closing", self.session_id, exc.code())
             finally:
@@ -559,6 +555,16 @@ class Episode:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"Episode({self.session_id!r}, model={self.model!r}@{self.version}, num_envs={self.num_envs}, {state})"
+
+
+def _after_close(session_id: str, response: service_pb2.StreamEpisodeResponse) -> None:
+    """Log a response that came after the client half-closed: the server's EpisodeEnded (it drained or timed
+    the stream out meanwhile) is expected; anything else is not."""
+    kind = response.WhichOneof("kind")
+    if kind == "ended":
+        logger.debug("episode %s was ended by the server while closing: %s", session_id, response.ended.message)
+    else:
+        logger.warning("episode %s: unexpected %s response after close", session_id, kind)
 
 
 class _StepWatchdog:

@@ -1,18 +1,17 @@
-"""How the client reaches the server: channel options, TLS credentials, the bearer token, and the retry
-policy of unary calls. Shared by the sync and asyncio clients; nothing here makes a network call."""
+"""How the client reaches the server: channel options (the service config among them: gRPC's retries and
+balancing, `hamlet_client.service_config`), TLS credentials and the bearer token. Shared by the sync and
+asyncio clients; nothing here makes a network call."""
 
 from __future__ import annotations
 
 import ipaddress
-import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from hamlet_client.errors import from_rpc_error
+from hamlet_client.service_config import RetryPolicy, service_config
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -33,39 +32,11 @@ DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2_000),
+    # gRPC keeps a call's request until it commits, so it can retry it; past this size a call is not retried.
+    # The default (256 KiB) would leave large Predict batches without retries.
+    ("grpc.per_rpc_retry_buffer_size", 64 * 1024 * 1024),
 )
 """Channel options the client sets unless ``options`` overrides them."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Retries of idempotent unary calls (ListModels, GetModelMetadata, Predict) on UNAVAILABLE only.
-
-    Episode streams are never retried: a step may already have advanced the server's LSTM state. The
-    backoff before retry ``n`` (1-based) is ``min(initial_backoff * multiplier**(n-1), max_backoff)``, with
-    full jitter (a uniform draw in ``[0, backoff]``) when ``jitter`` is true. Retries stop early when the
-    call's deadline would pass during the wait.
-    """
-
-    max_attempts: int = 4
-    """Attempts in all, the first included (1 = never retry)."""
-    initial_backoff: float = 0.05
-    max_backoff: float = 1.0
-    multiplier: float = 2.0
-    jitter: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"RetryPolicy.max_attempts: expected >= 1, got {self.max_attempts}")
-        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
-            raise ValueError("RetryPolicy: backoffs must be >= 0 and the multiplier >= 1")
-
-    def backoffs(self, rng: random.Random | None = None) -> Iterator[float]:
-        """The waits before each retry: ``max_attempts - 1`` of them."""
-        draw = rng.uniform if rng is not None else random.uniform
-        for n in range(self.max_attempts - 1):
-            backoff = min(self.initial_backoff * self.multiplier**n, self.max_backoff)
-            yield draw(0.0, backoff) if self.jitter else backoff
 
 
 def channel_credentials(tls: bool | bytes | grpc.ChannelCredentials | None) -> grpc.ChannelCredentials | None:
@@ -146,29 +117,18 @@ def open_channel(
     options: Sequence[tuple[str, Any]] | None,
     *,
     aio: bool,
+    retry: RetryPolicy | None = None,
 ) -> Any:
     """A ``grpc`` (or, with ``aio``, ``grpc.aio``) channel to ``target`` (see `channel_target`): secure when
-    ``tls`` is given, balanced with ``round_robin`` over several addresses (one stream stays on one replica;
-    unary calls spread)."""
+    ``tls`` is given; its service config retries the idempotent calls per ``retry`` (default `RetryPolicy()`)
+    and, over several addresses, balances with ``round_robin`` and health checking (one stream stays on one
+    replica; unary calls spread; a draining replica gets no new calls). A ``grpc.service_config`` in
+    ``options`` replaces the SDK's."""
     resolved, balance = channel_target(target)
     api: Any = grpc.aio if aio else grpc
     credentials = channel_credentials(tls)
-    balancing = [("grpc.lb_policy_name", "round_robin")] if balance else []
-    opts = channel_options([*balancing, *(options or ())])
+    config = service_config(retry if retry is not None else RetryPolicy(), balance=balance)
+    opts = channel_options([("grpc.service_config", config), *(options or ())])
     if credentials is None:
         return api.insecure_channel(resolved, options=opts)
     return api.secure_channel(resolved, credentials, options=opts)
-
-
-def retry_wait(exc: grpc.RpcError, backoffs: Iterator[float], deadline: float, now: float) -> float:
-    """Seconds to wait before retrying an idempotent unary call that failed with ``exc``.
-
-    Only UNAVAILABLE is retried, while backoffs remain and the wait ends before ``deadline`` (a
-    ``time.monotonic()`` value, like ``now``); otherwise the typed `HamletError` for ``exc`` is raised.
-    """
-    if exc.code() != grpc.StatusCode.UNAVAILABLE:
-        raise from_rpc_error(exc) from exc
-    wait = next(backoffs, None)
-    if wait is None or now + wait >= deadline:
-        raise from_rpc_error(exc) from exc
-    return wait

@@ -3,7 +3,14 @@
 server = HamletServer(config)
 port = await server.start()          # loads the repository, binds, starts polling
 ...
-await server.drain()                 # NOT_SERVING, refuse new work, finish in-flight steps, stop
+await server.drain()                 # NOT_SERVING, refuse new work, finish in-flight calls and steps, stop
+
+A drain refuses before it stops. gRPC's stop kills every call that has reached the server but not yet its
+handler (queued in gRPC while the event loop is busy): their clients see a bare CANCELLED, which nothing
+retries. So the drain first refuses new work with UNAVAILABLE (reason SERVER_DRAINING, which clients retry
+on another replica) and reports NOT_SERVING (balancing clients stop sending here), and stops only once no
+call has arrived for `QUIET_PERIOD` seconds (or half the grace has passed); calls in flight finish within
+the grace.
 """
 
 from __future__ import annotations
@@ -12,18 +19,19 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import grpc
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_server.backends import load_backend, resolve_backend
 from hamlet_server.config import ServerConfig
+from hamlet_server.health import DrainingHealthServicer
 from hamlet_server.metrics import ServerMetrics
 from hamlet_server.repository import ModelRepository
 from hamlet_server.security import BearerTokenInterceptor, read_token, server_credentials
@@ -37,13 +45,16 @@ from townlet.inference.model import resolve_device
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
-__all__ = ["LIVENESS_NAME", "SERVICE_NAME", "HamletServer", "model_health_name"]
+__all__ = ["LIVENESS_NAME", "QUIET_PERIOD", "SERVICE_NAME", "HamletServer", "model_health_name"]
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 LIVENESS_NAME = "hamlet.v1.Liveness"
 """Health name that is SERVING while the process answers, servable models or not (for liveness probes: a pod
-with nothing servable yet must not be restarted, only kept out of traffic by readiness on "")."""
+with nothing servable yet must not be restarted, only kept out of traffic by readiness on ""). NOT_SERVING from
+the start of a drain: the SDK's balancing channels watch it to leave a draining replica."""
+QUIET_PERIOD = 0.1
+"""Seconds without a new call after which a drain stops the gRPC server (see the module doc)."""
 
 
 def model_health_name(model: str) -> str:
@@ -102,7 +113,7 @@ class HamletServer:
         if config.tracing != "off" or span_exporter is not None:
             self.tracing = make_tracing(config.tracing, config.trace_sample, config.trace_step_every, span_exporter)
             self.servicer.step_tracer = self.tracing.step
-        self.health = HealthServicer()
+        self.health = DrainingHealthServicer()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
@@ -141,10 +152,10 @@ class HamletServer:
         self.port = bind_grpc(server, self.config.host, self.config.port, credentials)
         if self.config.metrics_port:  # before the gRPC server starts, so a taken port leaves nothing running
             self.metrics_port = serve_metrics(self.metrics, self.config.metrics_host, self.config.metrics_port)
+        await self.health.set(LIVENESS_NAME, health_pb2.HealthCheckResponse.SERVING)  # before the first watch
+        await self._update_health()
         await server.start()
         self._server = server
-        await self.health.set(LIVENESS_NAME, health_pb2.HealthCheckResponse.SERVING)
-        await self._update_health()
         loop = asyncio.get_running_loop()
         if self.config.poll_interval > 0:
             self._tasks.append(loop.create_task(self._poll(), name="hamlet-poll"))
@@ -194,16 +205,18 @@ class HamletServer:
             self.streams.sweep()
 
     async def drain(self, grace: float | None = None) -> None:
-        """Stop taking work, let in-flight steps finish (at most `grace` seconds), shut everything down."""
+        """Refuse new work, let in-flight calls and steps finish (at most `grace` seconds), shut everything down."""
         if self._server is None or self._stopped.is_set():
             return
         grace = self.config.grace if grace is None else grace
+        deadline = time.monotonic() + grace
         log.info("draining: NOT_SERVING, refusing new work, finishing in-flight steps (grace %.1f s)", grace)
         self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
         self.streams.end_all(Ending.draining())  # waiting ones at once, stepping ones after their step
         self.servicer.watch.close_all()
-        await self._server.stop(grace)
+        await self._until_quiet(time.monotonic() + grace / 2)
+        await self._server.stop(max(deadline - time.monotonic(), 0.0))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -217,6 +230,17 @@ class HamletServer:
             self.tracing.shutdown()  # exports the spans still buffered
         self._stopped.set()
         log.info("stopped")
+
+    async def _until_quiet(self, give_up_at: float) -> None:
+        """Wait until no call has arrived for `QUIET_PERIOD` seconds, counted from now at the earliest (or until
+        ``give_up_at``), so that no call is queued in gRPC when the server stops: calls queued while the loop was
+        busy reach their handlers (and are refused) meanwhile."""
+        began = time.monotonic()
+        while (now := time.monotonic()) < give_up_at:
+            quiet_for = now - max(self.servicer.last_arrival, began)
+            if quiet_for >= QUIET_PERIOD:
+                return
+            await asyncio.sleep(min(QUIET_PERIOD - quiet_for, give_up_at - now))
 
     async def wait(self) -> None:
         """Wait until `drain()` has finished."""

@@ -6,12 +6,14 @@ timeouts, typed endings, freeing), `StepBatcher` (one forward for many requests)
 own call or stream, with a status whose message says what was expected and what came.
 
 `add_to_server` registers the service with deserializers that turn undecodable bytes into a `Malformed`
-marker, so garbage gets INVALID_ARGUMENT (MALFORMED_MESSAGE) instead of grpc's UNKNOWN/INTERNAL.
+marker, so garbage gets INVALID_ARGUMENT (MALFORMED_MESSAGE) instead of grpc's UNKNOWN/INTERNAL, and notes
+when each call arrives (`InferenceServicer.last_arrival`: a drain stops the server once calls stop coming).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 SC = grpc.StatusCode
 _FINAL_WRITE_TIMEOUT = 1.0  # seconds the in-band EpisodeEnded may wait for a client that does not read
 _CANCEL_GRACE = 0.01  # seconds after a stream's EOF in which a cancellation still counts as one
+_REFUSAL_READ_TIMEOUT = 1.0  # seconds a refused stream may take to send its first message (see _refuse_open)
 
 
 @dataclass(frozen=True)
@@ -94,19 +97,19 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name),
+            _noting_arrival(servicer, getattr(servicer, name)),
             request_deserializer=_lenient(request.FromString, request.__name__),
             response_serializer=response.SerializeToString,
         )
         for name, (request, response) in messages.items()
     }
     handlers["StreamEpisode"] = grpc.stream_stream_rpc_method_handler(
-        servicer.StreamEpisode,
+        _noting_arrival(servicer, servicer.StreamEpisode),
         request_deserializer=_lenient(pb.StreamEpisodeRequest.FromString, "StreamEpisodeRequest"),
         response_serializer=pb.StreamEpisodeResponse.SerializeToString,
     )
     handlers["WatchEpisodes"] = grpc.unary_stream_rpc_method_handler(
-        servicer.WatchEpisodes,
+        _noting_arrival(servicer, servicer.WatchEpisodes),
         request_deserializer=_lenient(pb.WatchEpisodesRequest.FromString, "WatchEpisodesRequest"),
         response_serializer=pb.WatchEpisodesResponse.SerializeToString,
     )
@@ -117,6 +120,14 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     )
     service = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
+
+def _noting_arrival(servicer: InferenceServicer, method: Callable[..., Any]) -> Callable[..., Any]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        servicer.last_arrival = time.monotonic()
+        return await method(request, context)
+
+    return handle
 
 
 server_version = package_version
@@ -191,6 +202,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.config = config
         self.metrics = metrics
         self.draining = False
+        self.last_arrival = 0.0  # time.monotonic() when the newest call arrived
         self.snapshot_keys: SnapshotKeys | None = None  # --snapshot-key-file: signs and checks episode snapshots
         self.backend = backend  # the resolved backend (`auto` decided by the server)
         self.watch = WatchHub()
@@ -370,7 +382,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             self._refuse_if_draining()
             stream = self.streams.open(asyncio.current_task())
         except (RequestError, SessionLimitError) as exc:
-            await self._fail(context, "StreamEpisode", exc)
+            await self._refuse_open(context, exc)
         bind_log_context(session=stream.stream_id, peer=context.peer())  # this stream's task only
         try:
             ending = await self._run(stream, context)
@@ -384,9 +396,20 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self._ended(stream, ending)
         if ending.in_band:
             # After an interrupted write gRPC still holds that send: a second write would fail. The client
-            # was not reading anyway; it gets the status (and its details) alone.
-            in_band = stream.phase is not Phase.WRITING
+            # was not reading anyway; it gets the status (and its details) alone. A stream drained before it
+            # started gets the status alone too: with no response sent, the client's gRPC may retry the open
+            # on another replica (service config), as it does a refused Predict.
+            unstarted_drain = ending.reason is EndReason.SERVER_DRAINING and stream.session is None
+            in_band = stream.phase is not Phase.WRITING and not unstarted_drain
             await self._send_end(context, ending, in_band=in_band, snapshot=snapshot)
+
+    async def _refuse_open(self, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+        """Refuse a new stream (session limit, drain) with its status alone, after its first message (at most
+        `_REFUSAL_READ_TIMEOUT` s): a refusal that overtakes the client's write of its start makes grpcio's
+        asyncio client lose the status (it reports INTERNAL "Internal error from Core" instead)."""
+        with contextlib.suppress(asyncio.TimeoutError, grpc.RpcError):
+            await asyncio.wait_for(context.read(), _REFUSAL_READ_TIMEOUT)
+        await self._fail(context, "StreamEpisode", exc)
 
     async def _run(self, stream: EpisodeStream, context: grpc.aio.ServicerContext[Any, Any]) -> Ending:
         """Serve the stream until it ends; returns how. Raises CancelledError only when the client left."""
@@ -414,6 +437,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             return stream.ending
         except Exception as exc:
             code, message, reason = status_for(exc)
+            if reason == "SERVER_DRAINING":  # a start that came in after the drain began
+                return Ending.draining()
             why = EndReason.SERVER_ERROR if code is SC.INTERNAL else EndReason.BAD_REQUEST
             if code is SC.RESOURCE_EXHAUSTED:
                 why = EndReason.EVICTED_CAPACITY

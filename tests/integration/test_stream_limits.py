@@ -224,3 +224,23 @@ def test_both_clients_expose_the_reason_of_a_unary_error(model_dir) -> None:
             assert full.value.reason == "SESSION_LIMIT"
     finally:
         server.stop()
+
+
+async def test_asyncio_opens_refused_at_the_session_limit_are_always_typed(model_dir) -> None:
+    """50 opens refused at --max-sessions: each raises CapacityExceededError (SESSION_LIMIT), as with the
+    blocking client; before, about a third were raw grpc.aio.AioRpcError (the refusal met the start's write)."""
+    server = ThreadedServer(ServerConfig(models=model_dir, port=0, metrics_port=0, max_sessions=1, backend="torch"))
+    try:
+        refusals = []
+        async with AsyncHamletClient(server.target, timeout=30.0) as client, client.episode(MLP):  # the only session
+            for _ in range(50):
+                try:
+                    await client.episode(MLP).start()
+                except Exception as exc:  # every kind is recorded: the point is which ones come
+                    refusals.append(exc)
+        assert len(refusals) == 50
+        untyped = [repr(e) for e in refusals if not isinstance(e, CapacityExceededError)]
+        assert not untyped, untyped[:3]
+        assert {e.reason for e in refusals} == {"SESSION_LIMIT"}
+    finally:
+        server.stop()

@@ -1,5 +1,6 @@
 """HamletClient / AsyncHamletClient mechanics against an in-process fake servicer on the generated stubs:
-retries (UNAVAILABLE only, unary only), deadlines, error mapping, the bearer token, episode streams
+retries (gRPC's, from the channel's service config: UNAVAILABLE only, idempotent calls and episode opens
+only), deadlines, error mapping, the bearer token, episode streams
 (start, lock-step order, clean close vs cancel, server errors, step timeouts), thread sharing."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hamlet_client import (
     DeadlineExceededError,
     FailedPreconditionError,
     HamletClient,
+    InternalError,
     InvalidArgumentError,
     ModelNotFoundError,
     RetryPolicy,
@@ -29,11 +31,13 @@ from hamlet_client import (
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_client.proto import model_pb2
+from hamlet_client.stub import InferenceStub
 from hamlet_client.tensors import decode_tensor, encode_tensor
 
-FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.005)
+FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.02)
 NAN_MARK = 999.0  # a step whose first observation value is this is refused by the fake server
 SLOW_MARK = -777.0  # ... and this one is answered after a long sleep
+DROP_MARK = -555.0  # ... and this one ends the stream with UNAVAILABLE (a replica going away mid-episode)
 
 
 @dataclass
@@ -114,6 +118,8 @@ class FakeServicer(pb_grpc.InferenceServiceServicer):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "observations: expected finite values")
             if obs[0, 0] == SLOW_MARK:
                 time.sleep(2.0)
+            if obs[0, 0] == DROP_MARK:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "replica went away")
             q = obs[:, :3] * 2 + np.asarray(request.step.reset, dtype=np.float32).reshape(-1, 1)[: len(obs)].sum()
             yield pb.StreamEpisodeResponse(
                 step=pb.EpisodeStepResult(
@@ -178,6 +184,46 @@ def test_unavailable_gives_up_after_max_attempts(fake: tuple[FakeServicer, str])
     with HamletClient(target, retry=FAST_RETRY) as client, pytest.raises(UnavailableError, match="fake failure"):
         client.list_models()
     assert servicer.calls == 4
+
+
+def test_retries_live_in_the_channel_not_in_a_loop_of_the_sdk(fake: tuple[FakeServicer, str]) -> None:
+    """A call made on the SDK's channel without the SDK's methods is retried too: gRPC does it, from the
+    channel's service config."""
+    servicer, target = fake
+    servicer.fail_with = [grpc.StatusCode.UNAVAILABLE]
+    with HamletClient(target, retry=FAST_RETRY) as client:
+        raw = InferenceStub(client._channel).ListModels(pb.ListModelsRequest(), timeout=10)
+    assert raw.default_model == "fake"
+    assert servicer.calls == 2
+
+
+def test_one_attempt_turns_retries_off(fake: tuple[FakeServicer, str]) -> None:
+    servicer, target = fake
+    servicer.fail_with = [grpc.StatusCode.UNAVAILABLE]
+    with HamletClient(target, retry=RetryPolicy(max_attempts=1)) as client, pytest.raises(UnavailableError):
+        client.predict([1.0, 2.0, 3.0, 4.0])
+    assert servicer.calls == 1
+
+
+def test_an_episode_open_refused_with_unavailable_is_sent_again(fake: tuple[FakeServicer, str]) -> None:
+    """Refused before any response (as a draining replica refuses a new stream): nothing started, so gRPC
+    sends the open again (to the next replica when there are several)."""
+    servicer, target = fake
+    servicer.fail_with = [grpc.StatusCode.UNAVAILABLE]
+    with HamletClient(target, retry=FAST_RETRY) as client, client.episode() as episode:
+        assert episode.step([0.0, 0.0, 0.0, 0.0]).step_index == 0
+    assert servicer.calls == 2
+
+
+def test_a_started_episode_is_never_sent_again(fake: tuple[FakeServicer, str]) -> None:
+    """Once the server has answered the start the stream is committed: a later UNAVAILABLE reaches the caller
+    (or `resume=True`), never a silent second stream."""
+    servicer, target = fake
+    with HamletClient(target, retry=FAST_RETRY) as client, client.episode() as episode:
+        episode.step([0.0, 0.0, 0.0, 0.0])
+        with pytest.raises(UnavailableError, match="replica went away"):
+            episode.step([DROP_MARK, 0.0, 0.0, 0.0])
+    assert servicer.calls == 1
 
 
 @pytest.mark.parametrize(
@@ -425,3 +471,56 @@ def test_a_call_refused_by_a_draining_server_is_server_draining() -> None:
     assert type(refused) is ServerDrainingError and isinstance(refused, UnavailableError)
     assert refused.reason == "SERVER_DRAINING" and refused.code == grpc.StatusCode.UNAVAILABLE
     assert type(error_for_code(grpc.StatusCode.UNAVAILABLE, "connection refused")) is UnavailableError
+
+
+class _LostStatusCall:
+    """What grpcio's asyncio client gives for an open the server refused while the start was being written:
+    the write fails, and the real status is gone, replaced by a local INTERNAL "Internal error from Core"."""
+
+    def __init__(self) -> None:
+        self.error = grpc.aio.AioRpcError(
+            grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), details="Internal error from Core"
+        )
+
+    async def write(self, request: Any) -> None:
+        raise self.error
+
+    async def read(self) -> Any:
+        raise self.error
+
+    async def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.INTERNAL
+
+    async def details(self) -> str:
+        return "Internal error from Core"
+
+    async def trailing_metadata(self) -> grpc.aio.Metadata:
+        return grpc.aio.Metadata()
+
+    def cancel(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("lost", [1, 2, 3])
+async def test_async_open_whose_status_grpc_lost_is_opened_again(fake: tuple[FakeServicer, str], lost: int) -> None:
+    """Forces the ordering behind the raw `AioRpcError`s at the session limit (issue 21): the first ``lost``
+    opens meet the lost-status write. The episode opens again, at most 3 times in all; what reaches the
+    caller is always a `HamletError`."""
+    _, target = fake
+    async with AsyncHamletClient(target) as client:
+        real = client._stub.StreamEpisode
+        opens = []
+
+        def stream_episode(**kwargs: Any) -> Any:
+            opens.append(kwargs)
+            return _LostStatusCall() if len(opens) <= lost else real(**kwargs)
+
+        client._stub.StreamEpisode = stream_episode
+        if lost < 3:
+            async with client.episode() as episode:
+                assert (await episode.step([0.0, 0.0, 0.0, 0.0])).step_index == 0
+            assert len(opens) == lost + 1
+        else:
+            with pytest.raises(InternalError, match="Internal error from Core"):
+                await client.episode().start()
+            assert len(opens) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import grpc
@@ -9,11 +10,12 @@ import numpy as np
 import pytest
 
 from hamlet_client import errors
-from hamlet_client.connection import DEFAULT_OPTIONS, RetryPolicy, auth_metadata, channel_options
+from hamlet_client.connection import DEFAULT_OPTIONS, auth_metadata, channel_options
 from hamlet_client.messages import episode_start_request, episode_step_request, predict_request
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import model_pb2, tensor_pb2
 from hamlet_client.results import metadata_from_proto, model_infos_from_proto, prediction_from_proto
+from hamlet_client.service_config import IDEMPOTENT_METHODS, RetryPolicy, service_config
 from hamlet_client.tensors import (
     decode_hidden,
     decode_tensor,
@@ -275,14 +277,44 @@ def test_error_without_details_names_the_code() -> None:
     assert "UnavailableError" in repr(err)
 
 
-def test_retry_policy_backoffs_grow_and_are_capped() -> None:
-    policy = RetryPolicy(max_attempts=5, initial_backoff=0.1, max_backoff=0.3, multiplier=2.0, jitter=False)
-    assert list(policy.backoffs()) == pytest.approx([0.1, 0.2, 0.3, 0.3])
-    assert list(RetryPolicy(max_attempts=1).backoffs()) == []
-    jittered = list(RetryPolicy(max_attempts=4, initial_backoff=0.1).backoffs())
-    assert all(0.0 <= wait <= cap for wait, cap in zip(jittered, [0.1, 0.2, 0.4], strict=True))
-    with pytest.raises(ValueError, match="max_attempts"):
-        RetryPolicy(max_attempts=0)
+def test_the_retry_policy_is_grpcs_service_config() -> None:
+    policy = RetryPolicy(max_attempts=5, initial_backoff=0.1, max_backoff=0.3, multiplier=1.5)
+    config = json.loads(service_config(policy, balance=False))
+    assert set(config) == {"methodConfig"}  # one target: pick_first, no health checking
+    (method_config,) = config["methodConfig"]
+    names = {(name["service"], name["method"]) for name in method_config["name"]}
+    assert names == {("hamlet.v1.InferenceService", m) for m in IDEMPOTENT_METHODS}
+    assert "WatchEpisodes" not in IDEMPOTENT_METHODS
+    assert method_config["retryPolicy"] == {
+        "maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "0.3s", "backoffMultiplier": 1.5,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }  # fmt: skip
+    assert json.loads(service_config(RetryPolicy(max_attempts=1), balance=False)) == {}  # gRPC wants >= 2
+    balanced = json.loads(service_config(RetryPolicy(), balance=True))
+    assert balanced["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert balanced["healthCheckConfig"] == {"serviceName": "hamlet.v1.Liveness"}
+    assert balanced["methodConfig"][0]["retryPolicy"]["initialBackoff"] == "0.05s"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_attempts": 0}, r"max_attempts: expected 1\.\.5"),
+        ({"max_attempts": 6}, r"max_attempts: expected 1\.\.5 \(gRPC's cap"),
+        ({"initial_backoff": 0.001}, r"initial_backoff: expected at least 0\.01 s"),
+        ({"max_backoff": 0}, r"max_backoff: expected at least 0\.01 s"),
+        ({"multiplier": 0}, r"multiplier: expected a number > 0"),
+    ],
+)
+def test_a_retry_policy_grpc_would_not_honour_is_refused(kwargs: dict[str, float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_channel_gets_the_service_config_unless_the_caller_gives_one() -> None:
+    opts = dict(channel_options([("grpc.service_config", "{}")]))
+    assert opts["grpc.service_config"] == "{}"
+    assert opts["grpc.per_rpc_retry_buffer_size"] >= dict(DEFAULT_OPTIONS)["grpc.max_send_message_length"]
 
 
 def test_token_and_channel_options() -> None:

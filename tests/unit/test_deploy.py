@@ -164,7 +164,7 @@ def test_the_image_is_named_once_per_variant_qualified_and_tagged() -> None:
         [image] = yaml.safe_load((overlay / "kustomization.yaml").read_text())["images"]
         assert image["name"] == "hamlet-serve" and image["newTag"].endswith(tag)
         rendered = _container(_one(_docs(overlay), "Deployment"))["image"]
-        registry, _, rest = rendered.partition("/")
+        registry = rendered.partition("/")[0]
         assert "." in registry or ":" in registry, f"{rendered}: not qualified with a registry host"
         assert rendered == f"{image['newName']}:{image['newTag']}" and not rendered.endswith(":latest")
 
