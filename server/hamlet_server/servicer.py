@@ -27,6 +27,7 @@ from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_client.proto import model_pb2
 from hamlet_server.batcher import WorkItem
+from hamlet_server.budget import InflightBudget, tensor_bytes
 from hamlet_server.config import ServerConfig
 from hamlet_server.metrics import ServerMetrics
 from hamlet_server.repository import ModelLoadError, ModelRepository, ServedModel, UnknownVersionError
@@ -117,6 +118,11 @@ def _server_version() -> str:
         return "unknown"
 
 
+def _predict_bytes(request: pb.PredictRequest) -> int:
+    hidden = (request.hidden.h, request.hidden.c) if request.HasField("hidden") else ()
+    return tensor_bytes(request.observations, request.action_mask, *hidden)
+
+
 def _generator(seed: int | None) -> torch.Generator | None:
     if seed is None:
         return None
@@ -188,6 +194,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.snapshot_key: bytes | None = None  # the bearer token: signs and checks episode snapshots
         self.backend = backend  # the resolved backend (`auto` decided by the server)
         self.watch = WatchHub()
+        self.budget = InflightBudget(config.max_inflight_bytes)  # request bytes of the calls in progress
         self._step_latency = metrics.latency.labels("StreamEpisode.step")
         self._predict_latency = metrics.latency.labels("Predict")
 
@@ -304,8 +311,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 request.model, request.version if request.HasField("version") else None
             )
             try:
-                item = self._predict_item(request, served, epsilon)
-                result = await served.batcher.submit(item)
+                with self.budget.hold(_predict_bytes(request)):
+                    item = self._predict_item(request, served, epsilon)
+                    result = await served.batcher.submit(item)
             finally:
                 served.release()
             response = pb.PredictResponse(model=served.name, version=served.version, actions=result.actions.tolist())
@@ -398,7 +406,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             if stream.session is None:
                 raise RequestError(SC.FAILED_PRECONDITION, "step before start: send an EpisodeStart first",
                                    "STEP_BEFORE_START")  # fmt: skip
-            return await self._step(stream, request.step)
+            with self.budget.hold(tensor_bytes(request.step.observations, request.step.action_mask)):
+                return await self._step(stream, request.step)
         if kind == "start":
             if stream.session is not None:
                 raise RequestError(

@@ -16,6 +16,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from hamlet_server.budget import InflightBudgetError
 from hamlet_server.repository import ModelLoadError, UnknownModelError, UnknownVersionError
 from hamlet_server.streams import SessionLimitError, SlotLimitError
 from townlet.inference.errors import InvalidInputError
@@ -65,6 +66,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
         found = (SC.RESOURCE_EXHAUSTED, str(exc), "SESSION_LIMIT")
     elif isinstance(exc, SlotLimitError):
         found = (SC.RESOURCE_EXHAUSTED, str(exc), "SLOT_LIMIT")
+    elif isinstance(exc, InflightBudgetError):
+        found = (SC.RESOURCE_EXHAUSTED, str(exc), "INFLIGHT_BUDGET")
     else:
         log.error("internal error while serving a request", exc_info=exc)
         found = (SC.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "INTERNAL")
