@@ -72,7 +72,7 @@ class HamletServer:
         self.metrics = ServerMetrics()
         self.streams = StreamTable(
             config.max_sessions, ttl=config.session_ttl, start_timeout=config.start_timeout,
-            max_slots=config.max_slots,
+            max_slots=config.max_slots, max_unstarted=config.max_unstarted,
         )  # fmt: skip
         # torch's intra-op thread count is per OS thread (OpenMP): set it in the worker that runs the forwards.
         self._executor = ThreadPoolExecutor(

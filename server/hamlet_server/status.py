@@ -18,7 +18,7 @@ from grpc_status import rpc_status
 
 from hamlet_server.budget import InflightBudgetError
 from hamlet_server.repository import ModelLoadError, UnknownModelError, UnknownVersionError
-from hamlet_server.streams import SessionLimitError, SlotLimitError
+from hamlet_server.streams import SessionLimitError, SlotLimitError, UnstartedLimitError
 from townlet.inference.errors import InvalidInputError
 
 __all__ = ["ERROR_DOMAIN", "MAX_MESSAGE_CHARS", "RequestError", "rich_status", "status_for", "truncate"]
@@ -62,6 +62,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
         found = (SC.NOT_FOUND, str(exc), "UNKNOWN_VERSION")
     elif isinstance(exc, ModelLoadError):
         found = (SC.FAILED_PRECONDITION, str(exc), "MODEL_NOT_SERVABLE")
+    elif isinstance(exc, UnstartedLimitError):
+        found = (SC.RESOURCE_EXHAUSTED, str(exc), "UNSTARTED_LIMIT")
     elif isinstance(exc, SessionLimitError):
         found = (SC.RESOURCE_EXHAUSTED, str(exc), "SESSION_LIMIT")
     elif isinstance(exc, SlotLimitError):
