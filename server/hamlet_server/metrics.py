@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from hamlet_server.metrics_http import MetricsEndpoint
 
 __all__ = ["ServerMetrics"]
 
@@ -54,7 +56,7 @@ class ServerMetrics:
                                      "Checkpoint files not promoted: reason load_error (unreadable, non-finite "
                                      "weights, ...) or canary (non-finite outputs)",
                                      ["model", "reason"], registry=r)  # fmt: skip
-        self._http: object | None = None
+        self._http: MetricsEndpoint | None = None
 
     def bind_gauges(self, sessions: Callable[[], float], loaded: Callable[[], float]) -> None:
         """Read the two gauges from live objects at scrape time."""
@@ -67,21 +69,19 @@ class ServerMetrics:
             self.errors.labels(method, code).inc()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Start the /metrics HTTP endpoint; returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        return int(server.server_address[1])
+        """Start the /metrics HTTP endpoint (one thread, bounded connections, timed-out reads: see
+        `hamlet_server.metrics_http`); returns the bound port."""
+        endpoint = MetricsEndpoint(self.registry)
+        bound = endpoint.start(host, port)
+        self._http = endpoint
+        return bound
 
     @property
     def address(self) -> tuple[str, int] | None:
         """(host, port) the /metrics endpoint listens on; None when it is not serving."""
-        if self._http is None:
-            return None
-        host, port = self._http.server_address[:2]  # type: ignore[attr-defined]
-        return str(host), int(port)
+        return None if self._http is None else self._http.address
 
     def stop(self) -> None:
         if self._http is not None:
-            self._http.shutdown()  # type: ignore[attr-defined]
-            self._http.server_close()  # type: ignore[attr-defined]
+            self._http.stop()
             self._http = None
