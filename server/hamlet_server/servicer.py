@@ -41,7 +41,7 @@ from hamlet_server.tensor_codec import (
     encode_hidden,
     encode_tensor,
 )
-from hamlet_server.watch import WatchHub
+from hamlet_server.watch import Watcher, WatchHub
 from townlet.inference.validation import check_epsilon
 
 __all__ = ["InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto"]
@@ -193,7 +193,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.draining = False
         self.snapshot_key: bytes | None = None  # the bearer token: signs and checks episode snapshots
         self.backend = backend  # the resolved backend (`auto` decided by the server)
-        self.watch = WatchHub()
+        self.watch = WatchHub(max_watchers=config.max_watchers, fps=config.watch_fps)
         self.budget = InflightBudget(config.max_inflight_bytes)  # request bytes of the calls in progress
         self._step_latency = metrics.latency.labels("StreamEpisode.step")
         self._predict_latency = metrics.latency.labels("Predict")
@@ -287,18 +287,35 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                     SC.NOT_FOUND, f"no open stream {truncate(request.session_id, 80)!r}; see ListSessions",
                     "UNKNOWN_SESSION",
                 )  # fmt: skip
+            watcher = self.watch.subscribe(request.session_id)
         except Exception as exc:
             await self._fail(context, "WatchEpisodes", exc)
-        watcher = self.watch.subscribe(request.session_id)
         try:
-            while (frame := await watcher.next()) is not None:
+            stalled = await self._send_frames(watcher, context)
+        finally:
+            self.watch.unsubscribe(watcher)
+        if stalled is not None:
+            await self._fail(context, "WatchEpisodes", stalled)
+        self.metrics.record("WatchEpisodes", "OK")
+
+    async def _send_frames(self, watcher: Watcher, context: grpc.aio.ServicerContext) -> RequestError | None:
+        """Write the watcher's frames until its watch is over (None), or until none went out for
+        --watch-timeout: nothing to show, or a watcher that does not read (the error to end it with)."""
+        timeout = self.config.watch_timeout
+        try:
+            while (frame := await asyncio.wait_for(watcher.next(), timeout)) is not None:
                 out = pb.WatchEpisodesResponse()
                 out.CopyFrom(frame)  # one frame is shared by its watchers; the dropped count is this one's
                 out.frames_dropped = watcher.frames_dropped
-                await context.write(out)
-        finally:
-            self.watch.unsubscribe(watcher)
-        self.metrics.record("WatchEpisodes", "OK")
+                await asyncio.wait_for(context.write(out), timeout)
+        except asyncio.TimeoutError:
+            return RequestError(
+                SC.DEADLINE_EXCEEDED,
+                f"the watch delivered no frame for {timeout:g} s (--watch-timeout): the stream sent no step, or "
+                "this watcher read none; watch again to go on",
+                "WATCH_IDLE",
+            )
+        return None
 
     # ---- Predict ---------------------------------------------------------------------------------
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

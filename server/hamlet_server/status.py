@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 from hamlet_server.budget import InflightBudgetError
 from hamlet_server.repository import ModelLoadError, UnknownModelError, UnknownVersionError
 from hamlet_server.streams import SessionLimitError, SlotLimitError, UnstartedLimitError
+from hamlet_server.watch import WatcherLimitError
 from townlet.inference.errors import InvalidInputError
 
 __all__ = ["ERROR_DOMAIN", "MAX_MESSAGE_CHARS", "RequestError", "rich_status", "status_for", "truncate"]
@@ -68,6 +69,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
         found = (SC.RESOURCE_EXHAUSTED, str(exc), "SESSION_LIMIT")
     elif isinstance(exc, SlotLimitError):
         found = (SC.RESOURCE_EXHAUSTED, str(exc), "SLOT_LIMIT")
+    elif isinstance(exc, WatcherLimitError):
+        found = (SC.RESOURCE_EXHAUSTED, str(exc), "WATCHER_LIMIT")
     elif isinstance(exc, InflightBudgetError):
         found = (SC.RESOURCE_EXHAUSTED, str(exc), "INFLIGHT_BUDGET")
     else:
