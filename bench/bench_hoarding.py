@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -140,10 +141,8 @@ async def _squat(target: str) -> None:
         while True:
             call = stub.StreamEpisode()
             calls.append(call)
-            try:
+            with contextlib.suppress(grpc.aio.AioRpcError):  # refused or ended at once: open the next one
                 await call.wait_for_connection()
-            except grpc.aio.AioRpcError:  # refused or ended at once: open the next one
-                pass
             calls = [c for c in calls if not c.done()]
             await asyncio.sleep(0)
 
