@@ -118,9 +118,9 @@ def _server_version() -> str:
         return "unknown"
 
 
-def _predict_bytes(request: pb.PredictRequest) -> int:
+def _predict_bytes(request: pb.PredictRequest, most: int) -> int:
     hidden = (request.hidden.h, request.hidden.c) if request.HasField("hidden") else ()
-    return tensor_bytes(request.observations, request.action_mask, *hidden)
+    return tensor_bytes(request.observations, request.action_mask, *hidden, most=most)
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
@@ -328,7 +328,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 request.model, request.version if request.HasField("version") else None
             )
             try:
-                with self.budget.hold(_predict_bytes(request)):
+                with self.budget.hold(_predict_bytes(request, self.config.max_message_bytes)):
                     item = self._predict_item(request, served, epsilon)
                     result = await served.batcher.submit(item)
             finally:
@@ -423,7 +423,10 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             if stream.session is None:
                 raise RequestError(SC.FAILED_PRECONDITION, "step before start: send an EpisodeStart first",
                                    "STEP_BEFORE_START")  # fmt: skip
-            with self.budget.hold(tensor_bytes(request.step.observations, request.step.action_mask)):
+            step_bytes = tensor_bytes(
+                request.step.observations, request.step.action_mask, most=self.config.max_message_bytes
+            )
+            with self.budget.hold(step_bytes):
                 return await self._step(stream, request.step)
         if kind == "start":
             if stream.session is not None:

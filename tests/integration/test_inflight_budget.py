@@ -97,3 +97,16 @@ async def test_stream_steps_hold_bytes_only_while_in_flight_and_are_refused_past
     assert responses[-1].ended.error_reason == "INFLIGHT_BUDGET"
     assert error.code() == RE and "--max-inflight-mb" in error.details()
     assert budget.in_use == 0 and len(server.streams) == 0
+
+
+async def test_a_tensor_whose_shape_no_message_can_carry_is_bad_input_not_over_budget(server_factory) -> None:
+    server = await server_factory(max_inflight_mb=1)
+    lying = pb.PredictRequest(model=MLP, observations=enc(obs_batch(MLP, 2, np.random.default_rng(4))))
+    lying.observations.shape[:] = [10**9, 91]  # declares 364 GB, carries 728 bytes
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        try:
+            await pb_grpc.InferenceServiceStub(channel).Predict(lying)
+            raise AssertionError("a tensor whose bytes do not fit its shape was accepted")
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "needs" in error.details(), error.details()
+    assert server.servicer.budget.in_use == 0 and server.servicer.budget.refused == 0

@@ -32,9 +32,13 @@ def test_held_bytes_come_back_when_the_body_raises() -> None:
     assert budget.in_use == 0
 
 
-def test_tensor_bytes_sums_the_raw_data_of_set_tensors() -> None:
+def test_tensor_bytes_counts_what_the_shapes_declare_and_nothing_for_an_impossible_tensor() -> None:
     obs = tensor_pb2.Tensor(shape=[2, 3], dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=bytes(24))
-    assert tensor_bytes(obs, tensor_pb2.Tensor(), None) == 24
+    mask = tensor_pb2.Tensor(shape=[2, 6], dtype=tensor_pb2.DATA_TYPE_BOOL)
+    assert tensor_bytes(obs, mask, tensor_pb2.Tensor(), None, most=1000) == 24 + 12
+    huge = tensor_pb2.Tensor(shape=[10**12, 91], dtype=tensor_pb2.DATA_TYPE_FLOAT32)  # no message holds it
+    unknown = tensor_pb2.Tensor(shape=[4], dtype=99)
+    assert tensor_bytes(huge, unknown, most=16 * 2**20) == 0  # left to decoding, which refuses them
 
 
 def test_a_budget_below_one_byte_is_refused() -> None:
