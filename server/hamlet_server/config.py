@@ -72,6 +72,11 @@ class ServerConfig:
         "most MiB of request tensors (observations, hidden state, masks) that Predict calls and stream steps in "
         "progress may hold together; one that would pass it gets RESOURCE_EXHAUSTED (INFLIGHT_BUDGET)",
     )
+    trim_after_mb: int = _opt(
+        64,
+        "after this many MiB of request tensors, once requests pause for 1 s, give the memory the allocator "
+        "kept back to the system (glibc malloc_trim; 0: never)",
+    )
     max_envs: int = _opt(1024, "most environments (num_envs) one stream may drive")
     max_predict_batch: int = _opt(4096, "most observations in one Predict call")
     session_ttl: float = _opt(
@@ -153,6 +158,7 @@ class ServerConfig:
             (self.max_sessions >= 1, "max_sessions must be >= 1"),
             (self.max_unstarted >= 1, "max_unstarted must be >= 1"),
             (self.max_inflight_mb >= 1, "max_inflight_mb must be >= 1"),
+            (self.trim_after_mb >= 0, "trim_after_mb must be >= 0 (0: never)"),
             (self.max_envs >= 1, "max_envs must be >= 1"),
             (self.max_watchers >= 1, "max_watchers must be >= 1"),
             (self.watch_fps >= 0, "watch_fps must be >= 0 (0: every step)"),

@@ -180,6 +180,7 @@ class HamletServer:
         await self.health.enter_graceful_shutdown()
         self.streams.end_all(Ending.draining())  # waiting ones at once, stepping ones after their step
         self.servicer.watch.close_all()
+        self.servicer.trimmer.close()
         await self._server.stop(grace)
         for task in self._tasks:
             task.cancel()

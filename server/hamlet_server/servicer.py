@@ -29,6 +29,7 @@ from hamlet_client.proto import model_pb2
 from hamlet_server.batcher import WorkItem
 from hamlet_server.budget import InflightBudget, tensor_bytes
 from hamlet_server.config import ServerConfig
+from hamlet_server.memory import MemoryTrimmer
 from hamlet_server.metrics import ServerMetrics
 from hamlet_server.repository import ModelLoadError, ModelRepository, ServedModel, UnknownVersionError
 from hamlet_server.snapshots import open_snapshot, restore, take_snapshot
@@ -195,6 +196,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.backend = backend  # the resolved backend (`auto` decided by the server)
         self.watch = WatchHub(max_watchers=config.max_watchers, fps=config.watch_fps)
         self.budget = InflightBudget(config.max_inflight_bytes)  # request bytes of the calls in progress
+        self.trimmer = MemoryTrimmer(config.trim_after_mb * 1024 * 1024)  # memory back after a burst
         self._step_latency = metrics.latency.labels("StreamEpisode.step")
         self._predict_latency = metrics.latency.labels("Predict")
 
@@ -327,12 +329,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             served = await self.repository.acquire(
                 request.model, request.version if request.HasField("version") else None
             )
+            nbytes = _predict_bytes(request, self.config.max_message_bytes)
             try:
-                with self.budget.hold(_predict_bytes(request, self.config.max_message_bytes)):
+                with self.budget.hold(nbytes):
                     item = self._predict_item(request, served, epsilon)
                     result = await served.batcher.submit(item)
             finally:
                 served.release()
+                self.trimmer.note(nbytes)
             response = pb.PredictResponse(model=served.name, version=served.version, actions=result.actions.tolist())
             encode_tensor(result.q_values, response.q_values)
             if result.hidden is not None:
@@ -426,8 +430,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             step_bytes = tensor_bytes(
                 request.step.observations, request.step.action_mask, most=self.config.max_message_bytes
             )
-            with self.budget.hold(step_bytes):
-                return await self._step(stream, request.step)
+            try:
+                with self.budget.hold(step_bytes):
+                    return await self._step(stream, request.step)
+            finally:
+                self.trimmer.note(step_bytes)
         if kind == "start":
             if stream.session is not None:
                 raise RequestError(

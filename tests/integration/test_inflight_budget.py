@@ -110,3 +110,13 @@ async def test_a_tensor_whose_shape_no_message_can_carry_is_bad_input_not_over_b
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "needs" in error.details(), error.details()
     assert server.servicer.budget.in_use == 0 and server.servicer.budget.refused == 0
+
+
+async def test_memory_is_given_back_once_after_a_burst_of_big_requests(server_factory) -> None:
+    server = await server_factory(trim_after_mb=1, max_predict_batch=65536)
+    obs = obs_batch(MLP, 2000, np.random.default_rng(5))  # 728 kB each: two pass the 1 MiB threshold
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        for _ in range(2):
+            await stub.Predict(pb.PredictRequest(model=MLP, observations=enc(obs)))
+        await _wait_for(lambda: server.servicer.trimmer.trims == 1)
