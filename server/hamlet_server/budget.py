@@ -1,10 +1,12 @@
 """The in-flight budget: a bound on the request bytes that calls in progress hold across the whole server.
 
 gRPC's `--max-message-mb` bounds one message; nothing else bounds how many of them are decoded at once. 32
-concurrent 15 MB Predicts took a server from 445 to 962 MB. `InflightBudget` counts the tensor bytes
-(observations, hidden state, action masks) of every Predict call and stream step in progress; one that would
-push the total past the budget is refused (RESOURCE_EXHAUSTED, reason ``INFLIGHT_BUDGET``) before it is
-decoded, and its bytes are given back when it ends, however it ends:
+concurrent 15 MB Predicts took a server from 445 to 962 MB. `InflightBudget` counts the bytes of every
+Predict call in progress (the whole message, from the moment gRPC hands it to the deserializer: one over the
+budget is not even parsed) and the tensor bytes of every stream step being served (stream messages are read
+one at a time, so they cannot pile up); one that would push the total past the budget is refused
+(RESOURCE_EXHAUSTED, reason ``INFLIGHT_BUDGET``) before it is decoded, and its bytes are given back when it
+ends, however it ends:
 
     budget = InflightBudget(256 * 2**20)
     with budget.hold(tensor_bytes(request.observations, most=max_message_bytes)):  # InflightBudgetError
@@ -14,6 +16,7 @@ decoded, and its bytes are given back when it ends, however it ends:
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -44,7 +47,7 @@ def tensor_bytes(*tensors: Any, most: int) -> int:
 
 
 class InflightBudget:
-    """Bytes held by the calls in progress, bounded by `limit` (one server, one event loop: no lock needed)."""
+    """Bytes held by the calls in progress, bounded by `limit`; thread-safe (gRPC may deserialize off the loop)."""
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -52,16 +55,19 @@ class InflightBudget:
         self.limit = limit
         self.in_use = 0
         self.refused = 0
+        self._lock = threading.Lock()
 
     def acquire(self, nbytes: int) -> None:
         """Count `nbytes` as in flight; InflightBudgetError (nothing counted) if that passes the limit."""
-        if self.in_use + nbytes > self.limit:
-            self.refused += 1
-            raise InflightBudgetError(self._refusal(nbytes))
-        self.in_use += nbytes
+        with self._lock:
+            if self.in_use + nbytes > self.limit:
+                self.refused += 1
+                raise InflightBudgetError(self._refusal(nbytes))
+            self.in_use += nbytes
 
     def release(self, nbytes: int) -> None:
-        self.in_use = max(0, self.in_use - nbytes)
+        with self._lock:
+            self.in_use = max(0, self.in_use - nbytes)
 
     @contextmanager
     def hold(self, nbytes: int) -> Iterator[None]:
@@ -76,11 +82,11 @@ class InflightBudget:
         limit = f"{self.limit / _MIB:g} MiB"
         if nbytes > self.limit:
             return (
-                f"the request carries {nbytes / _MIB:.1f} MiB of tensors, more than the server's whole in-flight "
+                f"the request carries {nbytes / _MIB:.1f} MiB, more than the server's whole in-flight "
                 f"budget of {limit} (--max-inflight-mb); split it into smaller batches"
             )
         return (
-            f"the request carries {nbytes / _MIB:.1f} MiB of tensors and calls in progress already hold "
+            f"the request carries {nbytes / _MIB:.1f} MiB and calls in progress already hold "
             f"{self.in_use / _MIB:.1f} MiB of the server's in-flight budget of {limit} (--max-inflight-mb); "
             "retry shortly or send smaller batches"
         )

@@ -27,7 +27,7 @@ from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_client.proto import model_pb2
 from hamlet_server.batcher import WorkItem
-from hamlet_server.budget import InflightBudget, tensor_bytes
+from hamlet_server.budget import InflightBudget, InflightBudgetError, tensor_bytes
 from hamlet_server.config import ServerConfig
 from hamlet_server.memory import MemoryTrimmer
 from hamlet_server.metrics import ServerMetrics
@@ -45,7 +45,7 @@ from hamlet_server.tensor_codec import (
 from hamlet_server.watch import Watcher, WatchHub
 from townlet.inference.validation import check_epsilon
 
-__all__ = ["InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto"]
+__all__ = ["Held", "InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto"]
 
 log = logging.getLogger(__name__)
 SC = grpc.StatusCode
@@ -71,6 +71,34 @@ def _lenient(parse: Callable[[bytes], Any], message_type: str) -> Callable[[byte
     return deserialize
 
 
+@dataclass(frozen=True)
+class Held:
+    """A Predict request whose bytes the in-flight budget holds from the moment gRPC handed them over (the
+    handler gives them back), or, with `refusal` set, one refused before it was even parsed."""
+
+    request: Any
+    nbytes: int
+    refusal: str = ""
+
+
+def _budgeted(parse: Callable[[bytes], Any], budget: InflightBudget) -> Callable[[bytes], Held]:
+    """A deserializer that counts the message's bytes against `budget` before parsing it: over the budget,
+    nothing is parsed or decoded (RESOURCE_EXHAUSTED INFLIGHT_BUDGET), so a burst cannot pile up copies."""
+
+    def deserialize(data: bytes) -> Held:
+        try:
+            budget.acquire(len(data))
+        except InflightBudgetError as exc:
+            return Held(None, 0, str(exc))
+        try:
+            return Held(parse(data), len(data))
+        except BaseException:
+            budget.release(len(data))
+            raise
+
+    return deserialize
+
+
 def _reject_malformed(request: Any) -> None:
     if isinstance(request, Malformed):
         raise RequestError(
@@ -87,7 +115,6 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
         "ListModels": (pb.ListModelsRequest, pb.ListModelsResponse),
         "GetModelMetadata": (pb.GetModelMetadataRequest, pb.GetModelMetadataResponse),
         "GetServerInfo": (pb.GetServerInfoRequest, pb.GetServerInfoResponse),
-        "Predict": (pb.PredictRequest, pb.PredictResponse),
         "ListSessions": (pb.ListSessionsRequest, pb.ListSessionsResponse),
     }
     handlers = {
@@ -98,6 +125,11 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
         )
         for name, (request, response) in messages.items()
     }
+    handlers["Predict"] = grpc.unary_unary_rpc_method_handler(
+        servicer.Predict,
+        request_deserializer=_budgeted(_lenient(pb.PredictRequest.FromString, "PredictRequest"), servicer.budget),
+        response_serializer=pb.PredictResponse.SerializeToString,
+    )
     handlers["StreamEpisode"] = grpc.stream_stream_rpc_method_handler(
         servicer.StreamEpisode,
         request_deserializer=_lenient(pb.StreamEpisodeRequest.FromString, "StreamEpisodeRequest"),
@@ -117,11 +149,6 @@ def _server_version() -> str:
         return importlib.metadata.version("hamlet-server")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _predict_bytes(request: pb.PredictRequest, most: int) -> int:
-    hidden = (request.hidden.h, request.hidden.c) if request.HasField("hidden") else ()
-    return tensor_bytes(request.observations, request.action_mask, *hidden, most=most)
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
@@ -321,22 +348,30 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     # ---- Predict ---------------------------------------------------------------------------------
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
+        held = request if isinstance(request, Held) else Held(request, 0)
         try:
+            return await self._predict(held, context)
+        finally:  # the request's bytes leave the budget however the call ends
+            self.budget.release(held.nbytes)
+            self.trimmer.note(held.nbytes)
+
+    async def _predict(self, held: Held, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        request = held.request
+        try:
+            if held.refusal:
+                raise InflightBudgetError(held.refusal)
             _reject_malformed(request)
             self._refuse_if_draining()
             epsilon = check_epsilon(request.epsilon, "epsilon")
             served = await self.repository.acquire(
                 request.model, request.version if request.HasField("version") else None
             )
-            nbytes = _predict_bytes(request, self.config.max_message_bytes)
             try:
-                with self.budget.hold(nbytes):
-                    item = self._predict_item(request, served, epsilon)
-                    result = await served.batcher.submit(item)
+                item = self._predict_item(request, served, epsilon)
+                result = await served.batcher.submit(item)
             finally:
                 served.release()
-                self.trimmer.note(nbytes)
             response = pb.PredictResponse(model=served.name, version=served.version, actions=result.actions.tolist())
             encode_tensor(result.q_values, response.q_values)
             if result.hidden is not None:

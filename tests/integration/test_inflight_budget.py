@@ -73,7 +73,7 @@ async def test_bytes_come_back_after_an_invalid_and_a_cancelled_predict(server_f
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert budget.in_use == 0
         call = stub.Predict(pb.PredictRequest(model=MLP, observations=enc(obs_batch(MLP, 8, np.random.default_rng(2)))))
-        await _wait_for(lambda: budget.in_use == 8 * 91 * 4)
+        await _wait_for(lambda: budget.in_use > 8 * 91 * 4)  # the whole message: its tensor and the rest
         call.cancel()
         await _wait_for(lambda: budget.in_use == 0)
 
