@@ -8,7 +8,8 @@ a 15 MB request, 41,000 observations, is a valid one), warms it with a small Pre
 server's VmRSS every 10 ms (peak), waits `--settle` s after the last answer (after), and counts the calls
 refused with RESOURCE_EXHAUSTED (the in-flight budget). Rows: the server as before (no budget in effect,
 no trim), the same with glibc's MALLOC_ARENA_MAX=2, the defaults (a 256 MiB budget, malloc_trim after
-64 MiB and a 1 s pause), and a tight budget (64 MiB). Numbers, not assertions.
+64 MiB and a 1 s pause), a tight budget (64 MiB), and before / the defaults with the forwards on a worker
+thread (the loop keeps taking requests meanwhile, so they overlap). Numbers, not assertions.
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ def main() -> int:
         ("as before, MALLOC_ARENA_MAX=2", before, {"MALLOC_ARENA_MAX": "2"}),
         ("defaults (256 MiB, trim after 64)", [], {}),
         ("--max-inflight-mb 64", ["--max-inflight-mb", "64"], {}),
+        ("as before, --forward-thread true", [*before, "--forward-thread", "true"], {}),
+        ("defaults, --forward-thread true", ["--forward-thread", "true"], {}),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(ROOT / "models" / MODEL, Path(tmp) / MODEL)
