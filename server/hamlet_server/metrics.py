@@ -10,6 +10,9 @@
 | hamlet_stream_ends_total                | counter   | reason         |
 | hamlet_loaded_model_versions            | gauge     |                |
 | hamlet_model_load_failures_total        | counter   | model, reason  |
+| hamlet_inflight_bytes                   | gauge     |                |
+| hamlet_unstarted_streams                | gauge     |                |
+| hamlet_watchers                         | gauge     |                |
 
 A refused file is counted once per change of the file (it is not read again until it changes).
 `StreamEpisode` is counted once per stream (its final code) and its latency is per step, under the method
@@ -56,12 +59,26 @@ class ServerMetrics:
                                      "Checkpoint files not promoted: reason load_error (unreadable, non-finite "
                                      "weights, ...) or canary (non-finite outputs)",
                                      ["model", "reason"], registry=r)  # fmt: skip
+        self.inflight_bytes = Gauge("hamlet_inflight_bytes", "Request bytes the calls and steps in progress hold "
+                                    "against --max-inflight-mb", registry=r)  # fmt: skip
+        self.unstarted_streams = Gauge("hamlet_unstarted_streams", "Streams open without their EpisodeStart "
+                                       "(bounded by --max-unstarted)", registry=r)  # fmt: skip
+        self.watchers = Gauge("hamlet_watchers", "WatchEpisodes calls in progress (bounded by --max-watchers)",
+                              registry=r)  # fmt: skip
         self._http: MetricsEndpoint | None = None
 
     def bind_gauges(self, sessions: Callable[[], float], loaded: Callable[[], float]) -> None:
         """Read the two gauges from live objects at scrape time."""
         self.active_sessions.set_function(sessions)
         self.loaded_versions.set_function(loaded)
+
+    def bind_limits(
+        self, inflight: Callable[[], float], unstarted: Callable[[], float], watchers: Callable[[], float]
+    ) -> None:
+        """Read what the hoarding limits count from live objects at scrape time."""
+        self.inflight_bytes.set_function(inflight)
+        self.unstarted_streams.set_function(unstarted)
+        self.watchers.set_function(watchers)
 
     def record(self, method: str, code: str) -> None:
         self.requests.labels(method, code).inc()

@@ -91,6 +91,9 @@ class HamletServer:
         )  # fmt: skip
         self.metrics.bind_gauges(lambda: len(self.streams), self.repository.loaded_count)
         self.servicer = InferenceServicer(self.repository, self.streams, config, self.metrics, backend=self.backend)
+        self.metrics.bind_limits(
+            lambda: self.servicer.budget.in_use, lambda: self.streams.unstarted, lambda: len(self.servicer.watch)
+        )
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []

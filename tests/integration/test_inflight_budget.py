@@ -5,11 +5,14 @@ failed or cancelled, Predict or stream step."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+import urllib.request
 from collections.abc import Callable
 
 import grpc
 import numpy as np
+from ports import free_port
 from server_helpers import LSTM, MLP, enc, obs_batch, read_to_end, start_msg, step_msg
 
 from hamlet_client.proto import inference_service_pb2 as pb
@@ -120,3 +123,40 @@ async def test_memory_is_given_back_once_after_a_burst_of_big_requests(server_fa
         for _ in range(2):
             await stub.Predict(pb.PredictRequest(model=MLP, observations=enc(obs)))
         await _wait_for(lambda: server.servicer.trimmer.trims == 1)
+
+
+async def test_predicts_cancelled_at_any_moment_leave_nothing_in_the_budget(server_factory) -> None:
+    server = await server_factory(max_delay_us=20_000)
+    rng = np.random.default_rng(6)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        calls = [
+            stub.Predict(pb.PredictRequest(model=MLP, observations=enc(obs_batch(MLP, 64, rng)))) for _ in range(40)
+        ]
+        for i, call in enumerate(calls):  # cancelled before, while and after the server holds them
+            await asyncio.sleep(0.001 * (i % 7))
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+    await _wait_for(lambda: server.servicer.budget.in_use == 0)
+
+
+async def test_metrics_show_the_bytes_in_flight_while_a_predict_waits(server_factory) -> None:
+    server = await server_factory(max_delay_us=3_000_000, metrics_port=free_port())
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+
+    def gauge(name: str) -> float:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        return float(re.search(rf"^{name} (\S+)$", text, re.M)[1])  # type: ignore[index]
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = pb_grpc.InferenceServiceStub(channel).Predict(
+            pb.PredictRequest(model=MLP, observations=enc(obs_batch(MLP, 8, np.random.default_rng(7))))
+        )
+        await _wait_for(lambda: server.servicer.budget.in_use > 0)
+        held = await asyncio.to_thread(gauge, "hamlet_inflight_bytes")
+        assert held == server.servicer.budget.in_use > 8 * 91 * 4
+        call.cancel()
+    await _wait_for(lambda: server.servicer.budget.in_use == 0)
+    assert await asyncio.to_thread(gauge, "hamlet_inflight_bytes") == 0
+    assert await asyncio.to_thread(gauge, "hamlet_unstarted_streams") == 0
+    assert await asyncio.to_thread(gauge, "hamlet_watchers") == 0
