@@ -329,22 +329,40 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def _send_frames(self, watcher: Watcher, context: grpc.aio.ServicerContext) -> RequestError | None:
         """Write the watcher's frames until its watch is over (None), or until none went out for
-        --watch-timeout: nothing to show, or a watcher that does not read (the error to end it with)."""
-        timeout = self.config.watch_timeout
+        --watch-timeout: nothing to show, or a watcher that does not read (the error to end it with). One
+        timer per frame, not a task (`asyncio.wait_for`): this runs for every frame of every watcher."""
+        timeout, loop, task = self.config.watch_timeout, asyncio.get_running_loop(), asyncio.current_task()
+        stalled = False
+
+        def stall() -> None:
+            nonlocal stalled
+            stalled = True
+            if task is not None:
+                task.cancel()
+
         try:
-            while (frame := await asyncio.wait_for(watcher.next(), timeout)) is not None:
-                out = pb.WatchEpisodesResponse()
-                out.CopyFrom(frame)  # one frame is shared by its watchers; the dropped count is this one's
-                out.frames_dropped = watcher.frames_dropped
-                await asyncio.wait_for(context.write(out), timeout)
-        except asyncio.TimeoutError:
-            return RequestError(
-                SC.DEADLINE_EXCEEDED,
-                f"the watch delivered no frame for {timeout:g} s (--watch-timeout): the stream sent no step, or "
-                "this watcher read none; watch again to go on",
-                "WATCH_IDLE",
-            )
-        return None
+            while True:
+                timer = loop.call_later(timeout, stall)
+                try:
+                    if (frame := await watcher.next()) is None:
+                        return None
+                    out = pb.WatchEpisodesResponse()
+                    out.CopyFrom(frame)  # one frame is shared by its watchers; the dropped count is this one's
+                    out.frames_dropped = watcher.frames_dropped
+                    await context.write(out)
+                finally:
+                    timer.cancel()
+        except asyncio.CancelledError:
+            if not stalled:
+                raise
+            if task is not None and hasattr(task, "uncancel"):  # Python 3.11+: this cancel was ours, handled
+                task.uncancel()
+        return RequestError(
+            SC.DEADLINE_EXCEEDED,
+            f"the watch delivered no frame for {timeout:g} s (--watch-timeout): the stream sent no step, or this "
+            "watcher read none; watch again to go on",
+            "WATCH_IDLE",
+        )
 
     # ---- Predict ---------------------------------------------------------------------------------
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

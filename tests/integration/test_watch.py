@@ -150,3 +150,25 @@ async def test_a_watch_with_nothing_to_show_ends_after_the_watch_timeout(server_
             await call.read()
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "--watch-timeout" in caught.value.details()
     assert len(server.servicer.watch) == 0
+
+
+async def test_a_watcher_that_stops_reading_is_ended_after_the_watch_timeout(server_factory) -> None:
+    server = await server_factory(enable_watch=True, watch_fps=0, watch_timeout=1.0)
+    target = f"127.0.0.1:{server.port}"
+    async with grpc.aio.insecure_channel(target) as channel, grpc.aio.insecure_channel(target) as viewer:
+        call = pb_grpc.InferenceServiceStub(channel).StreamEpisode()
+        await call.write(start_msg(MLP, 256))
+        await call.read()
+        idle = pb_grpc.InferenceServiceStub(viewer).WatchEpisodes(pb.WatchEpisodesRequest())
+        while not server.servicer.watch.active:
+            await asyncio.sleep(0.01)
+        obs = np.random.default_rng(3).random((256, 91), dtype=np.float32)
+        for _ in range(3000):  # ~280 MB of frames offered: flow control stalls the watch's writes
+            await call.write(step_msg(obs))
+            await call.read()
+            if len(server.servicer.watch) == 0:
+                break
+        assert len(server.servicer.watch) == 0, "a watch whose writes stalled kept its place"
+        await call.done_writing()
+        assert await call.code() == grpc.StatusCode.OK  # the stream never noticed
+        idle.cancel()
