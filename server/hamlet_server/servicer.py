@@ -99,6 +99,22 @@ def _budgeted(parse: Callable[[bytes], Any], budget: InflightBudget) -> Callable
     return deserialize
 
 
+_FRAMES_DROPPED_TAG = b"\x48"  # WatchEpisodesResponse.frames_dropped: field 9, varint
+
+
+def _frames_dropped_field(count: int) -> bytes:
+    """WatchEpisodesResponse.frames_dropped on the wire, to append to a serialized frame (b"" for 0, the
+    proto3 default). Appending is how protobuf merges: the field reads as this value."""
+    if not count:
+        return b""
+    varint = bytearray()
+    while count > 0x7F:
+        varint.append(count & 0x7F | 0x80)
+        count >>= 7
+    varint.append(count)
+    return _FRAMES_DROPPED_TAG + bytes(varint)
+
+
 def _reject_malformed(request: Any) -> None:
     if isinstance(request, Malformed):
         raise RequestError(
@@ -138,7 +154,7 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     handlers["WatchEpisodes"] = grpc.unary_stream_rpc_method_handler(
         servicer.WatchEpisodes,
         request_deserializer=_lenient(pb.WatchEpisodesRequest.FromString, "WatchEpisodesRequest"),
-        response_serializer=pb.WatchEpisodesResponse.SerializeToString,
+        response_serializer=bytes,  # the servicer writes frames serialized once for all their watchers
     )
     service = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
@@ -346,10 +362,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 try:
                     if (frame := await watcher.next()) is None:
                         return None
-                    out = pb.WatchEpisodesResponse()
-                    out.CopyFrom(frame)  # one frame is shared by its watchers; the dropped count is this one's
-                    out.frames_dropped = watcher.frames_dropped
-                    await context.write(out)
+                    await context.write(frame + _frames_dropped_field(watcher.frames_dropped))
                 finally:
                     timer.cancel()
         except asyncio.CancelledError:
@@ -500,11 +513,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         raise RequestError(SC.INVALID_ARGUMENT, "empty StreamEpisodeRequest: set start or step", "EMPTY_REQUEST")
 
     @staticmethod
-    def _frame(stream_id: str, step: pb.EpisodeStep, out: pb.EpisodeStepResult) -> pb.WatchEpisodesResponse:
-        return pb.WatchEpisodesResponse(
+    def _frame(stream_id: str, step: pb.EpisodeStep, out: pb.EpisodeStepResult) -> bytes:
+        """A WatchEpisodesResponse serialized once for all of the frame's watchers (without frames_dropped)."""
+        frame = pb.WatchEpisodesResponse(
             session_id=stream_id, model=out.model, version=out.version, step_index=out.step_index,
             observations=step.observations, q_values=out.q_values, actions=out.actions, reset=step.reset,
         )  # fmt: skip
+        serialized: bytes = frame.SerializeToString()
+        return serialized
 
     def _ended(self, stream: EpisodeStream, ending: Ending) -> None:
         """Free the stream's state (before anything is sent), count and log how it ended."""

@@ -67,3 +67,13 @@ def test_watches_past_max_watchers_are_refused_and_unsubscribing_gives_the_place
     hub.unsubscribe(first)  # twice: counted once
     assert len(hub) == 1
     hub.subscribe("s2")
+
+
+@pytest.mark.parametrize("count", [0, 1, 127, 128, 300, 2**40])
+def test_a_frame_serialized_once_reads_back_with_each_watchers_dropped_count(count: int) -> None:
+    from hamlet_client.proto import inference_service_pb2 as pb
+    from hamlet_server.servicer import _frames_dropped_field
+
+    shared = pb.WatchEpisodesResponse(session_id="s1", step_index=3, actions=[1, 2]).SerializeToString()
+    frame = pb.WatchEpisodesResponse.FromString(shared + _frames_dropped_field(count))
+    assert (frame.frames_dropped, frame.step_index, list(frame.actions)) == (count, 3, [1, 2])
