@@ -69,12 +69,12 @@ class ServerConfig:
     )
     max_inflight_mb: int = _opt(
         256,
-        "most MiB of request tensors (observations, hidden state, masks) that Predict calls and stream steps in "
-        "progress may hold together; one that would pass it gets RESOURCE_EXHAUSTED (INFLIGHT_BUDGET)",
+        "most MiB of requests in progress, together: each Predict's message (counted before it is parsed) and "
+        "each stream step's tensors; one that would pass it gets RESOURCE_EXHAUSTED (INFLIGHT_BUDGET)",
     )
     trim_after_mb: int = _opt(
         64,
-        "after this many MiB of request tensors, once requests pause for 1 s, give the memory the allocator "
+        "after this many MiB of requests, once requests pause for 1 s, give the memory the allocator "
         "kept back to the system (glibc malloc_trim; 0: never)",
     )
     max_envs: int = _opt(1024, "most environments (num_envs) one stream may drive")
