@@ -61,6 +61,22 @@ class ServerConfig:
     )
     default_model: str = _opt("", "model used when a request names none (empty: the first name in sorted order)")
     max_sessions: int = _opt(1024, "most concurrent StreamEpisode streams; more get RESOURCE_EXHAUSTED")
+    max_unstarted: int = _opt(
+        32,
+        "most streams open without their EpisodeStart (they count against --max-sessions too); past it the oldest "
+        "of them is ended (RESOURCE_EXHAUSTED, UNSTARTED_LIMIT), so streams held open unstarted cannot starve "
+        "clients that start at once",
+    )
+    max_inflight_mb: int = _opt(
+        256,
+        "most MiB of requests in progress, together: each Predict's message (counted before it is parsed) and "
+        "each stream step's tensors; one that would pass it gets RESOURCE_EXHAUSTED (INFLIGHT_BUDGET)",
+    )
+    trim_after_mb: int = _opt(
+        64,
+        "after this many MiB of requests, once requests pause for 1 s, give the memory the allocator "
+        "kept back to the system (glibc malloc_trim; 0: never)",
+    )
     max_envs: int = _opt(1024, "most environments (num_envs) one stream may drive")
     max_predict_batch: int = _opt(4096, "most observations in one Predict call")
     session_ttl: float = _opt(
@@ -81,6 +97,15 @@ class ServerConfig:
         "also serve the Open Inference Protocol v2 (KServe / Triton inference.GRPCInferenceService: ServerLive, "
         "ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer) on the gRPC port, for tritonclient, "
         "perf_analyzer, KServe and Seldon clients; ModelInfer runs Predict (docs/SERVING.md)",
+    )
+    max_watchers: int = _opt(16, "most concurrent WatchEpisodes calls; more get RESOURCE_EXHAUSTED (WATCHER_LIMIT)")
+    watch_fps: float = _opt(
+        20.0, "most frames per second a watched stream sends its watchers; steps in between are not shown (0: all)"
+    )
+    watch_timeout: float = _opt(
+        60.0,
+        "seconds a WatchEpisodes call may go without delivering a frame (nothing to show, or a watcher that does "
+        "not read) before it ends with DEADLINE_EXCEEDED (WATCH_IDLE)",
     )
     max_slots: int = _opt(
         65536,
@@ -161,7 +186,13 @@ class ServerConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.max_sessions >= 1, "max_sessions must be >= 1"),
+            (self.max_unstarted >= 1, "max_unstarted must be >= 1"),
+            (self.max_inflight_mb >= 1, "max_inflight_mb must be >= 1"),
+            (self.trim_after_mb >= 0, "trim_after_mb must be >= 0 (0: never)"),
             (self.max_envs >= 1, "max_envs must be >= 1"),
+            (self.max_watchers >= 1, "max_watchers must be >= 1"),
+            (self.watch_fps >= 0, "watch_fps must be >= 0 (0: every step)"),
+            (self.watch_timeout > 0, "watch_timeout must be > 0 seconds"),
             (self.max_predict_batch >= 1, "max_predict_batch must be >= 1"),
             (self.session_ttl > 0, "session_ttl must be > 0 seconds"),
             (self.start_timeout > 0, "start_timeout must be > 0 seconds"),
@@ -207,6 +238,10 @@ class ServerConfig:
             "--tls-cert/--tls-key is set, so anyone could call the server; add a token or TLS, or pass "
             "--allow-insecure to serve without authentication on purpose"
         )
+
+    @property
+    def max_inflight_bytes(self) -> int:
+        return self.max_inflight_mb * 1024 * 1024
 
     @property
     def max_message_bytes(self) -> int:

@@ -13,6 +13,9 @@
 | hamlet_stream_ends_total                | counter   | reason         |
 | hamlet_loaded_model_versions            | gauge     |                |
 | hamlet_model_load_failures_total        | counter   | model, reason  |
+| hamlet_inflight_bytes                   | gauge     |                |
+| hamlet_unstarted_streams                | gauge     |                |
+| hamlet_watchers                         | gauge     |                |
 
 A refused file is counted once per change of the file (it is not read again until it changes).
 `StreamEpisode` is counted once per stream (its final code) and its latency is per step, under the method
@@ -35,10 +38,10 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    start_http_server,
 )
 
 from hamlet_server.batcher import BatchStats
+from hamlet_server.metrics_http import MetricsEndpoint
 
 __all__ = ["ServerMetrics"]
 
@@ -80,7 +83,13 @@ class ServerMetrics:
                                      "Checkpoint files not promoted: reason load_error (unreadable, non-finite "
                                      "weights, ...) or canary (non-finite outputs)",
                                      ["model", "reason"], registry=r)  # fmt: skip
-        self._http: object | None = None
+        self.inflight_bytes = Gauge("hamlet_inflight_bytes", "Request bytes the calls and steps in progress hold "
+                                    "against --max-inflight-mb", registry=r)  # fmt: skip
+        self.unstarted_streams = Gauge("hamlet_unstarted_streams", "Streams open without their EpisodeStart "
+                                       "(bounded by --max-unstarted)", registry=r)  # fmt: skip
+        self.watchers = Gauge("hamlet_watchers", "WatchEpisodes calls in progress (bounded by --max-watchers)",
+                              registry=r)  # fmt: skip
+        self._http: MetricsEndpoint | None = None
 
     def bind_gauges(self, sessions: Callable[[], float], loaded: Callable[[], float]) -> None:
         """Read the two gauges from live objects at scrape time."""
@@ -95,27 +104,33 @@ class ServerMetrics:
         for wait in stats.queued_seconds:
             queue.observe(wait)
 
+    def bind_limits(
+        self, inflight: Callable[[], float], unstarted: Callable[[], float], watchers: Callable[[], float]
+    ) -> None:
+        """Read what the hoarding limits count from live objects at scrape time."""
+        self.inflight_bytes.set_function(inflight)
+        self.unstarted_streams.set_function(unstarted)
+        self.watchers.set_function(watchers)
+
     def record(self, method: str, code: str) -> None:
         self.requests.labels(method, code).inc()
         if code != "OK":
             self.errors.labels(method, code).inc()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Start the /metrics HTTP endpoint; returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        return int(server.server_address[1])
+        """Start the /metrics HTTP endpoint (one thread, bounded connections, timed-out reads: see
+        `hamlet_server.metrics_http`); returns the bound port."""
+        endpoint = MetricsEndpoint(self.registry)
+        bound = endpoint.start(host, port)
+        self._http = endpoint
+        return bound
 
     @property
     def address(self) -> tuple[str, int] | None:
         """(host, port) the /metrics endpoint listens on; None when it is not serving."""
-        if self._http is None:
-            return None
-        host, port = self._http.server_address[:2]  # type: ignore[attr-defined]
-        return str(host), int(port)
+        return None if self._http is None else self._http.address
 
     def stop(self) -> None:
         if self._http is not None:
-            self._http.shutdown()  # type: ignore[attr-defined]
-            self._http.server_close()  # type: ignore[attr-defined]
+            self._http.stop()
             self._http = None

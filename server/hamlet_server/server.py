@@ -90,7 +90,7 @@ class HamletServer:
         self.metrics = ServerMetrics()
         self.streams = StreamTable(
             config.max_sessions, ttl=config.session_ttl, start_timeout=config.start_timeout,
-            max_slots=config.max_slots,
+            max_slots=config.max_slots, max_unstarted=config.max_unstarted,
         )  # fmt: skip
         # torch's intra-op thread count is per OS thread (OpenMP): set it in the worker that runs the forwards.
         self._executor = ThreadPoolExecutor(
@@ -113,6 +113,9 @@ class HamletServer:
         if config.tracing != "off" or span_exporter is not None:
             self.tracing = make_tracing(config.tracing, config.trace_sample, config.trace_step_every, span_exporter)
             self.servicer.step_tracer = self.tracing.step
+        self.metrics.bind_limits(
+            lambda: self.servicer.budget.in_use, lambda: self.streams.unstarted, lambda: len(self.servicer.watch)
+        )
         self.health = DrainingHealthServicer()
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -215,6 +218,7 @@ class HamletServer:
         await self.health.enter_graceful_shutdown()
         self.streams.end_all(Ending.draining())  # waiting ones at once, stepping ones after their step
         self.servicer.watch.close_all()
+        self.servicer.trimmer.close()
         await self._until_quiet(time.monotonic() + grace / 2)
         await self._server.stop(max(deadline - time.monotonic(), 0.0))
         for task in self._tasks:

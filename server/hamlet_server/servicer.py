@@ -29,8 +29,10 @@ from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_client.proto import model_pb2
 from hamlet_server.artifacts import ArtifactStore, artifact_responses
 from hamlet_server.batcher import WorkItem
+from hamlet_server.budget import InflightBudget, InflightBudgetError, tensor_bytes
 from hamlet_server.config import ServerConfig
 from hamlet_server.logs import bind_log_context
+from hamlet_server.memory import MemoryTrimmer
 from hamlet_server.metrics import ServerMetrics
 from hamlet_server.repository import ModelLoadError, ModelRepository, ServedModel, UnknownVersionError
 from hamlet_server.sessions import check_num_envs, check_step_index
@@ -45,11 +47,11 @@ from hamlet_server.tensor_codec import (
     encode_hidden,
     encode_tensor,
 )
-from hamlet_server.watch import WatchHub
+from hamlet_server.watch import Watcher, WatchHub
 from townlet.inference.validation import check_epsilon
 from townlet.inference.version import package_version
 
-__all__ = ["InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto", "server_version"]
+__all__ = ["Held", "InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto", "server_version"]
 
 log = logging.getLogger(__name__)
 SC = grpc.StatusCode
@@ -76,6 +78,50 @@ def _lenient(parse: Callable[[bytes], Any], message_type: str) -> Callable[[byte
     return deserialize
 
 
+@dataclass(frozen=True)
+class Held:
+    """A Predict request whose bytes the in-flight budget holds from the moment gRPC handed them over (the
+    handler gives them back), or, with `refusal` set, one refused before it was even parsed."""
+
+    request: Any
+    nbytes: int
+    refusal: str = ""
+
+
+def _budgeted(parse: Callable[[bytes], Any], budget: InflightBudget) -> Callable[[bytes], Held]:
+    """A deserializer that counts the message's bytes against `budget` before parsing it: over the budget,
+    nothing is parsed or decoded (RESOURCE_EXHAUSTED INFLIGHT_BUDGET), so a burst cannot pile up copies."""
+
+    def deserialize(data: bytes) -> Held:
+        try:
+            budget.acquire(len(data))
+        except InflightBudgetError as exc:
+            return Held(None, 0, str(exc))
+        try:
+            return Held(parse(data), len(data))
+        except BaseException:
+            budget.release(len(data))
+            raise
+
+    return deserialize
+
+
+_FRAMES_DROPPED_TAG = b"\x48"  # WatchEpisodesResponse.frames_dropped: field 9, varint
+
+
+def _frames_dropped_field(count: int) -> bytes:
+    """WatchEpisodesResponse.frames_dropped on the wire, to append to a serialized frame (b"" for 0, the
+    proto3 default). Appending is how protobuf merges: the field reads as this value."""
+    if not count:
+        return b""
+    varint = bytearray()
+    while count > 0x7F:
+        varint.append(count & 0x7F | 0x80)
+        count >>= 7
+    varint.append(count)
+    return _FRAMES_DROPPED_TAG + bytes(varint)
+
+
 def _reject_malformed(request: Any) -> None:
     if isinstance(request, Malformed):
         raise RequestError(
@@ -92,7 +138,6 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
         "ListModels": (pb.ListModelsRequest, pb.ListModelsResponse),
         "GetModelMetadata": (pb.GetModelMetadataRequest, pb.GetModelMetadataResponse),
         "GetServerInfo": (pb.GetServerInfoRequest, pb.GetServerInfoResponse),
-        "Predict": (pb.PredictRequest, pb.PredictResponse),
         "ListSessions": (pb.ListSessionsRequest, pb.ListSessionsResponse),
     }
     handlers = {
@@ -103,6 +148,11 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
         )
         for name, (request, response) in messages.items()
     }
+    handlers["Predict"] = grpc.unary_unary_rpc_method_handler(
+        servicer.Predict,
+        request_deserializer=_budgeted(_lenient(pb.PredictRequest.FromString, "PredictRequest"), servicer.budget),
+        response_serializer=pb.PredictResponse.SerializeToString,
+    )
     handlers["StreamEpisode"] = grpc.stream_stream_rpc_method_handler(
         _noting_arrival(servicer, servicer.StreamEpisode),
         request_deserializer=_lenient(pb.StreamEpisodeRequest.FromString, "StreamEpisodeRequest"),
@@ -111,7 +161,7 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     handlers["WatchEpisodes"] = grpc.unary_stream_rpc_method_handler(
         _noting_arrival(servicer, servicer.WatchEpisodes),
         request_deserializer=_lenient(pb.WatchEpisodesRequest.FromString, "WatchEpisodesRequest"),
-        response_serializer=pb.WatchEpisodesResponse.SerializeToString,
+        response_serializer=bytes,  # the servicer writes frames serialized once for all their watchers
     )
     handlers["GetModelArtifact"] = grpc.unary_stream_rpc_method_handler(
         servicer.GetModelArtifact,
@@ -205,7 +255,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.last_arrival = 0.0  # time.monotonic() when the newest call arrived
         self.snapshot_keys: SnapshotKeys | None = None  # --snapshot-key-file: signs and checks episode snapshots
         self.backend = backend  # the resolved backend (`auto` decided by the server)
-        self.watch = WatchHub()
+        self.watch = WatchHub(max_watchers=config.max_watchers, fps=config.watch_fps)
+        self.budget = InflightBudget(config.max_inflight_bytes)  # request bytes of the calls in progress
+        self.trimmer = MemoryTrimmer(config.trim_after_mb * 1024 * 1024)  # memory back after a burst
         self.artifacts = ArtifactStore()  # verified ONNX exports for GetModelArtifact
         self._step_latency = metrics.latency.labels("StreamEpisode.step")
         self.step_tracer: Callable[[int, float, float], None] | None = None  # --tracing: CallTracing.step
@@ -301,17 +353,15 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                     SC.NOT_FOUND, f"no open stream {truncate(request.session_id, 80)!r}; see ListSessions",
                     "UNKNOWN_SESSION",
                 )  # fmt: skip
+            watcher = self.watch.subscribe(request.session_id)
         except Exception as exc:
             await self._fail(context, "WatchEpisodes", exc)
-        watcher = self.watch.subscribe(request.session_id)
         try:
-            while (frame := await watcher.next()) is not None:
-                out = pb.WatchEpisodesResponse()
-                out.CopyFrom(frame)  # one frame is shared by its watchers; the dropped count is this one's
-                out.frames_dropped = watcher.frames_dropped
-                await context.write(out)
+            stalled = await self._send_frames(watcher, context)
         finally:
             self.watch.unsubscribe(watcher)
+        if stalled is not None:
+            await self._fail(context, "WatchEpisodes", stalled)
         self.metrics.record("WatchEpisodes", "OK")
 
     # ---- GetModelArtifact (the logic: hamlet_server.artifacts) ------------------------------------
@@ -329,10 +379,55 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             await context.write(response)
         self.metrics.record("GetModelArtifact", "OK")
 
+    async def _send_frames(self, watcher: Watcher, context: grpc.aio.ServicerContext[Any, Any]) -> RequestError | None:
+        """Write the watcher's frames until its watch is over (None), or until none went out for
+        --watch-timeout: nothing to show, or a watcher that does not read (the error to end it with). One
+        timer per frame, not a task (`asyncio.wait_for`): this runs for every frame of every watcher."""
+        timeout, loop, task = self.config.watch_timeout, asyncio.get_running_loop(), asyncio.current_task()
+        stalled = False
+
+        def stall() -> None:
+            nonlocal stalled
+            stalled = True
+            if task is not None:
+                task.cancel()
+
+        try:
+            while True:
+                timer = loop.call_later(timeout, stall)
+                try:
+                    if (frame := await watcher.next()) is None:
+                        return None
+                    await context.write(frame + _frames_dropped_field(watcher.frames_dropped))
+                finally:
+                    timer.cancel()
+        except asyncio.CancelledError:
+            if not stalled:
+                raise
+            if task is not None and hasattr(task, "uncancel"):  # Python 3.11+: this cancel was ours, handled
+                task.uncancel()
+        return RequestError(
+            SC.DEADLINE_EXCEEDED,
+            f"the watch delivered no frame for {timeout:g} s (--watch-timeout): the stream sent no step, or this "
+            "watcher read none; watch again to go on",
+            "WATCH_IDLE",
+        )
+
     # ---- Predict ---------------------------------------------------------------------------------
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        started = time.perf_counter()
+        held = request if isinstance(request, Held) else Held(request, 0)
         try:
+            return await self._predict(held, context)
+        finally:  # the request's bytes leave the budget however the call ends
+            self.budget.release(held.nbytes)
+            self.trimmer.note(held.nbytes)
+
+    async def _predict(self, held: Held, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started = time.perf_counter()
+        request = held.request
+        try:
+            if held.refusal:
+                raise InflightBudgetError(held.refusal)
             _reject_malformed(request)
             response = await self.predict(request)
         except Exception as exc:
@@ -451,7 +546,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             if stream.session is None:
                 raise RequestError(SC.FAILED_PRECONDITION, "step before start: send an EpisodeStart first",
                                    "STEP_BEFORE_START")  # fmt: skip
-            return await self._step(stream, request.step)
+            step_bytes = tensor_bytes(
+                request.step.observations, request.step.action_mask, most=self.config.max_message_bytes
+            )
+            try:
+                with self.budget.hold(step_bytes):
+                    return await self._step(stream, request.step)
+            finally:
+                self.trimmer.note(step_bytes)
         if kind == "start":
             if stream.session is not None:
                 raise RequestError(
@@ -466,11 +568,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         raise RequestError(SC.INVALID_ARGUMENT, "empty StreamEpisodeRequest: set start or step", "EMPTY_REQUEST")
 
     @staticmethod
-    def _frame(stream_id: str, step: pb.EpisodeStep, out: pb.EpisodeStepResult) -> pb.WatchEpisodesResponse:
-        return pb.WatchEpisodesResponse(
+    def _frame(stream_id: str, step: pb.EpisodeStep, out: pb.EpisodeStepResult) -> bytes:
+        """A WatchEpisodesResponse serialized once for all of the frame's watchers (without frames_dropped)."""
+        frame = pb.WatchEpisodesResponse(
             session_id=stream_id, model=out.model, version=out.version, step_index=out.step_index,
             observations=step.observations, q_values=out.q_values, actions=out.actions, reset=step.reset,
         )  # fmt: skip
+        serialized: bytes = frame.SerializeToString()
+        return serialized
 
     def _ended(self, stream: EpisodeStream, ending: Ending) -> None:
         """Free the stream's state (before anything is sent), count and log how it ended."""

@@ -17,9 +17,11 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hamlet_server.artifacts import BadChunkSizeError, ExportUnavailableError
+from hamlet_server.budget import InflightBudgetError
 from hamlet_server.repository import ModelLoadError, UnknownModelError, UnknownVersionError
 from hamlet_server.sessions import EnvLimitError, StepLimitError
-from hamlet_server.streams import SessionLimitError, SlotLimitError
+from hamlet_server.streams import SessionLimitError, SlotLimitError, UnstartedLimitError
+from hamlet_server.watch import WatcherLimitError
 from townlet.inference.errors import InvalidInputError
 
 __all__ = ["ERROR_DOMAIN", "MAX_MESSAGE_CHARS", "RequestError", "rich_status", "status_for", "truncate"]
@@ -67,6 +69,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
         found = (SC.FAILED_PRECONDITION, str(exc), "EXPORT_UNAVAILABLE")
     elif isinstance(exc, BadChunkSizeError):
         found = (SC.INVALID_ARGUMENT, str(exc), "BAD_ARGUMENT")
+    elif isinstance(exc, UnstartedLimitError):
+        found = (SC.RESOURCE_EXHAUSTED, str(exc), "UNSTARTED_LIMIT")
     elif isinstance(exc, SessionLimitError):
         found = (SC.RESOURCE_EXHAUSTED, str(exc), "SESSION_LIMIT")
     elif isinstance(exc, SlotLimitError):
@@ -75,6 +79,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
         found = (SC.INVALID_ARGUMENT, str(exc), "ENV_LIMIT")
     elif isinstance(exc, StepLimitError):
         found = (SC.OUT_OF_RANGE, str(exc), "STEP_LIMIT")
+    elif isinstance(exc, WatcherLimitError):
+        found = (SC.RESOURCE_EXHAUSTED, str(exc), "WATCHER_LIMIT")
+    elif isinstance(exc, InflightBudgetError):
+        found = (SC.RESOURCE_EXHAUSTED, str(exc), "INFLIGHT_BUDGET")
     else:
         log.error("internal error while serving a request", exc_info=exc)
         found = (SC.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "INTERNAL")

@@ -1,8 +1,11 @@
 """The life of a StreamEpisode stream, from the moment it opens to the moment its state is freed.
 
 One `StreamTable` owns every open stream. A stream counts against `max_streams` from the moment it opens
-(before its `EpisodeStart`); `start()` gives it a model version and table rows (within `max_slots` per
-version); `end()` records why the server ends it and interrupts its handler; `free()` gives everything back.
+(before its `EpisodeStart`), and against `max_unstarted` until it starts: a stream that opens past that
+ends the oldest stream still waiting for its start (`UNSTARTED_LIMIT`), so a client that re-opens streams and
+never starts them holds at most `max_unstarted` places and cannot starve clients that start at once.
+`start()` gives a stream its model version and table rows (within `max_slots` per version); `end()` records
+why the server ends it and interrupts its handler; `free()` gives everything back.
 `overdue()` finds the streams that broke a time limit:
 
     opened ──start──> started ──step──> ... ──> ended(reason) ──> freed
@@ -42,6 +45,7 @@ __all__ = [
     "SessionLimitError",
     "SlotLimitError",
     "StreamTable",
+    "UnstartedLimitError",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,10 @@ SC = grpc.StatusCode
 
 class SessionLimitError(RuntimeError):
     """The server already holds `max_streams` open streams (RESOURCE_EXHAUSTED, reason SESSION_LIMIT)."""
+
+
+class UnstartedLimitError(SessionLimitError):
+    """`max_unstarted` streams are between opening and started, none waiting to be ended (UNSTARTED_LIMIT)."""
 
 
 class SlotLimitError(RuntimeError):
@@ -123,6 +131,16 @@ class Ending:
         )  # fmt: skip
 
     @classmethod
+    def unstarted_evicted(cls, max_unstarted: int) -> Ending:
+        return cls(
+            EndReason.EVICTED_CAPACITY, SC.RESOURCE_EXHAUSTED,
+            f"ended before its EpisodeStart to make room for a new stream: the server keeps at most {max_unstarted} "
+            "streams waiting for their start (--max-unstarted), the oldest go first; send the start as soon as the "
+            "stream opens",
+            "UNSTARTED_LIMIT",
+        )  # fmt: skip
+
+    @classmethod
     def draining(cls) -> Ending:
         return cls(
             EndReason.SERVER_DRAINING, SC.UNAVAILABLE,
@@ -174,16 +192,19 @@ class StreamTable:
         ttl: float = 300.0,
         start_timeout: float = 5.0,
         max_slots: int = 65536,
+        max_unstarted: int = 32,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_streams < 1:
-            raise ValueError(f"max_streams must be >= 1, got {max_streams}")
+        if max_streams < 1 or max_unstarted < 1:
+            raise ValueError(f"max_streams and max_unstarted must be >= 1, got {max_streams} and {max_unstarted}")
         self.max_streams = max_streams
+        self.max_unstarted = max_unstarted
         self.ttl = ttl
         self.start_timeout = start_timeout
         self.max_slots = max_slots
         self._clock = clock
         self._streams: dict[str, EpisodeStream] = {}
+        self._unstarted: dict[str, EpisodeStream] = {}  # opened, not started, not ended: oldest first
         self._ids = itertools.count(1)
 
     def __len__(self) -> int:
@@ -195,8 +216,17 @@ class StreamTable:
     def all(self) -> list[EpisodeStream]:
         return list(self._streams.values())
 
+    @property
+    def unstarted(self) -> int:
+        """Streams opened and not started (nor ended): what `max_unstarted` bounds."""
+        return len(self._unstarted)
+
     def open(self, task: asyncio.Task[Any] | None = None) -> EpisodeStream:
-        """Admit a new stream (it counts from now on); SessionLimitError at `max_streams`."""
+        """Admit a new stream (it counts from now on), first ending the oldest stream still waiting for its
+        start if `max_unstarted` are; SessionLimitError at `max_streams`, UnstartedLimitError when the
+        unstarted ones are all busy starting."""
+        if len(self._unstarted) >= self.max_unstarted:
+            self._evict_oldest_unstarted()
         if len(self._streams) >= self.max_streams:
             raise SessionLimitError(
                 f"the server holds its maximum of {self.max_streams} streams (--max-sessions), counting streams "
@@ -205,7 +235,19 @@ class StreamTable:
         now = self._clock()
         stream = EpisodeStream(f"s{next(self._ids)}-{uuid.uuid4().hex[:8]}", task, now, now, _clock=self._clock)
         self._streams[stream.stream_id] = stream
+        self._unstarted[stream.stream_id] = stream
         return stream
+
+    def _evict_oldest_unstarted(self) -> None:
+        oldest = next((s for s in self._unstarted.values() if s.phase is Phase.OPENED), None)
+        if oldest is None:
+            raise UnstartedLimitError(
+                f"the server already starts its maximum of {self.max_unstarted} streams at once (--max-unstarted); "
+                "retry shortly"
+            )
+        log.info("stream %s ended before its start: %d streams wait for theirs (--max-unstarted)",
+                 oldest.stream_id, len(self._unstarted))  # fmt: skip
+        self.end(oldest, Ending.unstarted_evicted(self.max_unstarted))
 
     def start(self, stream: EpisodeStream, model: ServedModel, num_envs: int, epsilon: float,
               seed: int | None) -> Session:  # fmt: skip
@@ -217,6 +259,7 @@ class StreamTable:
                 "use fewer environments or retry later"
             )
         stream.session = Session.open(model, num_envs, epsilon, seed)
+        self._unstarted.pop(stream.stream_id, None)
         return stream.session
 
     def end(self, stream: EpisodeStream, ending: Ending) -> None:
@@ -226,6 +269,7 @@ class StreamTable:
         if stream.ending is not None or stream.freed:
             return
         stream.ending = ending
+        self._unstarted.pop(stream.stream_id, None)
         waiting = stream.phase in (Phase.OPENED, Phase.READING)
         stalled_write = stream.phase is Phase.WRITING and ending.reason is EndReason.IDLE_TIMEOUT
         if (waiting or stalled_write) and stream.task is not None:
@@ -237,6 +281,7 @@ class StreamTable:
             return
         stream.freed = True
         self._streams.pop(stream.stream_id, None)
+        self._unstarted.pop(stream.stream_id, None)
         if stream.session is not None:
             stream.session.close()
 

@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from hamlet_server.sessions import HiddenStateTable, SlotAllocator
-from hamlet_server.streams import Ending, EndReason, Phase, SessionLimitError, SlotLimitError, StreamTable
+from hamlet_server.streams import (
+    Ending,
+    EndReason,
+    Phase,
+    SessionLimitError,
+    SlotLimitError,
+    StreamTable,
+    UnstartedLimitError,
+)
 
 
 class _FakeServed:
@@ -98,6 +106,31 @@ def test_streams_count_from_open_and_free_everything():
     table.open()  # the freed place is available again
     table.free_all()
     assert len(table) == 0
+
+
+def test_a_stream_past_max_unstarted_ends_the_oldest_one_waiting_for_its_start():
+    served = _FakeServed()
+    table = StreamTable(max_streams=16, max_unstarted=3)
+    a, b, c = table.open(), table.open(), table.open()
+    d = table.open()
+    assert a.ending is not None and a.ending.error_reason == "UNSTARTED_LIMIT"
+    assert a.ending.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-unstarted" in a.ending.message
+    assert a.ending.reason is EndReason.EVICTED_CAPACITY and table.unstarted == 3 and len(table) == 4
+    b.enter(Phase.STEPPING)  # its EpisodeStart is being served: not a candidate
+    e = table.open()
+    assert c.ending is not None and b.ending is None
+    table.start(b, served.acquire(), num_envs=1, epsilon=0.0, seed=None)  # started: no longer counted
+    assert table.unstarted == 2  # d, e
+    f = table.open()
+    assert (d.ending, e.ending, f.ending) == (None, None, None)
+
+
+def test_unstarted_streams_all_busy_starting_refuse_a_new_one():
+    table = StreamTable(max_streams=16, max_unstarted=2)
+    for stream in (table.open(), table.open()):
+        stream.enter(Phase.STEPPING)
+    with pytest.raises(UnstartedLimitError, match=r"maximum of 2 streams at once \(--max-unstarted\)"):
+        table.open()
 
 
 def test_slot_limit_names_the_limit_and_the_use():
