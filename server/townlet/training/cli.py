@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from townlet.inference.errors import InferenceError
 from townlet.training.errors import TrainingError
 
-__all__ = ["main"]
+__all__ = ["main", "train_parser"]
 
 PROG = "hamlet-train"
 
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(_evaluate_parser().parse_args(args[1:]))
         if args[:1] == ["train"]:
             args = args[1:]
-        return _train(_train_parser().parse_args(args))
+        return _train(train_parser().parse_args(args))
     except (TrainingError, InferenceError, FileNotFoundError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- train
 
 
-def _train_parser() -> argparse.ArgumentParser:
+def train_parser() -> argparse.ArgumentParser:
+    """The training parser: one flag per `TrainConfig` field (its help text), plus --resume, --quiet, --verbose."""
     from townlet.training.config import TrainConfig
 
     parser = argparse.ArgumentParser(
