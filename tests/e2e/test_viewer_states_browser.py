@@ -3,7 +3,7 @@ and the real `hamlet-viewer` process.
 
 - The badge says "live" only while the gRPC server answers: it turns "server down" when the server goes, and
   back to "live" when a server returns on the same port; the red error banner of the failure goes once the
-  server is back, and does not stay while the page plays normally again.
+  server is back, and does not stay while the page plays normally again; "reconnecting" when the viewer goes.
 - A version the repository refused (NaN weights) is not in the version list.
 - At 1400x1000 the controls, the grid, the Q chart and the survival chart are on screen together (1, 4 and
   16 environments), and at the default speed the survival chart shows the running episode within seconds
@@ -91,6 +91,8 @@ def test_the_badge_and_the_banner_follow_the_server(
             assert page.body_data("banner") in ("", "notice")  # never a stale red banner while playing
             assert page.body_data("conn") == "live"
             page.click("pause")
+        # the viewer itself is gone now (its process ended): the page says it is reconnecting, not live
+        page.wait(lambda: page.body_data("conn") == "reconnecting", "the badge to say reconnecting")
     finally:
         server.stop()
     errors = [e for e in page.console_errors() if "/ws" not in e["message"]]  # the socket's own close is expected
