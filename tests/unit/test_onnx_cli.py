@@ -96,9 +96,7 @@ def test_user_errors_print_one_line_and_exit_2(
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_verify_onnx_with_swapped_arguments_says_which_is_which(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_swapped_arguments_say_which_is_which(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     checkpoint = HamletModel(make_network("simple", seed=1)).save(tmp_path / "model_ep00001.pt")
     out = tmp_path / "model.onnx"
     assert cli.main(["export-onnx", str(checkpoint), str(out)]) == 0
@@ -111,6 +109,11 @@ def test_verify_onnx_with_swapped_arguments_says_which_is_which(
     line = _one_error_line(capsys.readouterr().err)
     assert "verify-onnx takes OUT.onnx (written by export-onnx) first, then CHECKPOINT" in line
     assert cli.main(["verify-onnx", str(out), str(checkpoint)]) == 0  # the right order still verifies
+    capsys.readouterr()
+    assert cli.main(["export-onnx", str(tmp_path / "new.onnx"), str(checkpoint)]) == 2  # export-onnx swapped too
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"run 'hamlet-model export-onnx {checkpoint} {tmp_path / 'new.onnx'}'" in line
+    assert "exists; pass --overwrite" not in line and not (tmp_path / "new.onnx").exists()
 
 
 def test_overwrite_replaces_the_file(tmp_path: Path) -> None:

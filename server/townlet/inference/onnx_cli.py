@@ -78,6 +78,11 @@ def export_onnx_command(args: argparse.Namespace) -> int:
     from townlet.inference.model import HamletModel
     from townlet.inference.onnx_export import ExportVerificationError, export_to_onnx, export_verified
 
+    if args.checkpoint.suffix.lower() == ".onnx" and args.out.suffix.lower() != ".onnx":
+        return _user_error(
+            f"{args.checkpoint} is where the ONNX file would go: export-onnx takes the checkpoint first, then "
+            f"OUT.onnx; the arguments look swapped: run '{PROG} export-onnx {args.out} {args.checkpoint}'"
+        )
     if args.out.exists() and not args.overwrite:
         return _user_error(f"{args.out} exists; pass --overwrite to replace it")
     if args.out.suffix != ".onnx":
