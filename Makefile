@@ -18,6 +18,7 @@ PROTO_DIR  ?= proto
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: MODELS=DIR  SERVE_ARGS=\"--port 50052 ...\" (hamlet-server serve --help)  VIEW_ARGS=\"--target HOST:PORT ...\"  TORCH_SPEC=...  BENCHES=\"...\""
 
 install: $(STAMP)  ## create .venv with torch (TORCH_SPEC) and the project in editable mode
 
@@ -68,7 +69,7 @@ bench: install proto  ## print the benchmarks (BENCHES="model onnx env server cl
 
 MODELS     ?= models
 SERVE_ARGS ?=
-serve: install proto  ## serve the model repository MODELS (default: models/, the trained demo models) on 127.0.0.1:50051
+serve: install proto  ## serve MODELS (default: models/, the demo models) on 127.0.0.1:50051; another port or flags: SERVE_ARGS="--port 50052"
 	$(PY) -m hamlet_server.cli serve --models $(MODELS) $(SERVE_ARGS)
 
 VIEW_ARGS ?=

@@ -58,6 +58,7 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
+    "connection_hint",
     "error_for_code",
     "error_for_ended",
     "from_rpc_error",
@@ -235,13 +236,41 @@ def error_for_ended(end_reason: str, message: str, status_code: int, reason: str
 
 
 def from_rpc_error(error: grpc.RpcError) -> HamletError:
-    """Translate a `grpc.RpcError` (sync or aio) into its `HamletError`, keeping message, code and reason."""
+    """Translate a `grpc.RpcError` (sync or aio) into its `HamletError`, keeping message, code and reason; a
+    failed connection's message gets its likely causes (`connection_hint`)."""
     code_fn = getattr(error, "code", None)
     details_fn = getattr(error, "details", None)
     code = code_fn() if callable(code_fn) else None
     details = details_fn() if callable(details_fn) else None
     message = details or (f"gRPC call failed with {code.name}" if code is not None else str(error))
+    if code == grpc.StatusCode.UNAVAILABLE:
+        message += connection_hint(message)
     return error_for_code(code, message, reason_from_metadata(error))
+
+
+_NOT_LISTENING = "no server listens on that host:port (not started yet, or another --port)"
+_TLS_MISMATCH = (
+    "a TLS mismatch: a plaintext client calling a server started with --tls-cert (pass tls=True, or the "
+    "server's certificate as tls=PEM bytes; CLIs: --tls), or a TLS client calling a plaintext server"
+)
+_BOTH_FAMILIES = (
+    "'localhost' is tried as [::1] and 127.0.0.1 and gRPC reports only the last failure, so an ipv6 address "
+    "or 'Connection refused' here does not rule out a TLS mismatch on 127.0.0.1"
+)
+
+
+def connection_hint(message: str) -> str:
+    """The likely causes of a failed connection, most likely first, judged from gRPC's ``message`` (an
+    UNAVAILABLE call's details); "" for any other UNAVAILABLE (e.g. a draining server says why itself)."""
+    text = message.lower()
+    if "failed to connect" not in text and "socket closed" not in text and "handshake" not in text:
+        return ""
+    if "socket closed" in text or "handshake" in text or "ssl" in text:
+        causes = [_TLS_MISMATCH, _NOT_LISTENING]
+    else:  # connection refused, timed out, no route: most often nothing listens there
+        causes = [_NOT_LISTENING, _TLS_MISMATCH]
+    notes = f" ({_BOTH_FAMILIES})" if "[::1]" in message or "%5b::1%5d" in text else ""
+    return f". Likely causes: {causes[0]}; or {causes[1]}{notes}."
 
 
 def reason_from_metadata(call: Any) -> str:

@@ -204,6 +204,12 @@ class ModelRepository:
     def versions_on_disk(self, name: str) -> list[int]:
         return sorted(self._on_disk.get(name, {}))
 
+    def listed_versions(self, name: str) -> list[int]:
+        """The versions on disk that ListModels offers: all but those refused (failed to load or the canary),
+        until their file changes. A version not yet loaded is listed: it is refused when first asked for."""
+        files = self._on_disk.get(name, {})
+        return sorted(v for v, file in files.items() if self._failed.get(file.path) != file.signature)
+
     def loaded_versions(self, name: str) -> list[int]:
         held = {m.version for m in self._retired if m.name == name}
         return sorted({v for (n, v) in self._loaded if n == name} | held)

@@ -286,7 +286,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         for name in repo.names():
             latest = repo.latest(name)
             response.models.add(
-                name=name, versions=repo.versions_on_disk(name), loaded_versions=repo.loaded_versions(name),
+                name=name, versions=repo.listed_versions(name), loaded_versions=repo.loaded_versions(name),
                 latest_version=latest.version, obs_dim=latest.obs_dim, action_dim=latest.action_dim,
                 network_type=model_pb2.NETWORK_TYPE_RECURRENT if latest.is_recurrent else model_pb2.NETWORK_TYPE_SIMPLE,
             )  # fmt: skip

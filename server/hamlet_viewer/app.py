@@ -7,6 +7,10 @@ epsilon, follow_latest, layout, seed: any subset}. Server -> page: see `hamlet_v
 
 Each page gets its own session (its own envs and episode stream, closed when the page goes). Blocking
 work (gRPC calls, torch, numpy steps) runs in a worker thread, one call at a time per page.
+
+Whether the model's source answers is the page's to show (its badge): every step says so, a failed step
+asks the brain (`Brain.problem`), and while paused the player asks every `PROBE_SECONDS`; a change goes to
+the page as a ``status``.
 """
 
 from __future__ import annotations
@@ -33,12 +37,15 @@ from hamlet_viewer.errors import ViewerError
 from hamlet_viewer.frames import FRAME_SCHEMA
 from hamlet_viewer.session import SessionSettings, ViewerSession
 
-__all__ = ["MAX_SPEED", "STATIC_DIR", "PagePlayer", "create_app", "same_origin"]
+__all__ = ["DEFAULT_SPEED", "MAX_SPEED", "PROBE_SECONDS", "STATIC_DIR", "PagePlayer", "create_app", "same_origin"]
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_SPEED = 120.0
+DEFAULT_SPEED = 30.0
+"""Steps per second a page starts at: an L1 or L2 episode (~250 steps) ends in about 8 s."""
+PROBE_SECONDS = 2.0
 _SETTING_TYPES: dict[str, Callable[[Any], Any]] = {
     "model": str,
     "version": lambda v: None if v in (None, "", "latest") else int(v),
@@ -69,27 +76,33 @@ def parse_settings(raw: Any) -> dict[str, Any]:
 class PagePlayer:
     """Plays one page's session: a ticker task that steps while playing, and the page's commands."""
 
-    def __init__(self, websocket: WebSocket, session: ViewerSession, speed: float) -> None:
+    def __init__(
+        self, websocket: WebSocket, session: ViewerSession, speed: float, probe_seconds: float = PROBE_SECONDS
+    ) -> None:
         self.websocket = websocket
         self.session = session
         self.playing = False
         self.speed = speed
+        self.server_problem: str | None = None  # why the model's source does not answer (None: it does)
+        self._probe_seconds = probe_seconds
         self._lock = asyncio.Lock()  # one session call at a time
         self._wake = asyncio.Event()
 
     async def run(self) -> None:
         await self._call_and_send(self.session.start)
-        await self._send(self._status())
-        ticker = asyncio.create_task(self._tick_forever())
+        await self._send(self.status_message())
+        tasks = [asyncio.create_task(self._tick_forever()), asyncio.create_task(self._probe_forever())]
         try:
             while True:
                 raw = await self.websocket.receive_text()
                 await self._handle(raw)
-                if ticker.done():  # surface a crash of the ticker
-                    ticker.result()
+                for task in tasks:
+                    if task.done():  # surface a crash of the ticker or the probe
+                        task.result()
         finally:
-            ticker.cancel()
-            await asyncio.gather(ticker, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.to_thread(self.session.close)
 
     async def _call_and_send(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -102,8 +115,33 @@ class PagePlayer:
         for item in message if isinstance(message, list) else [message]:
             await self.websocket.send_text(json.dumps(item, allow_nan=False))
 
-    def _status(self) -> dict[str, Any]:
-        return {"type": "status", "playing": self.playing, "speed": self.speed}
+    def status_message(self) -> dict[str, Any]:
+        """The ``status`` message: playing, speed, and whether the model's source answers."""
+        return {
+            "type": "status",
+            "playing": self.playing,
+            "speed": self.speed,
+            "server_up": self.server_problem is None,
+            "server_problem": self.server_problem or "",
+        }
+
+    def _server_changed(self, problem: str | None) -> bool:
+        """Record whether the model's source answers; True when that changed (the page needs a status)."""
+        changed = (problem is None) != (self.server_problem is None)
+        self.server_problem = problem
+        return changed
+
+    async def _probe_forever(self) -> None:
+        """While paused, ask the brain every ``probe_seconds`` whether its server answers (playing, every step
+        says so); send a status when that changes."""
+        while True:
+            await asyncio.sleep(self._probe_seconds)
+            if self.playing:
+                continue
+            async with self._lock:
+                problem = await asyncio.to_thread(self.session.brain.problem)
+                if self._server_changed(problem):
+                    await self._send(self.status_message())
 
     async def _tick_forever(self) -> None:
         while True:
@@ -121,8 +159,11 @@ class PagePlayer:
                     logger.warning("step failed: %s", exc)
                     self.playing = False
                     message = str(exc) if isinstance(exc, ViewerError) else f"{type(exc).__name__}: {exc}"
-                    await self._send([{"type": "error", "message": message}, self._status()])
+                    self._server_changed(await asyncio.to_thread(self.session.brain.problem))
+                    await self._send([{"type": "error", "message": message}, self.status_message()])
                     continue
+                if self._server_changed(None):  # a step went through: the server is back
+                    await self._send(self.status_message())
             await asyncio.sleep(max(0.0, 1.0 / self.speed - (time.monotonic() - began)))
 
     async def _handle(self, raw: str) -> None:
@@ -147,6 +188,7 @@ class PagePlayer:
         elif kind == "step":
             self.playing = False
             await self._call_and_send(self.session.step)
+            self._server_changed(None)  # the step went through (a failure raised)
         elif kind == "speed":
             value = float(message.get("value", 0))
             if not 0.1 <= value <= MAX_SPEED:
@@ -161,7 +203,7 @@ class PagePlayer:
             raise ViewerError(
                 f"unknown message type {kind!r}; expected play, pause, step, speed, new_episode or configure"
             )
-        await self._send(self._status())
+        await self._send(self.status_message())
 
 
 def same_origin(websocket: WebSocket) -> bool:
@@ -173,8 +215,11 @@ def same_origin(websocket: WebSocket) -> bool:
     return urlsplit(origin).netloc == websocket.headers.get("host")
 
 
-def create_app(brain: Brain, settings: SessionSettings, *, speed: float = 8.0) -> Starlette:
-    """The viewer app over ``brain``; every page starts with ``settings`` at ``speed`` steps per second."""
+def create_app(
+    brain: Brain, settings: SessionSettings, *, speed: float = DEFAULT_SPEED, probe_seconds: float = PROBE_SECONDS
+) -> Starlette:
+    """The viewer app over ``brain``; every page starts with ``settings`` at ``speed`` steps per second, and,
+    while paused, asks ``brain`` every ``probe_seconds`` whether its server answers."""
     if not 0.1 <= speed <= MAX_SPEED:
         raise ViewerError(f"speed must be in [0.1, {MAX_SPEED:g}] steps per second, got {speed}")
     settings = settings.checked()
@@ -190,15 +235,18 @@ def create_app(brain: Brain, settings: SessionSettings, *, speed: float = 8.0) -
             await websocket.close(code=1008, reason="cross-origin page")
             return
         await websocket.accept()
-        player = PagePlayer(websocket, ViewerSession(brain, settings), speed)
+        player = PagePlayer(websocket, ViewerSession(brain, settings), speed, probe_seconds)
         try:
             await player.run()
         except WebSocketDisconnect:
             pass
         except Exception as exc:  # the session could not start (server down, bad flag): tell the page
             logger.warning("page session ended: %s", exc)
+            player.server_problem = await asyncio.to_thread(brain.problem)
             try:
-                await websocket.send_text(json.dumps({"type": "error", "message": f"{type(exc).__name__}: {exc}"}))
+                message = {"type": "error", "message": f"{type(exc).__name__}: {exc}"}
+                await websocket.send_text(json.dumps(player.status_message()))
+                await websocket.send_text(json.dumps(message))
                 await websocket.close(code=1011)
             except Exception:  # the page is gone already
                 pass

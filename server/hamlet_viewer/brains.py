@@ -101,10 +101,19 @@ class Brain(Protocol):
 
     def open(self, model: str, version: int | None, num_envs: int, seed: int | None) -> PolicyStream: ...
 
+    def problem(self) -> str | None:
+        """None when the source of models answers now, else why not (one line, for the page's badge)."""
+        ...
+
     def close(self) -> None: ...
 
 
 # --------------------------------------------------------------------------- remote (gRPC)
+
+PROBE_TIMEOUT = 2.0
+"""Seconds `RemoteBrain.problem` waits for the server's answer."""
+# gRPC's reconnect backoff grows to 120 s by default: a viewer would not see a restarted server for minutes.
+_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 class RemoteBrain:
@@ -116,7 +125,7 @@ class RemoteBrain:
         from hamlet_client import HamletClient
 
         self.label = target
-        self._client = HamletClient(target, token=token, tls=tls or None, timeout=timeout)
+        self._client = HamletClient(target, token=token, tls=tls or None, timeout=timeout, options=_CHANNEL_OPTIONS)
 
     def models(self) -> list[ModelEntry]:
         infos = self._client.list_models()
@@ -132,6 +141,15 @@ class RemoteBrain:
     def open(self, model: str, version: int | None, num_envs: int, seed: int | None) -> PolicyStream:
         episode = self._client.episode(model, version=version, num_envs=num_envs, seed=seed)
         return _RemoteStream(episode)
+
+    def problem(self) -> str | None:
+        from hamlet_client import HamletError
+
+        try:
+            self._client.server_info(timeout=PROBE_TIMEOUT)
+        except HamletError as exc:
+            return f"{type(exc).__name__}: {exc.message}"
+        return None
 
     def close(self) -> None:
         self._client.close()
@@ -237,6 +255,9 @@ class LocalBrain:
         self._check_name(model)
         version, loaded = self._model(version)
         return _LocalStream(loaded, self._name, version, num_envs, seed)
+
+    def problem(self) -> str | None:
+        return None  # the checkpoint is in this process: there is no server to lose
 
     def _check_name(self, model: str) -> None:
         if model != self._name:

@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from hamlet_viewer.app import MAX_SPEED, create_app
+from hamlet_viewer.app import DEFAULT_SPEED, MAX_SPEED, create_app
 from hamlet_viewer.brains import Brain, LocalBrain, RemoteBrain
 from hamlet_viewer.errors import ViewerError
 from hamlet_viewer.session import MAX_ENVS, SessionSettings
@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--layout", choices=("trained", "random"), default="trained",
         help="trained: the layout the model trained on (from its metadata); random: a new one every episode",
     )  # fmt: skip
-    start.add_argument("--speed", type=float, default=8.0, help=f"steps per second, 0.1..{MAX_SPEED:g} (default 8)")
+    start.add_argument(
+        "--speed", type=float, default=DEFAULT_SPEED,
+        help=f"steps per second, 0.1..{MAX_SPEED:g} (default {DEFAULT_SPEED:g}: an episode of ~250 steps in ~8 s)",
+    )  # fmt: skip
     start.add_argument("--follow-latest", action="store_true", help="switch to newer model versions as they appear")
     watch = parser.add_argument_group(
         "watch mode: follow a running episode stream of the server (read-only; the server needs --enable-watch)"

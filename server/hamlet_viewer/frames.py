@@ -7,7 +7,11 @@ Server -> page (``type``):
   whenever the model, version, level or envs change.
 - ``frame``: one per env step: the state *after* the step, and the Q-values, mask and action of the
   decision that step applied (the Q-values the action was chosen from). `FRAME_SCHEMA` is its schema.
-- ``status``: play/pause and speed; ``error``: a message for the page.
+- ``status``: play/pause, speed, and whether the model's source answers (``server_up``, and
+  ``server_problem``: why not, "" when it does). Sent after every command, and when ``server_up`` changes.
+- ``error``: a message for the page: something is wrong now (the page shows it until a frame or a fresh
+  session proves otherwise), or, with ``recovered: true``, a notice of something already repaired (a lost
+  stream reopened).
 """
 
 from __future__ import annotations

@@ -212,7 +212,8 @@ class ViewerSession:
         except StreamLostError as exc:
             logger.warning("%s; reopening it", exc)
             session = self.start()
-            return [{"type": "error", "message": f"{exc}; reopened it and restarted the episodes"}, session]
+            notice = f"{exc}; reopened it and restarted the episodes"
+            return [{"type": "error", "message": notice, "recovered": True}, session]
         self._starting[:] = False
         self._obs, reward, done, info = self._env.step(decision.actions)
         self._returns += reward

@@ -71,8 +71,11 @@ def test_tls(model_dir: Path, tmp_path: Path) -> None:
         target = f"localhost:{server.server.port}"
         with HamletClient(target, tls=cert.read_bytes(), timeout=30) as client:
             assert client.predict(OBS, model="mlp").q_values.shape == (1, 6)
-        with HamletClient(target, timeout=5, retry=None) as plain, pytest.raises(UnavailableError):
+        with HamletClient(target, timeout=5, retry=None) as plain, pytest.raises(UnavailableError) as caught:
             plain.predict(OBS, model="mlp")  # plaintext against a TLS port fails to connect
+        # whichever address gRPC reports last ([::1] refused or 127.0.0.1 closed), the message names TLS
+        assert "a TLS mismatch: a plaintext client calling a server started with --tls-cert" in caught.value.message
+        assert "pass tls=True" in caught.value.message and "--tls" in caught.value.message
     finally:
         server.stop()
 

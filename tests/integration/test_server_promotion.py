@@ -103,6 +103,28 @@ async def test_refused_version_is_an_explicit_error_without_paths(server_factory
     assert str(model_dir) not in caught.value.details() and "/tmp" not in caught.value.details()
 
 
+async def test_list_models_leaves_refused_versions_out_until_their_file_changes(
+    server_factory, model_dir: Path
+) -> None:
+    server = await server_factory()
+    nan_path = _write_nan(model_dir, MLP, 900)  # the newest file: read at the next poll and refused
+    await server.repository.refresh()
+
+    async def listed() -> tuple[list[int], int]:
+        """``(versions, latest_version)`` of MLP in ListModels."""
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            reply = await pb_grpc.InferenceServiceStub(channel).ListModels(pb.ListModelsRequest())
+        (summary,) = [m for m in reply.models if m.name == MLP]
+        return list(summary.versions), summary.latest_version
+
+    assert await listed() == ([0], 0)  # 900 is on disk but refused: not offered (the viewer's list comes from here)
+    assert server.repository.versions_on_disk(MLP) == [0, 900]
+    write_model(model_dir, MLP, MLP, 900, seed=5)  # the same version, now a good file: listed and served again
+    nan_path.touch()
+    await server.repository.refresh()
+    assert await listed() == ([0, 900], 900)
+
+
 async def test_health_follows_what_is_servable(server_factory, tmp_path: Path) -> None:
     root = tmp_path / "broken"
     (root / "a").mkdir(parents=True)

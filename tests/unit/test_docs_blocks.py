@@ -36,18 +36,21 @@ NOT_RUN = {
     "tests/e2e/test_make_serve.py::test_make_serve_serves_the_trained_demo_models runs make serve "
     "(test_readme_shell_blocks_run below runs terminal 2 against a server of its own)",
     "hamlet-train --level L1 --episodes 300 --out runs/L1 --seed 0": "trains for ~5 minutes; the README's migrate "
-    "block trains 2 episodes (tests/unit/test_training_demo_models.py::test_demo_model_beats_random_on_its_level "
-    "evaluates the model this command made)",
+    "block trains 2 episodes (tests/unit/test_training_recipes.py::test_the_documented_l1_commands_are_the_shipped_"
+    "recipe holds this command to the shipped model's recipe, whose first episodes "
+    "tests/unit/test_training_recipes.py::test_the_documented_recipe_reproduces_the_recorded_first_episodes reruns)",
     "hamlet-train --level L1 --episodes 300 --out runs/L1            #": "trains for ~5 minutes; "
     "tests/unit/test_training_trainer.py::test_resume_continues_exactly_like_an_uninterrupted_run trains and "
     "resumes the same way in seconds",
     'train(TrainConfig(level="L1", episodes=300': "trains for ~5 minutes; "
     "tests/unit/test_training_trainer.py::test_run_writes_both_checkpoint_kinds_that_reload_exactly calls train()",
     "hamlet-train --level L1 --episodes 300 --out runs/townlet-L1-mlp": "trains for ~5 minutes (how models/ was "
-    "made); tests/unit/test_training_demo_models.py::test_demo_model_beats_random_on_its_level checks the result",
-    "hamlet-train --level L2 --relayout --episodes 3000 --out runs/townlet-L2-lstm": "trains for ~40 minutes to the "
+    "made); tests/unit/test_training_recipes.py::test_the_documented_recipe_reproduces_the_recorded_first_episodes "
+    "reruns its first episodes against the shipped run's log",
+    "hamlet-train --level L2 --relayout --episodes 3000 --out runs/townlet-L2-lstm": "trains for ~2 hours to the "
     "shipped model (how models/ was made); "
-    "tests/unit/test_training_demo_models.py::test_demo_model_beats_random_on_its_level checks the result",
+    "tests/unit/test_training_recipes.py::test_the_documented_recipe_reproduces_the_recorded_first_episodes "
+    "reruns its first episodes against the shipped run's code's log",
     "pip install ./client        #": "builds a fresh venv: "
     "tests/e2e/test_client_clean_venv.py::test_pip_install_client_into_a_clean_venv_works_without_torch",
     "pip install ./client ./sim": "builds a fresh venv: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 from pathlib import Path
@@ -38,3 +39,26 @@ def test_inference_usage_snippets_run(
     assert isinstance(namespace["q_values"], np.ndarray)  # "numpy in, numpy out", as the page says
     hidden = namespace["hidden"]  # the episode_start block's state: numpy (h, c) each [1, 4, 256]
     assert isinstance(hidden, tuple) and all(isinstance(t, np.ndarray) and t.shape == (1, 4, 256) for t in hidden)
+
+
+def _imported(tree: ast.AST) -> set[str]:
+    """The names ``import`` statements in ``tree`` bind."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    return names
+
+
+def test_each_block_imports_what_it_uses() -> None:
+    """A newcomer pastes one section's block alone: every imported name a block uses (the page's imports:
+    HamletModel, np, torch, ...) is imported in that block, not only in an earlier one."""
+    trees = [ast.parse(block) for block in re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)]
+    importable = set().union(*(_imported(tree) for tree in trees))
+    missing = {}
+    for index, tree in enumerate(trees):
+        used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+        unimported = sorted((used & importable) - _imported(tree))
+        if unimported:
+            missing[index] = unimported
+    assert not missing, f"blocks of {DOC.name} use names they do not import (block index: names): {missing}"

@@ -96,6 +96,26 @@ def test_user_errors_print_one_line_and_exit_2(
     assert not (tmp_path / "out.onnx").exists()
 
 
+def test_swapped_arguments_say_which_is_which(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint = HamletModel(make_network("simple", seed=1)).save(tmp_path / "model_ep00001.pt")
+    out = tmp_path / "model.onnx"
+    assert cli.main(["export-onnx", str(checkpoint), str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["verify-onnx", str(checkpoint), str(out)]) == 2  # CHECKPOINT OUT.onnx: swapped
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{checkpoint} is a torch checkpoint: verify-onnx takes the ONNX file first" in line
+    assert f"run 'hamlet-model verify-onnx {out} {checkpoint}'" in line and "weights_only" not in line
+    assert cli.main(["verify-onnx", str(checkpoint), str(checkpoint)]) == 2  # a checkpoint twice
+    line = _one_error_line(capsys.readouterr().err)
+    assert "verify-onnx takes OUT.onnx (written by export-onnx) first, then CHECKPOINT" in line
+    assert cli.main(["verify-onnx", str(out), str(checkpoint)]) == 0  # the right order still verifies
+    capsys.readouterr()
+    assert cli.main(["export-onnx", str(tmp_path / "new.onnx"), str(checkpoint)]) == 2  # export-onnx swapped too
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"run 'hamlet-model export-onnx {checkpoint} {tmp_path / 'new.onnx'}'" in line
+    assert "exists; pass --overwrite" not in line and not (tmp_path / "new.onnx").exists()
+
+
 def test_overwrite_replaces_the_file(tmp_path: Path) -> None:
     ckpt = HamletModel(make_network("simple")).save(tmp_path / "m.pt")
     out = tmp_path / "m.onnx"

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from hamlet_viewer import LocalBrain, SessionSettings, StreamLostError
-from hamlet_viewer.app import STATIC_DIR, create_app
+from hamlet_viewer.app import DEFAULT_SPEED, STATIC_DIR, create_app
 from hamlet_viewer.cli import build_parser
 from townlet.agent.networks import SimpleQNetwork
 from townlet.inference import HamletModel, save_inference_checkpoint
@@ -168,6 +168,60 @@ def test_a_failing_step_pauses_the_page_with_the_reason(tmp_path: Path) -> None:
         messages = receive_until(ws, "error")
         assert [m["tick"] for m in messages if m["type"] == "frame"] == [1, 2, 3]
         assert "server unreachable" in messages[-1]["message"]
-        assert ws.receive_json() == {"type": "status", "playing": False, "speed": 120.0}
+        assert ws.receive_json() == {
+            "type": "status", "playing": False, "speed": 120.0, "server_up": True, "server_problem": ""
+        }  # fmt: skip
         ws.send_json({"type": "step"})  # the page stays connected and keeps answering
         assert "server unreachable" in receive_until(ws, "error")[-1]["message"]
+
+
+class _GoneBrain(_FailingBrain):
+    """A `_FailingBrain` whose server does not answer once its streams broke, until ``back`` is set."""
+
+    def __init__(self, path: Path, ok_steps: int) -> None:
+        super().__init__(path, ok_steps)
+        self.back = False
+
+    def problem(self) -> str | None:
+        return None if self.ok_steps or self.back else "UnavailableError: failed to connect to all addresses"
+
+
+def test_the_status_says_whether_the_server_answers_and_when_it_comes_back(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "mlp" / "model_ep00001.pt"
+    path.parent.mkdir()
+    save_inference_checkpoint(HamletModel(SimpleQNetwork(91, 6)), path, metadata={"episode": 1})
+    brain = _GoneBrain(path, ok_steps=2)
+    app = create_app(brain, SessionSettings(), speed=120.0, probe_seconds=0.05)
+    with TestClient(app) as test_client, test_client.websocket_connect("/ws") as ws:
+        assert receive_until(ws, "status")[-1]["server_up"] is True
+        ws.send_json({"type": "play"})
+        messages = receive_until(ws, "error")
+        down = ws.receive_json()  # the step failed and the brain's server does not answer: the page says so
+        assert (down["type"], down["playing"], down["server_up"]) == ("status", False, False)
+        assert down["server_problem"] == "UnavailableError: failed to connect to all addresses"
+        assert [m["tick"] for m in messages if m["type"] == "frame"] == [1, 2]
+        brain.back = True  # paused: the probe notices the server is back without any command from the page
+        back = ws.receive_json()
+        assert (back["type"], back["playing"], back["server_up"], back["server_problem"]) == ("status", False, True, "")
+
+
+def test_a_page_that_cannot_start_is_told_the_server_is_down(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "mlp" / "model_ep00001.pt"
+    path.parent.mkdir()
+    save_inference_checkpoint(HamletModel(SimpleQNetwork(91, 6)), path, metadata={"episode": 1})
+    brain = _GoneBrain(path, ok_steps=0)
+    brain.opened = 1  # every open fails, as with a server that is gone
+    with TestClient(create_app(brain, SessionSettings())) as test_client, test_client.websocket_connect("/ws") as ws:
+        status, error = ws.receive_json(), ws.receive_json()
+    assert (status["type"], status["server_up"]) == ("status", False) and "failed to connect" in status[
+        "server_problem"
+    ]
+    assert error == {"type": "error", "message": "ConnectionError: server unreachable"}
+
+
+def test_the_default_speed_ends_an_episode_within_seconds() -> None:
+    assert DEFAULT_SPEED == 30.0 and build_parser().parse_args([]).speed == DEFAULT_SPEED  # ~250 steps in ~8 s
+    page = (STATIC_DIR / "index.html").read_text()
+    assert 'id="speed" type="range" min="1" max="120" step="1" value="30"' in page  # the slider starts there too

@@ -286,6 +286,7 @@ def test_a_stream_the_server_dropped_is_reopened(mlp_path: Path) -> None:
             time.sleep(0.05)
         error, restarted = session.step()
         assert error["type"] == "error" and "reopened" in error["message"]
+        assert error["recovered"] is True  # a notice of something repaired: the page shows it amber, not red
         assert restarted["type"] == "session" and [env["step"] for env in restarted["envs"]] == [0, 0]
         assert run_frames(session, 1)[0]["envs"][0]["step"] == 1
         session.close()

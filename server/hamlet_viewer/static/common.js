@@ -27,19 +27,47 @@ window.hamletViewer = (() => {
     document.body.dataset[kind] = String(Number(document.body.dataset[kind] || 0) + 1);
   }
 
+  // What the #conn badge knows: the page's socket to the viewer, and whether the viewer's model source (the
+  // gRPC server) answers: null until a message says, then true or false (kept across reconnects).
+  const link = { socket: "connecting", server: null, problem: "" };
+
+  /** Shows `link` in #conn: "live" only while the socket is open and the server answers. */
+  function renderConn() {
+    const badge = $("conn");
+    const [text, up] = link.server === false ? ["server down", false]
+      : link.socket === "closed" ? ["reconnecting", false]
+      : link.socket === "open" && link.server ? ["live", true] : ["connecting", false];
+    badge.textContent = text;
+    badge.className = `conn ${up ? "up" : "down"}`;
+    badge.title = link.server === false ? link.problem : "";
+    document.body.dataset.conn = text;
+  }
+
+  /** Records whether the model's source answers (`up`; `problem`: why not) and redraws the badge. */
+  function serverState(up, problem = "") {
+    link.server = up;
+    link.problem = problem;
+    renderConn();
+  }
+
   /**
    * Opens /ws, shows its state in #conn and reopens it 2 s after it closes. `onMessage` gets every message,
-   * parsed. Returns `send(message)`, which sends on the socket open at the time and drops the message if none is.
+   * parsed, and `onOpen()` (if given) runs on every (re)connection. Returns `send(message)`, which sends on the
+   * socket open at the time and drops the message if none is.
    */
-  function connect(onMessage) {
+  function connect(onMessage, onOpen = null) {
     let socket = null;
     function open() {
       const scheme = location.protocol === "https:" ? "wss" : "ws";
       socket = new WebSocket(`${scheme}://${location.host}/ws`);
-      socket.onopen = () => { $("conn").textContent = "live"; $("conn").className = "conn up"; };
+      socket.onopen = () => {
+        link.socket = "open";
+        renderConn();
+        if (onOpen) onOpen();
+      };
       socket.onclose = () => {
-        $("conn").textContent = "reconnecting";
-        $("conn").className = "conn down";
+        link.socket = "closed";
+        renderConn();
         setTimeout(open, 2000);
       };
       socket.onmessage = (event) => onMessage(JSON.parse(event.data));
@@ -59,8 +87,11 @@ window.hamletViewer = (() => {
    */
   function buildGrids(numEnvs, gridSize, onFocus, decorate) {
     const g = gridSize;
-    const size = numEnvs === 1 ? 440 : numEnvs <= 4 ? 230 : 150;
+    // a square of cards about 400 px high whatever the count, so the page fits 1400x1000 with the survival chart
+    const columns = Math.ceil(Math.sqrt(numEnvs));
+    const size = numEnvs === 1 ? 400 : numEnvs <= 4 ? 190 : numEnvs <= 9 ? 120 : 88;
     const grids = $("grids");
+    grids.style.gridTemplateColumns = `repeat(${columns}, auto)`;
     grids.replaceChildren();
     for (let i = 0; i < numEnvs; i++) {
       const card = document.createElement("div");
@@ -185,6 +216,6 @@ window.hamletViewer = (() => {
   }
 
   return Object.freeze({
-    $, el, count, connect, buildGrids, drawAffordance, buildMeters, renderMeters, drawHatch, renderQChart,
+    $, el, count, connect, serverState, buildGrids, drawAffordance, buildMeters, renderMeters, drawHatch, renderQChart,
   });
 })();

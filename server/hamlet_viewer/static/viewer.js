@@ -3,23 +3,37 @@
 "use strict";
 
 (() => {
-  const { $, el, count, connect, buildGrids, drawAffordance, buildMeters, renderMeters, drawHatch, renderQChart } =
-    window.hamletViewer;  // common.js
+  const {
+    $, el, count, connect, serverState, buildGrids, drawAffordance, buildMeters, renderMeters, drawHatch, renderQChart,
+  } = window.hamletViewer;  // common.js
 
   const view = {
     session: null, envs: [], layouts: [], focus: 0, history: [], playing: false,
-    lastFrameEnvs: null,
+    lastFrameEnvs: null, freshConnection: true, serverUp: null,
   };
 
   // ------------------------------------------------------------------ helpers
 
+  // The banner says what is wrong *now*: an error stays until a frame, a fresh connection's session or the
+  // server's return shows it is over (or 10 s pass); a notice (something already repaired) goes after 10 s.
   let bannerTimer = null;
-  function showError(text) {
+  function showBanner(text, kind) {
     const banner = $("error-banner");
     banner.textContent = text;
+    banner.className = kind;
     banner.hidden = false;
+    document.body.dataset.banner = kind;
     clearTimeout(bannerTimer);
-    bannerTimer = setTimeout(() => { banner.hidden = true; }, 10000);
+    bannerTimer = setTimeout(hideBanner, 10000);
+  }
+
+  function hideBanner() {
+    $("error-banner").hidden = true;
+    document.body.dataset.banner = "";
+  }
+
+  function clearError() {
+    if (document.body.dataset.banner === "error") hideBanner();
   }
 
   function fillSelect(select, options, value) {
@@ -35,6 +49,8 @@
   // ------------------------------------------------------------------ session: controls and grids
 
   function onSession(s) {
+    if (view.freshConnection) clearError();  // a new connection's first session: what went before is over
+    view.freshConnection = false;
     view.session = s;
     view.focus = Math.min(view.focus, s.num_envs - 1);
     view.envs = s.envs.map((e) => ({ ...e, status: "alive", q_values: null, mask: null, action: null }));
@@ -92,17 +108,16 @@
 
   function onFrame(f) {
     if (!view.session || f.envs.length !== view.session.num_envs) return;  // a frame of a session being replaced
+    clearError();  // a step went through: whatever failed before works again
     $("tick").textContent = f.tick;
     $("version-label").textContent = f.version;
     for (const e of f.envs) {
       if (e.layout) { view.layouts[e.env] = e.layout; drawLayout(e.env); }
       view.envs[e.env] = e;
     }
-    if (f.finished.length) {
-      view.history.push(...f.finished);
-      renderSurvival();
-    }
+    view.history.push(...f.finished);
     renderAll();
+    renderSurvival();
   }
 
   function renderAll() {
@@ -177,7 +192,11 @@
     svg.replaceChildren();
     const s = view.session;
     const records = view.history.slice(-60);
-    const W = 720, H = 170, L = 40, R = 10, T = 10, B = 24;
+    // the episodes still running, as hollow dots after the finished ones: the chart is never empty for long
+    const running = view.envs.filter((e) => (e.status || "alive") === "alive" && e.step > 0);
+    svg.setAttribute("data-finished", String(view.history.length));
+    svg.setAttribute("data-running", running.map((e) => e.step).join(","));
+    const W = 720, H = 150, L = 40, R = 10, T = 10, B = 16;
     const maxY = s ? s.level.max_steps : 500;
     const y = (v) => T + (1 - v / maxY) * (H - T - B);
     for (const v of [0, maxY / 2, maxY]) {
@@ -185,14 +204,18 @@
       el("text", { x: L - 4, y: y(v) + 3, class: "tick-label", "text-anchor": "end" }, svg, String(v));
     }
     el("line", { x1: L, x2: L, y1: T, y2: H - B, class: "axis" }, svg);
+    const step = (W - L - R) / Math.max(records.length + running.length, 2);
+    const x = (i) => L + (i + 0.5) * step;
+    running.forEach((e, j) => {
+      const dot = el("circle", { cx: x(records.length + j), cy: y(e.step), r: 4, class: "running-dot" }, svg);
+      el("title", {}, dot, `episode ${e.episode} (env ${e.env}): running, step ${e.step}`);
+    });
     if (!records.length) {
       el("text", { x: W / 2, y: H / 2, class: "tick-label", "text-anchor": "middle" }, svg,
-        "no finished episode yet");
+        running.length ? "hollow: the episode running now; a point per episode as it ends" : "no finished episode yet");
       $("survival-summary").textContent = "";
       return;
     }
-    const step = (W - L - R) / Math.max(records.length, 2);
-    const x = (i) => L + (i + 0.5) * step;
     const path = (key) => records.map((r, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(r[key]).toFixed(1)}`).join(" ");
     records.forEach((r, i) => {
       if (i > 0 && (r.model !== records[i - 1].model || r.version !== records[i - 1].version)) {
@@ -213,17 +236,20 @@
       `last ${records.length} episodes: `,
       Object.assign(document.createElement("b"), { textContent: `model ${mean("steps").toFixed(1)} steps` }),
       ` vs random policy ${mean("baseline").toFixed(1)} (dashed; same layout and start cell). `
-      + "Orange lines mark a change of model or version.");
+      + "Hollow: running now. Orange lines mark a change of model or version.");
   }
 
   // ------------------------------------------------------------------ status, socket, controls
 
   function onStatus(st) {
+    if (st.server_up && view.serverUp === false) clearError();  // the server is back: its error is over
+    view.serverUp = st.server_up;
+    serverState(st.server_up, st.server_problem);
     view.playing = st.playing;
     document.body.dataset.playing = String(st.playing);
     $("play").classList.toggle("active", st.playing);
     $("pause").classList.toggle("active", !st.playing);
-    $("speed").value = Math.min(60, Math.max(1, st.speed));
+    $("speed").value = Math.min(120, Math.max(1, st.speed));
     $("speed-value").textContent = st.speed;
   }
 
@@ -233,10 +259,14 @@
     else if (message.type === "status") onStatus(message);
     const counter = { session: "sessions", frame: "frames", status: "statuses", error: "errors" }[message.type];
     if (counter) count(counter);
-    if (message.type === "error") { console.warn("viewer:", message.message); showError(message.message); }
+    if (message.type === "error") {
+      console.warn("viewer:", message.message);
+      showBanner(message.message, message.recovered ? "notice" : "error");
+    }
   }
 
-  const send = connect(onMessage);  // (message) => void, on the socket open at the time
+  // (message) => void, on the socket open at the time; each (re)connection starts with a fresh session
+  const send = connect(onMessage, () => { view.freshConnection = true; });
   function configure(settings) { send({ type: "configure", settings }); }
 
   $("play").addEventListener("click", () => send({ type: "play" }));

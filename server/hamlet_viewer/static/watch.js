@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const { $, el, count, connect, buildGrids, drawAffordance, buildMeters, renderMeters, renderQChart } =
+  const { $, el, count, connect, serverState, buildGrids, drawAffordance, buildMeters, renderMeters, renderQChart } =
     window.hamletViewer;  // common.js
   const view = { watch: null, envs: [], focus: 0 };
 
@@ -127,6 +127,7 @@
     else if (m.type === "error") { console.warn("viewer:", m.message); banner("error-banner", m.message); }
     const counter = { sessions: "sessions", watch: "watches", watch_frame: "frames", error: "errors" }[m.type];
     if (counter) count(counter);
+    if (counter && m.type !== "error") serverState(true);  // these come from the server's answers
   }
 
   const send = connect(onMessage);  // (message) => void, on the socket open at the time

@@ -78,6 +78,11 @@ def export_onnx_command(args: argparse.Namespace) -> int:
     from townlet.inference.model import HamletModel
     from townlet.inference.onnx_export import ExportVerificationError, export_to_onnx, export_verified
 
+    if args.checkpoint.suffix.lower() == ".onnx" and args.out.suffix.lower() != ".onnx":
+        return _user_error(
+            f"{args.checkpoint} is where the ONNX file would go: export-onnx takes the checkpoint first, then "
+            f"OUT.onnx; the arguments look swapped: run '{PROG} export-onnx {args.out} {args.checkpoint}'"
+        )
     if args.out.exists() and not args.overwrite:
         return _user_error(f"{args.out} exists; pass --overwrite to replace it")
     if args.out.suffix != ".onnx":
@@ -113,6 +118,9 @@ def verify_onnx_command(args: argparse.Namespace) -> int:
 
     if not args.onnx.is_file():
         return _user_error(f"{args.onnx}: no such file")
+    swapped = _swapped_arguments(args.onnx, args.checkpoint)
+    if swapped:
+        return _user_error(swapped)
     try:
         model = HamletModel.load(args.checkpoint, "cpu", trust_pickle=args.trust)
         report = verify_onnx_export(args.onnx, model, atol=args.atol, rtol=args.rtol)
@@ -125,6 +133,36 @@ def verify_onnx_command(args: argparse.Namespace) -> int:
     else:
         print(report.summary())
     return 0
+
+
+def _swapped_arguments(onnx: Path, checkpoint: Path) -> str | None:
+    """A one-line reason when ``verify-onnx``'s arguments look swapped (a torch checkpoint where the ONNX file
+    goes, or an ONNX file where the checkpoint goes), else None."""
+    from townlet.inference.file_kind import not_a_checkpoint
+
+    onnx_is_torch = not_a_checkpoint(str(onnx), _head(onnx)) is None
+    checkpoint_is_onnx = checkpoint.suffix.lower() == ".onnx" or (
+        checkpoint.is_file() and "is an ONNX model" in (not_a_checkpoint(str(checkpoint), _head(checkpoint)) or "")
+    )
+    if not (onnx_is_torch or checkpoint_is_onnx):
+        return None
+    first = f"{onnx} is a torch checkpoint" if onnx_is_torch else f"{checkpoint} is an ONNX file"
+    return (
+        f"{first}: verify-onnx takes the ONNX file first, then the checkpoint it was exported from; "
+        f"the arguments look swapped: run '{PROG} verify-onnx {checkpoint} {onnx}'"
+        if onnx_is_torch and checkpoint_is_onnx
+        else f"{first}: verify-onnx takes OUT.onnx (written by export-onnx) first, then CHECKPOINT "
+        f"(a model_ep*.pt or checkpoint_ep*.pt): '{PROG} verify-onnx OUT.onnx CHECKPOINT'"
+    )
+
+
+def _head(path: Path) -> bytes:
+    """The first 512 bytes of ``path`` (b"" if it cannot be read)."""
+    try:
+        with path.open("rb") as file:
+            return file.read(512)
+    except OSError:
+        return b""
 
 
 def _add_tolerance(parser: argparse.ArgumentParser) -> None:

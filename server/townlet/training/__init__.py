@@ -5,7 +5,9 @@
 
 Modules: `config` (`TrainConfig`), `replay` (transition and sequence replay), `dqn` (TD losses),
 `rnd` (Hamlet's RND novelty bonus, ``--rnd-weight``), `trainer` (`train`), `evaluate` (model vs random
-survival), `checkpoint_v2` (Hamlet's v2 file layout), `cli` (``hamlet-train``). See ``docs/TRAINING.md``.
+survival), `checkpoint_v2` (Hamlet's v2 file layout), `cli` (``hamlet-train``), `recipe` (a shipped model's
+documented command and the head of its log: the check that the command still makes the model). See
+``docs/TRAINING.md``.
 Names are imported lazily.
 """
 

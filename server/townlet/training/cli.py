@@ -24,7 +24,7 @@ from townlet.inference.errors import InferenceError
 from townlet.inference.version import add_version_flag
 from townlet.training.errors import TrainingError
 
-__all__ = ["main"]
+__all__ = ["main", "train_parser"]
 
 PROG = "hamlet-train"
 
@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(_evaluate_parser().parse_args(args[1:]))
         if args[:1] == ["train"]:
             args = args[1:]
-        return _train(_train_parser().parse_args(args))
+        return _train(train_parser().parse_args(args))
     except (TrainingError, InferenceError, FileNotFoundError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- train
 
 
-def _train_parser() -> argparse.ArgumentParser:
+def train_parser() -> argparse.ArgumentParser:
+    """The training parser: one flag per `TrainConfig` field (its help text), plus --resume, --quiet, --verbose."""
     from townlet.training.config import TrainConfig
 
     parser = argparse.ArgumentParser(
