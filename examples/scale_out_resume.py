@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Drive several Hamlet Serve replicas with episodes that survive one going away (``resume=True``).
 
-    hamlet-server serve --models models --port 50051 &                   # two (or more) replicas
-    hamlet-server serve --models models --port 50052 &
+    openssl rand -hex 32 > keys                                           # one snapshot key, shared
+    hamlet-server serve --models models --port 50051 --snapshot-key-file keys &   # two (or more) replicas
+    hamlet-server serve --models models --port 50052 --snapshot-key-file keys --metrics-port 9465 &
     python examples/scale_out_resume.py --targets 127.0.0.1:50051 127.0.0.1:50052 --streams 8 --steps 400
     # stop one replica meanwhile (Ctrl-C / SIGTERM drains it; SIGKILL too): no episode notices
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
-from live_server import ThreadedServer
+from live_server import ThreadedServer, write_snapshot_keys
 
 from hamlet_client import HamletClient
 from hamlet_server.config import ServerConfig
@@ -32,8 +33,12 @@ def _example() -> ModuleType:
     return module
 
 
+KEYS = write_snapshot_keys(Path(tempfile.mkdtemp(prefix="hamlet-keys-")) / "snapshot-keys")  # one deployment
+
+
 def _replica() -> ThreadedServer:
-    return ThreadedServer(ServerConfig(models=ROOT / "models", port=0, metrics_port=0, poll_interval=0))
+    config = ServerConfig(models=ROOT / "models", port=0, metrics_port=0, poll_interval=0, snapshot_key_file=str(KEYS))
+    return ThreadedServer(config)
 
 
 def test_streams_survive_a_drained_replica_with_the_uninterrupted_actions(capsys: pytest.CaptureFixture[str]) -> None:
