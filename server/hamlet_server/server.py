@@ -89,7 +89,10 @@ class HamletServer:
     def __init__(self, config: ServerConfig, *, span_exporter: SpanExporter | None = None) -> None:
         """``span_exporter`` receives the spans instead of ``--tracing``'s exporter (tests)."""
         self.config = config
-        self.device = resolve_device(config.device)  # the model layer's rule (auto -> cuda if present); cpu without torch
+        # auto -> cuda when torch sees one (the model layer's rule); the onnx backend runs on the CPU, and
+        # decides that without importing torch
+        onnx_auto = config.backend == "onnx" and config.device == "auto"
+        self.device = "cpu" if onnx_auto else resolve_device(config.device)
         self.backend = resolve_backend(config.backend, self.device)
         if self.backend == "onnx" and self.device != "cpu":
             raise ValueError(f"--backend onnx runs on the CPU; got --device {config.device} (resolved {self.device})")
