@@ -109,7 +109,9 @@ class ArrayOps(Protocol):
         """A generator seeded with ``seed``; None for None (fresh entropy per draw)."""
         ...
 
-    def explore(self, q_values: np.ndarray, epsilon: float, action_mask: np.ndarray | None, generator: Any) -> np.ndarray:
+    def explore(
+        self, q_values: np.ndarray, epsilon: float, action_mask: np.ndarray | None, generator: Any
+    ) -> np.ndarray:
         """Masked epsilon-greedy over host ``q_values [B, A]`` -> ``[B]`` int64, drawing from ``generator``."""
         ...
 
@@ -144,7 +146,8 @@ class NumpyOps:
         return np.concatenate(parts, axis=axis)
 
     def take(self, table: np.ndarray, index: np.ndarray) -> np.ndarray:
-        return table[index]  # fancy indexing copies
+        rows: np.ndarray = table[index]  # fancy indexing copies
+        return rows
 
     def put(self, table: np.ndarray, index: np.ndarray, rows: np.ndarray) -> None:
         table[index] = rows
@@ -167,7 +170,8 @@ class NumpyOps:
         from townlet.inference.onnx_runtime import epsilon_greedy_numpy  # the rule of OnnxModel.predict
 
         rng = generator if generator is not None else np.random.default_rng()
-        return epsilon_greedy_numpy(q_values, epsilon, action_mask, rng)
+        actions: np.ndarray = epsilon_greedy_numpy(q_values, epsilon, action_mask, rng)
+        return actions
 
     def generator_state(self, generator: np.random.Generator) -> bytes:
         return NUMPY_STATE_PREFIX + json.dumps(generator.bit_generator.state, sort_keys=True).encode()

@@ -94,7 +94,8 @@ class OnnxBackedModel:
     def __init__(
         self, onnx_model: OnnxModel, metadata: dict[str, Any], onnx_export: VerifiedExport | None = None
     ) -> None:
-        self._onnx = onnx_model
+        self.onnx_model = onnx_model
+        """The onnxruntime session's model (`OnnxModel`): its ``predict`` draws what a seeded request draws."""
         self._metadata = {**metadata, "backend": "onnxruntime"}
         self.onnx_export = onnx_export
         """The verified file this session runs, kept for clients that fetch it (`hamlet_server.artifacts`)."""
@@ -230,4 +231,3 @@ if TYPE_CHECKING:
     def _implements_backend(torch_model: HamletModel, onnx_model: OnnxBackedModel) -> tuple[Backend, Backend]:
         """Never called: mypy checks here that both backends implement `Backend`."""
         return torch_model, onnx_model
-

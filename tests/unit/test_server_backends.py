@@ -55,7 +55,9 @@ def test_an_onnx_file_is_served_as_exported_with_the_checkpoints_metadata(tmp_pa
     from townlet.inference.onnx_export import export_verified
 
     model = _lstm()
-    checkpoint = save_inference_checkpoint(model, tmp_path / "model_ep00007.pt", metadata={"episode": 7, "epsilon": 0.25})
+    checkpoint = save_inference_checkpoint(
+        model, tmp_path / "model_ep00007.pt", metadata={"episode": 7, "epsilon": 0.25}
+    )
     onnx_path, _ = export_verified(HamletModel.load(checkpoint), tmp_path / "model_ep00007.onnx")
     loaded = load_backend(onnx_path, "cpu", "onnx")
     assert ops_for(loaded).kind == "numpy" and loaded.num_parameters == model.num_parameters
@@ -78,7 +80,9 @@ def test_a_checkpoint_without_torch_names_the_extra(tmp_path: Path, monkeypatch:
     path = save_inference_checkpoint(_lstm(), tmp_path / "model_ep00001.pt")
     monkeypatch.setattr(backends, "_installed", lambda name: name != "torch")
     for backend in ("torch", "onnx"):
-        with pytest.raises(MissingTorchError, match=r"model_ep00001.pt is a PyTorch checkpoint .*hamlet-server\[torch\]"):
+        with pytest.raises(
+            MissingTorchError, match=r"model_ep00001.pt is a PyTorch checkpoint .*hamlet-server\[torch\]"
+        ):
             load_backend(path, "cpu", backend)
     assert backends.resolve_backend("auto", "cpu") == "onnx" and backends.resolve_device("auto") == "cpu"
     with pytest.raises(MissingTorchError, match=r"--device cuda needs torch"):

@@ -107,9 +107,7 @@ async def test_recurrent_state_lives_in_the_table_per_slot(executor):
         ra, rb = await asyncio.gather(
             batcher.submit(WorkItem(obs_a, slot_index=a_slots, slot_limit=2, reset=reset)),
             batcher.submit(
-                WorkItem(
-                    obs_b, slot_index=b_slots, slot_limit=3, reset=np.ones(1, dtype=bool) if t == 0 else None
-                )
+                WorkItem(obs_b, slot_index=b_slots, slot_limit=3, reset=np.ones(1, dtype=bool) if t == 0 else None)
             ),
         )
         qa, hidden_a = model.model.forward(T(obs_a), hidden_a)

@@ -31,7 +31,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import Any
 
 import numpy as np
@@ -40,7 +39,7 @@ import torch
 from demo_models import DEMO_L1, DEMO_L2
 
 from hamlet_server.array_ops import ArrayOps, ops_for
-from hamlet_server.backends import Backend, OnnxBackedModel, load_backend
+from hamlet_server.backends import OnnxBackedModel, load_backend
 from hamlet_server.batcher import BatchResult, StepBatcher, WorkItem
 from townlet.inference import HamletModel, epsilon_greedy, save_inference_checkpoint
 
@@ -97,7 +96,9 @@ class _OnnxOnTorchArrays:
 
 @pytest.fixture(scope="module")
 def backends(files: dict[str, Path]) -> Iterator[dict[str, dict[str, Any]]]:
-    loaded: dict[str, dict[str, Any]] = {"torch": {name: load_backend(path, "cpu", "torch") for name, path in files.items()}}
+    loaded: dict[str, dict[str, Any]] = {
+        "torch": {name: load_backend(path, "cpu", "torch") for name, path in files.items()}
+    }
     if ONNX:
         loaded["onnx"] = {name: load_backend(path, "cpu", "onnx") for name, path in files.items()}
         loaded["onnx-on-torch"] = {name: _OnnxOnTorchArrays(model) for name, model in loaded["onnx"].items()}
@@ -217,9 +218,9 @@ class _Schedule:
         seed = self.rng.randrange(2**31)
         epsilon = self.rng.choice([0.0, 0.5])
         ops = self.batchers[version].ops
+        host_hidden = None if hidden is None else (hidden[0].numpy(), hidden[1].numpy())
         item = WorkItem(torch.rand(b, reference.obs_dim).numpy(), epsilon, self._mask(b, reference.action_dim),
-                        ops.new_generator(seed), hidden=None if hidden is None else (hidden[0].numpy(), hidden[1].numpy()),
-                        return_hidden=reference.is_recurrent)  # fmt: skip
+                        ops.new_generator(seed), hidden=host_hidden, return_hidden=reference.is_recurrent)  # fmt: skip
         return item, {"version": version, "hidden": hidden, "twin": ops.new_generator(seed)}
 
     # ---- running and checking -----------------------------------------------------------------------

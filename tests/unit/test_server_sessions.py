@@ -4,7 +4,6 @@ stream opens, start timeout, idle timeout whichever side stalled, typed endings,
 from __future__ import annotations
 
 import asyncio
-
 from types import SimpleNamespace
 
 import grpc

@@ -314,8 +314,12 @@ def _set_metadata(proto: onnx.ModelProto, model: HamletModel, network: nn.Module
         "num_parameters": str(model.num_parameters),
         # What GetModelMetadata shows for a served .onnx file: the checkpoint's scalar metadata, as JSON.
         "checkpoint_metadata": json.dumps(
-            {key: value for key, value in meta.items()
-             if key not in ("source_path", "sha256") and (isinstance(value, str | int | float | bool) or value is None)},
+            {
+                key: value
+                for key, value in meta.items()
+                if key not in ("source_path", "sha256")
+                and (isinstance(value, str | int | float | bool) or value is None)
+            },
             sort_keys=True,
         ),
     }
