@@ -43,7 +43,7 @@ __all__ = [
     "load_backend",
     "load_onnx_file",
     "resolve_backend",
-    "resolve_device",
+    "serving_device",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def resolve_device(device: str) -> str:
+def serving_device(device: str) -> str:
     """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu`` (``cpu`` without torch); other names as given
     (normalised by torch when it is installed). Imports torch only when it is installed and ``device`` is not
     ``cpu``."""
@@ -127,9 +127,9 @@ def resolve_device(device: str) -> str:
             f"--device {device} needs torch, which this server is installed without: use --device cpu, or "
             "install hamlet-server[torch]"
         )
-    from townlet.inference.model import resolve_device as torch_resolve_device
+    from townlet.inference.model import resolve_device
 
-    return str(torch_resolve_device(device))
+    return str(resolve_device(device))
 
 
 def resolve_backend(backend: str, device: str) -> str:

@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hamlet_client.proto import inference_service_pb2 as pb
-from hamlet_server.backends import load_backend, resolve_backend, resolve_device
+from hamlet_server.backends import load_backend, resolve_backend, serving_device
 from hamlet_server.config import ServerConfig
 from hamlet_server.health import DrainingHealthServicer
 from hamlet_server.metrics import ServerMetrics
@@ -92,7 +92,7 @@ class HamletServer:
         # auto -> cuda when torch sees one (the model layer's rule); the onnx backend runs on the CPU, and
         # decides that without importing torch
         onnx_auto = config.backend == "onnx" and config.device == "auto"
-        self.device = "cpu" if onnx_auto else resolve_device(config.device)
+        self.device = "cpu" if onnx_auto else serving_device(config.device)
         self.backend = resolve_backend(config.backend, self.device)
         if self.backend == "onnx" and self.device != "cpu":
             raise ValueError(f"--backend onnx runs on the CPU; got --device {config.device} (resolved {self.device})")

@@ -84,9 +84,9 @@ def test_a_checkpoint_without_torch_names_the_extra(tmp_path: Path, monkeypatch:
             MissingTorchError, match=r"model_ep00001.pt is a PyTorch checkpoint .*hamlet-server\[torch\]"
         ):
             load_backend(path, "cpu", backend)
-    assert backends.resolve_backend("auto", "cpu") == "onnx" and backends.resolve_device("auto") == "cpu"
+    assert backends.resolve_backend("auto", "cpu") == "onnx" and backends.serving_device("auto") == "cpu"
     with pytest.raises(MissingTorchError, match=r"--device cuda needs torch"):
-        backends.resolve_device("cuda")
+        backends.serving_device("cuda")
 
 
 def test_hamlet_forward_is_the_same_under_inference_mode_and_tracks_no_grad() -> None:
