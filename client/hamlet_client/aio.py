@@ -27,6 +27,7 @@ from hamlet_client.errors import (
     FailedPreconditionError,
     HamletError,
     InternalError,
+    UnavailableError,
     error_for_code,
     from_rpc_error,
     reason_in,
@@ -91,6 +92,7 @@ class AsyncHamletClient:
         retry: RetryPolicy | None = None,
     ) -> None:
         self._channel = open_channel(target, tls, options, aio=True, retry=retry)
+        self._retry = retry if retry is not None else RetryPolicy()
         self.target = channel_target(target)[0]
         self._timeout = _check_timeout(timeout, DEFAULT_TIMEOUT)
         self._metadata = auth_metadata(token)
@@ -283,15 +285,21 @@ class AsyncEpisode:
         refused: it reports INTERNAL "Internal error from Core" instead. A Hamlet server answers a refused open
         only after its start for that reason (docs/SERVING.md, Shutdown); against one that refuses at once (an
         older server) the open is sent again, up to `_OPEN_ATTEMPTS` times, to learn the real answer: nothing
-        was started. A write error with the status intact raises the typed error at once."""
-        for attempt in range(1, _OPEN_ATTEMPTS + 1):
+        was started. An open that failed with UNAVAILABLE before any answer (a draining replica, none reachable)
+        is sent again under the client's `RetryPolicy`, as `Episode._open` does."""
+        policy = self._client._retry
+        for attempt in range(1, max(_OPEN_ATTEMPTS, policy.max_attempts) + 1):
             try:
                 await self._open_once(start)
                 return
             except InternalError as exc:
-                if not _status_lost(exc) or attempt == _OPEN_ATTEMPTS:
+                if not _status_lost(exc) or attempt >= _OPEN_ATTEMPTS:
                     raise
                 logger.debug("episode open: the status was lost in a failed write (attempt %d); opening again", attempt)
+            except UnavailableError:
+                if attempt >= policy.max_attempts:
+                    raise
+                await asyncio.sleep(policy.backoff(attempt))
 
     async def _open_once(self, start: service_pb2.StreamEpisodeRequest) -> None:
         self._closed, self._end_reason, self._ended = False, "", None

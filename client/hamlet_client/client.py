@@ -28,6 +28,7 @@ from hamlet_client.errors import (
     FailedPreconditionError,
     HamletError,
     InternalError,
+    UnavailableError,
     error_for_code,
     from_rpc_error,
     reason_from_metadata,
@@ -116,6 +117,7 @@ class HamletClient:
         retry: RetryPolicy | None = None,
     ) -> None:
         self._channel = open_channel(target, tls, options, aio=False, retry=retry)
+        self._retry = retry if retry is not None else RetryPolicy()
         self.target = channel_target(target)[0]
         self._timeout = _check_timeout(timeout, DEFAULT_TIMEOUT)
         self._metadata = auth_metadata(token)
@@ -327,6 +329,7 @@ class HamletClient:
             stream_timeout=None if stream_timeout is None else _check_timeout(stream_timeout, self._timeout),
             watchdog=self._watchdog,
             resume=ResumeState(every, allow_other_version) if resume else None,
+            retry=self._retry,
         )
 
 
@@ -350,8 +353,10 @@ class Episode:
         stream_timeout: float | None,
         watchdog: _StepWatchdog,
         resume: ResumeState | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._stub = stub
+        self._retry = retry if retry is not None else RetryPolicy()
         self._metadata = metadata
         self._stream_timeout = stream_timeout
         self._lock = threading.Lock()
@@ -363,7 +368,19 @@ class Episode:
         self._open(start)
 
     def _open(self, start: service_pb2.StreamEpisodeRequest) -> None:
-        """Open the stream with ``start`` (a new episode or a resume) and take the server's answer."""
+        """Open the stream with ``start`` (a new episode or a resume) and take the server's answer; an open
+        that failed with UNAVAILABLE before any answer (a draining replica refused it, or none was reachable)
+        is sent again under the client's `RetryPolicy`: nothing was started (service_config module doc)."""
+        for attempt in range(1, self._retry.max_attempts + 1):
+            try:
+                self._open_once(start)
+                return
+            except UnavailableError:
+                if attempt == self._retry.max_attempts:
+                    raise
+                time.sleep(self._retry.backoff(attempt))
+
+    def _open_once(self, start: service_pb2.StreamEpisodeRequest) -> None:
         self._requests: queue.SimpleQueue[service_pb2.StreamEpisodeRequest | None] = queue.SimpleQueue()
         self._timed_out = False
         self._closed = False

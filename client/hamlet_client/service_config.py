@@ -6,10 +6,12 @@ names several replicas, ``round_robin`` with client-side health checking:
 
 - ``Predict``, ``ListModels``, ``GetModelMetadata``, ``GetServerInfo``, ``ListSessions``: idempotent; retried
   on UNAVAILABLE (the server was unreachable, or refused the call while draining: nothing was done).
-- ``StreamEpisode``: retried on UNAVAILABLE too, but gRPC retries a call only until the first response
-  arrives (it is then committed), and a Hamlet server answers nothing before ``EpisodeStarted``: only an
-  open that a draining replica refused outright is sent again, never a started episode. Once started, an
-  episode survives a replica through its snapshots (``resume=True``), not through gRPC.
+- ``StreamEpisode`` is NOT under gRPC's policy: grpcio 1.85 leaves a retried stream open hanging when its
+  replica shuts down under it (the viewer's reopen during a drain never returned, tests/e2e/
+  test_viewer_states_browser.py). The SDK opens an episode again itself instead, with the same policy
+  (`RetryPolicy.backoff`), when the open failed with UNAVAILABLE before any answer (refused by a draining
+  replica, or no replica reachable): nothing was started, and each open is a new pick of the balancer. Once
+  started, an episode survives a replica through its snapshots (``resume=True``).
 - ``WatchEpisodes`` is not retried.
 
 Each retry is a new pick of the load balancer, so with several replicas it goes to the next one. The wait
@@ -21,14 +23,15 @@ not lifted by asking again at once) are never retried.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["HEALTH_SERVICE", "IDEMPOTENT_METHODS", "MAX_ATTEMPTS_LIMIT", "MIN_BACKOFF", "RetryPolicy", "service_config"]
 
 SERVICE = "hamlet.v1.InferenceService"
-IDEMPOTENT_METHODS = ("Predict", "ListModels", "GetModelMetadata", "GetServerInfo", "ListSessions", "StreamEpisode")
-"""The methods under the retry policy (StreamEpisode: only until its first response, see the module doc)."""
+IDEMPOTENT_METHODS = ("Predict", "ListModels", "GetModelMetadata", "GetServerInfo", "ListSessions")
+"""The methods under gRPC's retry policy (StreamEpisode opens are retried by the SDK, see the module doc)."""
 HEALTH_SERVICE = "hamlet.v1.Liveness"
 """The grpc.health.v1 name a balancing channel watches per replica: SERVING while the process takes work,
 NOT_SERVING from the first moment of a drain (so the channel stops sending new calls there at once)."""
@@ -70,6 +73,11 @@ class RetryPolicy:
                 )
         if not self.multiplier > 0:
             raise ValueError(f"RetryPolicy.multiplier: expected a number > 0, got {self.multiplier!r}")
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry ``retry`` (1 = the first retry), drawn as gRPC draws it: uniformly from
+        ``[0, min(initial_backoff * multiplier**(retry - 1), max_backoff)]``."""
+        return random.uniform(0.0, min(self.initial_backoff * self.multiplier ** (retry - 1), self.max_backoff))
 
     def as_json(self) -> dict[str, Any]:
         """gRPC's ``retryPolicy`` object; needs ``max_attempts >= 2`` (gRPC refuses fewer)."""

@@ -83,8 +83,9 @@ def test_there_is_one_random_baseline() -> None:
         text = path.read_text()
         if path.name != "evaluation.py":
             assert "def random_policy" not in text and "def run_random_policy" not in text, path
-    # The Gymnasium example draws its random actions with the same function (over Gymnasium's int8 masks).
-    assert "random_valid_actions(masks.astype(bool), sampler)" in (root / "examples/gym_evaluate.py").read_text()
+    # The Gymnasium example draws its random actions with the same function, over Gymnasium's int8 masks made bool.
+    example = (root / "examples/gym_evaluate.py").read_text()
+    assert "random_valid_actions(masks, sampler)" in example and 'info["action_mask"].astype(bool)' in example
 
 
 def test_affordances_count_distinct_successful_uses(wait_model: Path) -> None:

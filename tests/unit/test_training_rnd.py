@@ -19,9 +19,20 @@ from townlet.training.rnd import TRAIN_BATCH, RNDExploration, decayed_weight
 from townlet.training.trainer import EpisodeStats, train
 
 # sha256 of the final weights of `tiny` runs, recorded with the trainer as it was before RND existed.
+# The weights of the tiny runs before RND existed, as each CPU kind the suite has run on computes them: float
+# training is bit-identical only on one CPU kind (its SIMD kernels round differently from another's). The first
+# pair was recorded on the development box of the RND change, the second on an AuthenticAMD "AMD EPYC" box
+# running the code of d9032c2 (flag off, the code path of before RND). Any change of the flag-off path gives a
+# third digest and fails on every kind.
 BEFORE_RND = {
-    "simple": "1886b0a3ab00add126a83a6bbea0e5f68e0c78006e5086a985845c718f2ecf4f",
-    "recurrent": "f569e655c75672a7bdfc5e967643a37f9f722ebc1b11ea4634a7a64d9779ef69",
+    "simple": (
+        "1886b0a3ab00add126a83a6bbea0e5f68e0c78006e5086a985845c718f2ecf4f",
+        "d6330938ca7d821e5126efbec858fd87246ecbd56194e0db64d5c79aa0674526",
+    ),
+    "recurrent": (
+        "f569e655c75672a7bdfc5e967643a37f9f722ebc1b11ea4634a7a64d9779ef69",
+        "cb77bc8b628a44883a0abf064bef41b420769214189c51c33e7ee0646ee04b23",
+    ),
 }
 
 
@@ -104,7 +115,7 @@ def test_replay_adds_the_weighted_bonus_only_when_sampled_with_a_weight() -> Non
 def test_flag_off_trains_bit_for_bit_as_before(tmp_path: Path, network_type: str) -> None:
     extra = {"burn_in": 2, "n_step": 3, "double_dqn": True} if network_type == "recurrent" else {}
     result = train(tiny(network_type, tmp_path, **extra))
-    assert weights_digest(result.q_network) == BEFORE_RND[network_type]
+    assert weights_digest(result.q_network) in BEFORE_RND[network_type]
 
 
 def test_rnd_run_stores_its_bonus_in_replay_and_never_in_the_env_reward(tmp_path: Path, network_type: str) -> None:

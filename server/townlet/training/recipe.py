@@ -35,15 +35,42 @@ from townlet.training.trainer import EpisodeStats, train
 __all__ = [
     "HEAD_FILE",
     "check_head",
+    "cpu_kind",
     "episode_line",
     "recipe_command",
     "recipe_config",
+    "recorded_cpu_kind",
     "recorded_head",
     "run_head",
     "weights_sha256",
 ]
 
 HEAD_FILE = "train_log_head.txt"
+_RECORDED_ON = "# recorded on: "
+
+
+def cpu_kind() -> str:
+    """This machine's CPU as ``vendor model`` from /proc/cpuinfo (e.g. ``AuthenticAMD AMD EPYC``), "unknown"
+    where there is none. Float results of training are bit-identical only on one CPU kind (and torch build):
+    its SIMD kernels round differently from another's."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "unknown"
+    return f"{fields.get('vendor_id', '?')} {fields.get('model name', '?')}"
+
+
+def recorded_cpu_kind(model_dir: str | Path) -> str | None:
+    """The CPU kind ``model_dir``'s head was recorded on (its ``# recorded on:`` line), None if it says none."""
+    for line in (Path(model_dir) / HEAD_FILE).read_text(encoding="utf-8").splitlines():
+        if line.startswith(_RECORDED_ON):
+            return line[len(_RECORDED_ON) :].strip()
+    return None
+
+
 _COMMAND = re.compile(r"^hamlet-train (?!evaluate)(.+)$", re.MULTILINE)
 
 
