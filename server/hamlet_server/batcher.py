@@ -5,8 +5,12 @@ for right after the callbacks already due on the event loop (so every handler wo
 iteration gets in), or `max_delay_us` later when that is set. The flush takes up to `max_batch` rows and
 runs one forward, on a worker thread (or inline on the loop when no executor is given or the batch has at
 most `inline_rows` rows): hidden states
-are gathered from the model version's `HiddenStateTable` (which lives on the model's device), the network
+are gathered from the model version's `HiddenStateTable` (in the backend's own arrays), the network
 runs once, the new states are scattered back, and each item gets its own rows of actions and Q-values.
+
+Items carry numpy arrays on the host (observations, masks, resets, explicit states); the batch crosses to the
+backend's array kind once (`hamlet_server.array_ops`: numpy for onnxruntime, torch for torch/CUDA), and the
+Q-values come back to the host once. Exploration draws with the item's generator, of the backend's kind.
 Items are never split; one larger than `max_batch` runs alone. While a forward runs, new work queues up
 and forms the next batch.
 """
@@ -20,13 +24,13 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import torch
 
+from hamlet_server.array_ops import ops_for
 from hamlet_server.backends import Backend
 from hamlet_server.sessions import HiddenStateTable
-from townlet.inference.policy import epsilon_greedy
 
 __all__ = ["BatchResult", "BatchStats", "StepBatcher", "WorkItem"]
 
@@ -37,14 +41,14 @@ log = logging.getLogger(__name__)
 class WorkItem:
     """One request's rows: a stream step (`slots` set) or a Predict call (`hidden` explicit or None)."""
 
-    obs: torch.Tensor  # [b, obs_dim] float32, CPU
+    obs: np.ndarray  # [b, obs_dim] float32, host
     epsilon: float = 0.0
-    action_mask: torch.Tensor | None = None  # [b, A] bool, CPU
-    generator: torch.Generator | None = None  # CPU
-    slot_index: torch.Tensor | None = None  # [b] int64 on the model device: rows of the hidden table
+    action_mask: np.ndarray | None = None  # [b, A] bool, host
+    generator: Any = None  # of the backend's kind (ArrayOps.new_generator): torch or numpy Generator
+    slot_index: Any = None  # [b] int64 in the backend's arrays (ArrayOps.index): rows of the hidden table
     slot_limit: int = 0  # 1 + max(slot_index), known on the host (no device read-back per step)
-    reset: torch.Tensor | None = None  # [b] bool, CPU: rows whose state is zeroed before the forward
-    hidden: tuple[torch.Tensor, torch.Tensor] | None = None  # explicit (h, c) [1, b, H] for Predict
+    reset: np.ndarray | None = None  # [b] bool, host: rows whose state is zeroed before the forward
+    hidden: tuple[np.ndarray, np.ndarray] | None = None  # explicit (h, c) [1, b, H] float32, host
     return_hidden: bool = False
     is_cancelled: Callable[[], bool] = field(default=lambda: False)
     future: asyncio.Future[BatchResult] | None = None
@@ -59,7 +63,7 @@ class WorkItem:
 class BatchResult:
     actions: np.ndarray  # [b] int64: a view of the batch's actions
     q_values: np.ndarray  # [b, A] float32: a view of the batch's Q-values (one device->host copy per batch)
-    hidden: tuple[torch.Tensor, torch.Tensor] | None  # [1, b, H] each, CPU, when asked for
+    hidden: tuple[np.ndarray, np.ndarray] | None  # [1, b, H] each, float32 on the host, when asked for
     batch_size: int  # rows in the forward this item rode in
 
 
@@ -97,8 +101,9 @@ class StepBatcher:
         self._busy = False
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.device = torch.device(model.device)  # cached: HamletModel.device walks the parameters
-        self.table = HiddenStateTable(model.hidden_dim or 0, self.device) if model.is_recurrent else None
+        self.ops = ops_for(model)
+        self.device = self.ops.device  # cached: HamletModel.device walks the parameters
+        self.table = HiddenStateTable(model.hidden_dim or 0, self.ops) if model.is_recurrent else None
         self._net_forward = model.forward  # HamletModel.forward adds no guard of its own under inference_mode
         self.batches = 0
         self.rows = 0
@@ -143,12 +148,11 @@ class StepBatcher:
         elif self.table.shrink_to_fit(rows_in_use()):
             log.debug("hidden-state table shrunk to %d rows", self.table.capacity)
 
-    def read_rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Copies of the table rows ``index`` as CPU (h, c) ``[n, H]``: for a stream between its steps (its
+    def read_rows(self, index: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Host copies of the table rows ``index`` as (h, c) ``[n, H]``: for a stream between its steps (its
         rows are written only by its own steps; a concurrent resize keeps their values)."""
         assert self.table is not None
-        table = self.table
-        return table.h.index_select(0, index).cpu(), table.c.index_select(0, index).cpu()
+        return self.table.read_rows(index)
 
     @property
     def mean_batch(self) -> float:
@@ -238,32 +242,30 @@ class StepBatcher:
         """Runs on the worker thread (or inline): one gather, one forward, one scatter, one copy of the
         results to the host, then per item only views and its own exploration draws."""
         began = time.perf_counter()
-        device = self.device
+        ops = self.ops
         total = sum(item.rows for item in batch)
-        obs = torch.cat([item.obs for item in batch]) if len(batch) > 1 else batch[0].obs
-        obs = obs.to(device, non_blocking=True)
+        obs = np.concatenate([item.obs for item in batch]) if len(batch) > 1 else batch[0].obs
         hidden = self._gather(batch) if self.table is not None else None
-        with torch.inference_mode():
-            q, new_hidden = self._net_forward(obs, hidden)
+        with ops.inference():
+            q, new_hidden = self._net_forward(ops.from_host(obs), hidden)
         if self.table is not None and new_hidden is not None:
             self._scatter(batch, new_hidden)
-        q_cpu = q.float().cpu()
-        q_np = q_cpu.numpy()
+        q_np = ops.to_host(q)
         greedy = q_np.argmax(axis=1)  # first maximum, like torch.argmax
-        h_cpu = c_cpu = None
+        h_host = c_host = None
         if new_hidden is not None and any(item.return_hidden for item in batch):
-            h_cpu, c_cpu = new_hidden[0].cpu(), new_hidden[1].cpu()
+            h_host, c_host = ops.to_host(new_hidden[0]), ops.to_host(new_hidden[1])
         results = []
         start = 0
         for item in batch:
             stop = start + item.rows
             if item.epsilon > 0.0 or item.action_mask is not None:
-                actions = epsilon_greedy(q_cpu[start:stop], item.epsilon, item.action_mask, item.generator).numpy()
+                actions = ops.explore(q_np[start:stop], item.epsilon, item.action_mask, item.generator)
             else:
                 actions = greedy[start:stop]
             hid = None
-            if item.return_hidden and h_cpu is not None and c_cpu is not None:
-                hid = (h_cpu[:, start:stop], c_cpu[:, start:stop])
+            if item.return_hidden and h_host is not None and c_host is not None:
+                hid = (h_host[:, start:stop], c_host[:, start:stop])
             results.append(BatchResult(actions, q_np[start:stop], hid, total))
             start = stop
         self.batches += 1
@@ -273,38 +275,37 @@ class StepBatcher:
             self._on_batch(BatchStats(total, time.perf_counter() - began, waits))
         return results
 
-    def _gather(self, batch: list[WorkItem]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h, c) ``[1, rows, H]`` for the batch: one index_select over the table when every item is a stream
-        step reading its rows (the common case), else item by item."""
+    def _gather(self, batch: list[WorkItem]) -> tuple[Any, Any]:
+        """(h, c) ``[1, rows, H]`` for the batch: one take over the table when every item is a stream step
+        reading its rows (the common case), else item by item."""
         assert self.table is not None
-        table, device = self.table, self.device
+        table, ops = self.table, self.ops
         limit = max((item.slot_limit for item in batch if item.slot_index is not None), default=0)
         table.ensure_capacity(limit)
         if all(item.slot_index is not None and item.hidden is None for item in batch):
             index = self._batch_index(batch)
             reset = None
             if any(item.reset is not None for item in batch):
-                parts = [item.reset if item.reset is not None else torch.zeros(item.rows, dtype=torch.bool)
-                         for item in batch]  # fmt: skip
-                reset = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(device)
+                parts = [item.reset if item.reset is not None else np.zeros(item.rows, dtype=bool) for item in batch]
+                reset = ops.from_host(parts[0] if len(parts) == 1 else np.concatenate(parts))
             return table.gather(index, reset)
         parts_h, parts_c = [], []
         for item in batch:
             if item.hidden is not None:  # explicit state: a Predict call, or a resumed stream's first step
-                h, c = item.hidden[0].to(device), item.hidden[1].to(device)
+                h, c = ops.from_host(item.hidden[0]), ops.from_host(item.hidden[1])
             elif item.slot_index is not None:
-                reset = item.reset.to(device) if item.reset is not None else None
+                reset = ops.from_host(item.reset) if item.reset is not None else None
                 h, c = table.gather(item.slot_index, reset)
             else:
-                h = c = torch.zeros(1, item.rows, table.hidden_dim, device=device)
+                h = c = ops.zeros((1, item.rows, table.hidden_dim))
             parts_h.append(h)
             parts_c.append(c)
         if len(batch) == 1:
             return parts_h[0], parts_c[0]
-        return torch.cat(parts_h, dim=1), torch.cat(parts_c, dim=1)
+        return ops.concat(parts_h, axis=1), ops.concat(parts_c, axis=1)
 
-    def _scatter(self, batch: list[WorkItem], new_hidden: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """Write each stream step's new (h, c) into its rows: one index_copy when every item is one."""
+    def _scatter(self, batch: list[WorkItem], new_hidden: tuple[Any, Any]) -> None:
+        """Write each stream step's new (h, c) into its rows: one put when every item is one."""
         assert self.table is not None
         if all(item.slot_index is not None for item in batch):
             self.table.scatter(self._batch_index(batch), new_hidden[0], new_hidden[1])
@@ -316,7 +317,6 @@ class StepBatcher:
                 self.table.scatter(item.slot_index, new_hidden[0][:, start:stop], new_hidden[1][:, start:stop])
             start = stop
 
-    @staticmethod
-    def _batch_index(batch: list[WorkItem]) -> torch.Tensor:
+    def _batch_index(self, batch: list[WorkItem]) -> Any:
         indices = [item.slot_index for item in batch]
-        return indices[0] if len(indices) == 1 else torch.cat(indices)  # type: ignore[arg-type,return-value]
+        return indices[0] if len(indices) == 1 else self.ops.concat(indices, axis=0)

@@ -11,8 +11,11 @@ says what came out non-finite.
 
 from __future__ import annotations
 
-import torch
+from typing import Any
 
+import numpy as np
+
+from hamlet_server.array_ops import ArrayOps, ops_for
 from hamlet_server.backends import Backend, Hidden
 
 __all__ = ["CANARY_BATCHES", "canary_problem"]
@@ -24,37 +27,38 @@ def canary_problem(model: Backend, *, seed: int = 0) -> str | None:
     """None if every output of every canary forward is finite, else what was not (one line).
 
     ``model`` is what a backend loader returns (`load_backend`): it uses ``forward``, ``obs_dim``,
-    ``is_recurrent`` and ``device``.
+    ``is_recurrent`` and ``device`` (and ``array_kind``: the canary runs on the backend's own arrays).
     """
-    generator = torch.Generator().manual_seed(seed)
+    ops = ops_for(model)
+    rng = np.random.default_rng(seed)
     for batch in CANARY_BATCHES:
         inputs = {
-            "zero": torch.zeros(batch, int(model.obs_dim)),
-            "random": torch.rand(batch, int(model.obs_dim), generator=generator),
+            "zero": np.zeros((batch, int(model.obs_dim)), dtype=np.float32),
+            "random": rng.random((batch, int(model.obs_dim)), dtype=np.float32),
         }
         for label, obs in inputs.items():
-            problem = _run(model, obs.to(model.device), f"{label} observations at batch {batch}")
+            problem = _run(model, ops, obs, f"{label} observations at batch {batch}")
             if problem:
                 return problem
     return None
 
 
-def _run(model: Backend, obs: torch.Tensor, what: str) -> str | None:
-    with torch.inference_mode():
-        q, hidden = model.forward(obs, None)
-        problem = _non_finite(q, hidden, what)
+def _run(model: Backend, ops: ArrayOps, obs: np.ndarray, what: str) -> str | None:
+    with ops.inference():
+        q, hidden = model.forward(ops.from_host(obs), None)
+        problem = _non_finite(ops, q, hidden, what)
         if problem or not model.is_recurrent:
             return problem
-        q, hidden = model.forward(obs, hidden)
-        return _non_finite(q, hidden, f"{what}, second recurrent step")
+        q, hidden = model.forward(ops.from_host(obs), hidden)
+        return _non_finite(ops, q, hidden, f"{what}, second recurrent step")
 
 
-def _non_finite(q: torch.Tensor, hidden: Hidden | None, what: str) -> str | None:
+def _non_finite(ops: ArrayOps, q: Any, hidden: Hidden | None, what: str) -> str | None:
     outputs = {"q_values": q}
     if hidden is not None:
         outputs.update(hidden_h=hidden[0], hidden_c=hidden[1])
     for name, value in outputs.items():
-        if not bool(torch.isfinite(value).all()):
-            bad = int((~torch.isfinite(value)).sum())
-            return f"canary forward on {what}: {bad} of {value.numel()} {name} values are NaN or Inf"
+        finite = np.isfinite(ops.to_host(value))
+        if not bool(finite.all()):
+            return f"canary forward on {what}: {int((~finite).sum())} of {finite.size} {name} values are NaN or Inf"
     return None

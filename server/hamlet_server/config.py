@@ -55,9 +55,10 @@ class ServerConfig:
     device: str = _opt("auto", "torch device for the models: auto (cuda when present), cpu, cuda, cuda:N")
     backend: str = _opt(
         "auto",
-        "auto (onnx on the CPU when onnxruntime is installed, else torch), torch (eager PyTorch, any device; "
-        "Q-values exactly HamletModel.predict's) or onnx (exported and verified at load, run by onnxruntime on "
-        "the CPU: faster at small batch, within 1e-5 + 1e-5 x |Q| of PyTorch)",
+        "auto (onnx on the CPU when onnxruntime is installed, else torch), torch (eager PyTorch on .pt files, any "
+        "device; Q-values exactly HamletModel.predict's) or onnx (.onnx exports as they are, no torch needed; .pt "
+        "files exported and verified at load; run by onnxruntime on the CPU: faster at small batch, within "
+        "1e-5 + 1e-5 x |Q| of PyTorch)",
     )
     default_model: str = _opt("", "model used when a request names none (empty: the first name in sorted order)")
     max_sessions: int = _opt(1024, "most concurrent StreamEpisode streams; more get RESOURCE_EXHAUSTED")

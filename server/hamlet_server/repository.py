@@ -1,8 +1,10 @@
 """ModelRepository: model name -> loaded versions, kept in step with a directory that training writes into.
 
-Layout: `<root>/<name>/model_epNNNNN.pt` or `checkpoint_epNNNNN.pt` (a version is the training episode in
-the file name; an inference file wins over a training file of the same episode), or a single file
-`<root>/<name>.pt` (version = its `_epN` or 0).
+Layout: `<root>/<name>/model_epNNNNN.pt`, `checkpoint_epNNNNN.pt` or `model_epNNNNN.onnx` (an export written
+by ``hamlet-model export-onnx``; a version is the training episode in the file name), or a single file
+`<root>/<name>.pt` / `<name>.onnx` (version = its `_epN` or 0). Of several files of one episode, an inference
+checkpoint wins over a training one, and the `.onnx` export wins under ``--backend onnx`` (loads without torch
+and without an export) but loses under ``--backend torch`` (which cannot run it).
 
 Promotion: a file is loaded (non-finite weights are refused by the loader), then run through the canary
 forward (`hamlet_server.canary`); only a version that passes both is servable. The served "latest" of a
@@ -28,7 +30,7 @@ from hamlet_server.backends import Backend
 from hamlet_server.batcher import BatchStats, StepBatcher
 from hamlet_server.canary import canary_problem
 from hamlet_server.sessions import SlotAllocator
-from townlet.inference.filenames import parse_checkpoint_name
+from townlet.inference.filenames import CheckpointName, parse_checkpoint_name
 
 __all__ = [
     "ModelLoadError",
@@ -62,17 +64,31 @@ class ModelFile:
     signature: tuple[int, int]  # (mtime_ns, size): a change means "reload"
 
 
-def _rank(path: Path) -> int:
-    parsed = parse_checkpoint_name(path.name)
-    return 0 if parsed is not None and parsed.is_inference else 1  # inference files beat training files
+MODEL_SUFFIXES = (".pt", ".onnx")
 
 
-def scan_models(root: Path) -> dict[str, dict[int, ModelFile]]:
+def _parse(name: str) -> CheckpointName | None:
+    """`parse_checkpoint_name` for ``.pt`` files, and the same rule for ``.onnx`` exports (``model_ep7.onnx``)."""
+    if name.endswith(".onnx"):
+        return parse_checkpoint_name(name[: -len(".onnx")] + ".pt")
+    return parse_checkpoint_name(name)
+
+
+def _rank(path: Path, prefer_onnx: bool) -> int:
+    """Lower wins among files of one version: an inference checkpoint beats a training one; the .onnx export
+    comes first under the onnx backend, last under the torch backend."""
+    if path.suffix == ".onnx":
+        return 0 if prefer_onnx else 3
+    parsed = _parse(path.name)
+    return 1 if parsed is not None and parsed.is_inference else 2
+
+
+def scan_models(root: Path, *, prefer_onnx: bool = False) -> dict[str, dict[int, ModelFile]]:
     """What is on disk now: name -> version -> file. Ignores hidden and temporary files.
 
-    File names are read by `townlet.inference.filenames`: inside a model directory only ``<stem>_epN.pt`` files
-    are versions (N); a single file ``<name>_epN.pt`` is model ``name`` version N, any other ``<name>.pt`` is
-    version 0.
+    File names are read by `townlet.inference.filenames`: inside a model directory only ``<stem>_epN.pt`` and
+    ``<stem>_epN.onnx`` files are versions (N); a single file ``<name>_epN.pt`` (or ``.onnx``) is model
+    ``name`` version N, any other ``<name>.pt`` is version 0. ``prefer_onnx``: see `_rank`.
     """
     found: dict[str, dict[int, ModelFile]] = {}
     if not root.is_dir():
@@ -82,11 +98,11 @@ def scan_models(root: Path) -> dict[str, dict[int, ModelFile]]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            for path in sorted(entry.glob("*.pt")):
-                if (parsed := parse_checkpoint_name(path.name)) is not None:
+            for path in sorted(p for p in entry.iterdir() if p.suffix in MODEL_SUFFIXES):
+                if (parsed := _parse(path.name)) is not None:
                     candidates.append((entry.name, parsed.episode, path))
-        elif entry.suffix == ".pt":
-            parsed = parse_checkpoint_name(entry.name)
+        elif entry.suffix in MODEL_SUFFIXES:
+            parsed = _parse(entry.name)
             candidates.append((parsed.stem, parsed.episode, entry) if parsed else (entry.stem, 0, entry))
     for name, version, path in candidates:
         try:
@@ -95,7 +111,7 @@ def scan_models(root: Path) -> dict[str, dict[int, ModelFile]]:
             continue
         mf = ModelFile(name, version, path, (stat.st_mtime_ns, stat.st_size))
         current = found.setdefault(name, {}).get(version)
-        if current is None or _rank(path) < _rank(current.path):
+        if current is None or _rank(path, prefer_onnx) < _rank(current.path, prefer_onnx):
             found[name][version] = mf
     return found
 
@@ -164,6 +180,7 @@ class ModelRepository:
         max_delay_us: int = 0,
         inline_rows: int = 0,
         default_model: str = "",
+        prefer_onnx: bool = False,
         loader: Callable[[Path, str], Backend] = _default_loader,
         on_batch: Callable[[str, BatchStats], None] | None = None,
         on_load_failure: Callable[[str, str], None] | None = None,
@@ -175,6 +192,7 @@ class ModelRepository:
         self._max_delay_us = max_delay_us
         self._inline_rows = inline_rows
         self._default_model = default_model
+        self._prefer_onnx = prefer_onnx
         self._loader = loader
         self._on_batch = on_batch
         self._on_load_failure = on_load_failure
@@ -264,7 +282,7 @@ class ModelRepository:
     def scan_and_load(self) -> tuple[dict[str, dict[int, ModelFile]], list[_Loaded]]:
         """File system scan, then loading (and the canary) of each model's newest versions, newest first,
         until one is servable; safe on a worker thread (reads state only)."""
-        on_disk = scan_models(self.root)
+        on_disk = scan_models(self.root, prefer_onnx=self._prefer_onnx)
         loaded: list[_Loaded] = []
         for versions in on_disk.values():
             for version in sorted(versions, reverse=True):

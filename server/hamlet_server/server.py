@@ -24,12 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import grpc
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hamlet_client.proto import inference_service_pb2 as pb
-from hamlet_server.backends import load_backend, resolve_backend
+from hamlet_server.backends import load_backend, resolve_backend, serving_device
 from hamlet_server.config import ServerConfig
 from hamlet_server.health import DrainingHealthServicer
 from hamlet_server.metrics import ServerMetrics
@@ -40,7 +39,6 @@ from hamlet_server.snapshot_keys import read_snapshot_keys
 from hamlet_server.startup import bind_grpc, grpc_address, serve_metrics
 from hamlet_server.streams import Ending, StreamTable
 from hamlet_server.tracing import CallTracing, TracingInterceptor, make_tracing
-from townlet.inference.model import resolve_device
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -77,13 +75,24 @@ def _grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
+def _set_torch_threads(backend: str, threads: int) -> None:
+    """torch.set_num_threads in the calling thread, for the torch backend (the onnx one never imports torch)."""
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 class HamletServer:
     """One serving process: repository, sessions, batchers, servicer, health, reflection, metrics."""
 
     def __init__(self, config: ServerConfig, *, span_exporter: SpanExporter | None = None) -> None:
         """``span_exporter`` receives the spans instead of ``--tracing``'s exporter (tests)."""
         self.config = config
-        self.device = str(resolve_device(config.device))  # the model layer's rule: auto -> cuda if present
+        # auto -> cuda when torch sees one (the model layer's rule); the onnx backend runs on the CPU, and
+        # decides that without importing torch
+        onnx_auto = config.backend == "onnx" and config.device == "auto"
+        self.device = "cpu" if onnx_auto else serving_device(config.device)
         self.backend = resolve_backend(config.backend, self.device)
         if self.backend == "onnx" and self.device != "cpu":
             raise ValueError(f"--backend onnx runs on the CPU; got --device {config.device} (resolved {self.device})")
@@ -92,17 +101,17 @@ class HamletServer:
             config.max_sessions, ttl=config.session_ttl, start_timeout=config.start_timeout,
             max_slots=config.max_slots, max_unstarted=config.max_unstarted,
         )  # fmt: skip
-        # torch's intra-op thread count is per OS thread (OpenMP): set it in the worker that runs the forwards.
+        # torch's intra-op thread count is per OS thread (OpenMP): set it in the worker that runs the forwards
+        # (torch backend only: the onnx backend sets its session's threads, and may run without torch).
         self._executor = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="hamlet-forward",
-            initializer=torch.set_num_threads,
-            initargs=(config.threads,),
+            initializer=functools.partial(_set_torch_threads, self.backend, config.threads),
         )
         self.repository = ModelRepository(
             config.models, self.device, self._executor if config.forward_thread else None,
             max_batch=config.max_batch, max_delay_us=config.max_delay_us, inline_rows=config.inline_rows,
-            default_model=config.default_model,
+            default_model=config.default_model, prefer_onnx=self.backend == "onnx",
             loader=functools.partial(load_backend, backend=self.backend, threads=config.threads),
             on_batch=self.metrics.observe_batch,
             on_load_failure=lambda name, reason: self.metrics.load_failures.labels(name, reason).inc(),
@@ -126,7 +135,7 @@ class HamletServer:
 
     async def start(self) -> int:
         """Load the models, bind, serve. Returns the gRPC port."""
-        torch.set_num_threads(self.config.threads)
+        _set_torch_threads(self.backend, self.config.threads)
         await self.repository.refresh()
         names = self.repository.names()
         if not names:

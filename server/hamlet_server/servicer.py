@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import torch
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from hamlet_client.proto import inference_service_pb2 as pb
@@ -182,14 +182,6 @@ def _noting_arrival(servicer: InferenceServicer, method: Callable[..., Any]) -> 
 
 server_version = package_version
 """The installed hamlet-server version ("unknown" when it is not installed)."""
-
-
-def _generator(seed: int | None) -> torch.Generator | None:
-    if seed is None:
-        return None
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(seed)
-    return gen
 
 
 _NETWORK_TYPES = {"simple": model_pb2.NETWORK_TYPE_SIMPLE, "recurrent": model_pb2.NETWORK_TYPE_RECURRENT}
@@ -469,7 +461,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             hidden_dim = served.hidden_dim if served.is_recurrent else None  # None: refused as the library does
             hidden = decode_hidden(request.hidden.h, request.hidden.c, batch=batch, hidden_dim=hidden_dim)
         seed = request.seed if request.HasField("seed") else None
-        return WorkItem(obs, epsilon, mask, _generator(seed), hidden=hidden, return_hidden=served.is_recurrent)
+        generator = served.batcher.ops.new_generator(seed)  # the backend's kind: what its library predict draws
+        return WorkItem(obs, epsilon, mask, generator, hidden=hidden, return_hidden=served.is_recurrent)
 
     # ---- StreamEpisode ---------------------------------------------------------------------------
     async def StreamEpisode(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:  # type: ignore[override]
@@ -679,17 +672,18 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 "BAD_RESET",
             )
         if session.fresh:
-            reset = torch.ones(n, dtype=torch.bool)
+            reset = np.ones(n, dtype=bool)
             session.fresh = False
         elif len(step.reset) and any(step.reset):
-            reset = torch.tensor(list(step.reset), dtype=torch.bool)
+            reset = np.array(step.reset, dtype=bool)
         mask = decode_action_mask(
             step.action_mask if step.HasField("action_mask") else None, batch=n, action_dim=served.action_dim
         )
         epsilon = check_epsilon(step.epsilon, "step.epsilon") if step.HasField("epsilon") else session.epsilon
         hidden, session.pending_hidden = session.pending_hidden, None
         if hidden is not None and reset is not None:  # a resumed episode: its first step starts from the snapshot
-            hidden = tuple(part.masked_fill(reset.view(1, -1, 1), 0.0) for part in hidden)  # type: ignore[assignment]
+            keep = ~reset.reshape(1, -1, 1)
+            hidden = (hidden[0] * keep, hidden[1] * keep)
         item = WorkItem(
             obs, epsilon, mask, session.generator, slot_index=session.slot_index, slot_limit=session.slot_limit,
             reset=reset, hidden=hidden,

@@ -2,8 +2,9 @@
 
 - `SlotAllocator` hands out row indices of one model version's `[slots, H]` table (pure bookkeeping). Rows
   freed at the top give the high-water mark back, so the table can shrink after a burst.
-- `HiddenStateTable` owns the (h, c) rows on the model's device; only the batcher touches it. It grows by
-  doubling and shrinks with hysteresis (see `StepBatcher.compact`).
+- `HiddenStateTable` owns the (h, c) rows in the backend's own arrays (numpy for onnxruntime, torch on the
+  model's device), through `hamlet_server.array_ops`; only the batcher touches it. It grows by doubling and
+  shrinks with hysteresis (see `StepBatcher.compact`).
 - `Session` is the started part of a stream: its model version, rows and random stream. The stream's whole
   life (open, start, limits, timeouts, end reasons, freeing) belongs to `hamlet_server.streams`.
 - `check_step_index` and `check_num_envs` are the rules for a step index and an environment count, shared by a
@@ -15,9 +16,9 @@ from __future__ import annotations
 import heapq
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import torch
+from hamlet_server.array_ops import ArrayOps
 
 if TYPE_CHECKING:
     from hamlet_server.repository import ServedModel
@@ -107,15 +108,15 @@ class SlotAllocator:
 
 
 class HiddenStateTable:
-    """(h, c) rows `[capacity, H]` on one device; grows by doubling. Not thread-safe: one worker owns it."""
+    """(h, c) rows `[capacity, H]` in `ops`' arrays; grows by doubling. Not thread-safe: one worker owns it."""
 
     MIN_CAPACITY = 64
 
-    def __init__(self, hidden_dim: int, device: torch.device | str, capacity: int = MIN_CAPACITY) -> None:
+    def __init__(self, hidden_dim: int, ops: ArrayOps, capacity: int = MIN_CAPACITY) -> None:
         self.hidden_dim = hidden_dim
-        self.device = torch.device(device)
-        self.h = torch.zeros(capacity, hidden_dim, device=self.device)
-        self.c = torch.zeros(capacity, hidden_dim, device=self.device)
+        self.ops = ops
+        self.h: Any = ops.zeros((capacity, hidden_dim))
+        self.c: Any = ops.zeros((capacity, hidden_dim))
 
     @property
     def capacity(self) -> int:
@@ -123,7 +124,7 @@ class HiddenStateTable:
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.h.numel() * self.h.element_size()
+        return 2 * self.ops.nbytes(self.h)
 
     def ensure_capacity(self, rows: int) -> None:
         if rows <= self.capacity:
@@ -142,24 +143,28 @@ class HiddenStateTable:
     def _resize(self, capacity: int) -> None:
         keep = min(capacity, self.capacity)
         for name in ("h", "c"):
-            old = getattr(self, name)
-            new = torch.zeros(capacity, self.hidden_dim, device=self.device)
-            new[:keep] = old[:keep]
+            new = self.ops.zeros((capacity, self.hidden_dim))
+            new[:keep] = getattr(self, name)[:keep]
             setattr(self, name, new)
 
-    def gather(self, index: torch.Tensor, reset: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows `index` [B] as (h, c) each `[1, B, H]`; rows where `reset` [B] is true come back as zeros."""
-        h = self.h.index_select(0, index)
-        c = self.c.index_select(0, index)
+    def gather(self, index: Any, reset: Any | None) -> tuple[Any, Any]:
+        """Rows `index` [B] as (h, c) each `[1, B, H]`; rows where `reset` [B] bool (both in `ops`' kind) is
+        true come back as zeros. The table is not written."""
+        h = self.ops.take(self.h, index)
+        c = self.ops.take(self.c, index)
         if reset is not None:
-            h.masked_fill_(reset.unsqueeze(1), 0.0)
-            c.masked_fill_(reset.unsqueeze(1), 0.0)
-        return h.unsqueeze(0), c.unsqueeze(0)
+            self.ops.zero_rows(h, reset)
+            self.ops.zero_rows(c, reset)
+        return h[None], c[None]
 
-    def scatter(self, index: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> None:
+    def scatter(self, index: Any, h: Any, c: Any) -> None:
         """Write `h`, `c` `[1, B, H]` (or `[B, H]`) into rows `index` [B]."""
-        self.h.index_copy_(0, index, h.reshape(-1, self.hidden_dim))
-        self.c.index_copy_(0, index, c.reshape(-1, self.hidden_dim))
+        self.ops.put(self.h, index, h.reshape(-1, self.hidden_dim))
+        self.ops.put(self.c, index, c.reshape(-1, self.hidden_dim))
+
+    def read_rows(self, index: Any) -> tuple[Any, Any]:
+        """Host (numpy) copies of rows `index` as (h, c) `[B, H]`."""
+        return self.ops.to_host(self.ops.take(self.h, index)), self.ops.to_host(self.ops.take(self.c, index))
 
 
 @dataclass(eq=False)
@@ -169,9 +174,9 @@ class Session:
     model: ServedModel
     num_envs: int
     epsilon: float
-    generator: torch.Generator | None
+    generator: Any  # the backend's kind (`ArrayOps.new_generator`): torch or numpy Generator, or None
     slots: list[int]
-    slot_index: torch.Tensor | None
+    slot_index: Any  # [num_envs] int64 rows in the backend's arrays (`ArrayOps.index`); None without rows
     # 1 + the highest table row (0 without rows): known on the host, so the batcher sizes the table
     # without reading `slot_index` back from the device on every step.
     slot_limit: int = 0
@@ -181,20 +186,18 @@ class Session:
     snapshot_every: int = 0  # attach a snapshot to every N-th step result (0: never)
     # (h, c) `[1, num_envs, H]` the next step starts from instead of the table rows (a resumed episode);
     # that step's forward writes them into the rows.
-    pending_hidden: tuple[torch.Tensor, torch.Tensor] | None = None
+    pending_hidden: tuple[Any, Any] | None = None  # numpy float32 on the host
 
     @classmethod
     def open(cls, model: ServedModel, num_envs: int, epsilon: float, seed: int | None) -> Session:
         """Take `num_envs` rows of `model`'s table (recurrent models only) and seed the random stream."""
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device="cpu")
-            generator.manual_seed(seed)
+        ops = model.batcher.ops
+        generator = ops.new_generator(seed)
         slots: list[int] = []
         index = None
         if model.is_recurrent:
             slots = model.slots.allocate(num_envs)
-            index = torch.tensor(slots, dtype=torch.int64, device=model.device)
+            index = ops.index(slots)
         return cls(model, num_envs, epsilon, generator, slots, index, slot_limit=max(slots, default=-1) + 1)
 
     def close(self) -> None:

@@ -13,7 +13,9 @@ that every client is trusted. A verified state is also checked field by field wi
 start and step (epsilon in [0, 1], a finite hidden state, a step index below `MAX_STEP_INDEX`, 1..--max-envs
 environments, a valid generator state): a key that leaked must not crash a replica. A snapshot can be
 resumed any number of times (an episode can be forked): it carries no nonce. Tensors travel as raw
-little-endian float32 bytes: 2 x H x 4 bytes per environment.
+little-endian float32 bytes: 2 x H x 4 bytes per environment. The generator state starts with its kind
+(`hamlet_server.array_ops`: ``numpy-pcg64:`` from an onnx backend, ``torch-cpu:`` from a torch one; no prefix:
+an older torch snapshot); a replica of the other backend refuses it with FAILED_PRECONDITION SNAPSHOT_MISMATCH.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ import hmac
 
 import grpc
 import numpy as np
-import torch
 from google.protobuf.message import DecodeError
 
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import tensor_pb2
+from hamlet_server.array_ops import GeneratorStateError
 from hamlet_server.sessions import Session, StepLimitError, check_num_envs, check_step_index
 from hamlet_server.snapshot_keys import SnapshotKeys
 from hamlet_server.status import RequestError
@@ -53,7 +55,7 @@ def take_snapshot(session: Session, keys: SnapshotKeys | None) -> pb.EpisodeSnap
         encode_tensor(h, state.hidden_h)
         encode_tensor(c, state.hidden_c)
     if session.generator is not None:
-        state.rng_state = session.generator.get_state().numpy().tobytes()
+        state.rng_state = model.batcher.ops.generator_state(session.generator)
     payload = state.SerializeToString(deterministic=True)
     mac = b"" if keys is None else keys.sign(payload)
     return pb.EpisodeSnapshot(state=payload, checksum=hashlib.sha256(payload).digest(), mac=mac)
@@ -110,21 +112,19 @@ def restore(session: Session, state: pb.EpisodeState) -> None:
     session.step_index = int(state.step_index)
     session.fresh = bool(state.fresh)
     if state.rng_state:
-        generator = torch.Generator(device="cpu")
         try:
-            generator.set_state(torch.frombuffer(bytearray(state.rng_state), dtype=torch.uint8))
-        except RuntimeError:
-            raise _bad(
-                f"resume_from.rng_state: {len(state.rng_state)} bytes that are not a torch CPU generator state"
-            ) from None
-        session.generator = generator
+            session.generator = session.model.batcher.ops.restore_generator(state.rng_state)
+        except GeneratorStateError as exc:
+            if not exc.mismatch:
+                raise _bad(f"resume_from.rng_state: {exc}") from None
+            raise RequestError(SC.FAILED_PRECONDITION, f"resume_from.rng_state: {exc}", "SNAPSHOT_MISMATCH") from None
     if not session.model.is_recurrent or state.fresh:
         return
     h, c = (_rows(t, state.num_envs, session, name) for t, name in ((state.hidden_h, "h"), (state.hidden_c, "c")))
-    session.pending_hidden = (h.unsqueeze(0), c.unsqueeze(0))
+    session.pending_hidden = (h[None], c[None])
 
 
-def _rows(tensor: tensor_pb2.Tensor, num_envs: int, session: Session, name: str) -> torch.Tensor:
+def _rows(tensor: tensor_pb2.Tensor, num_envs: int, session: Session, name: str) -> np.ndarray:
     """One of the snapshot's ``[num_envs, H]`` float32 parts, by the rules of a request's hidden state."""
     field = f"resume_from.hidden_{name}"
     array = decode_tensor(tensor, field=field)  # dtype set, bytes fit the shape (BAD_TENSOR)
@@ -140,7 +140,7 @@ def _rows(tensor: tensor_pb2.Tensor, num_envs: int, session: Session, name: str)
             "SNAPSHOT_MISMATCH",
         )
     check_finite(field, array)  # NaN or Inf: BAD_TENSOR, naming the environments
-    return torch.from_numpy(array.copy())
+    return array.copy()
 
 
 def _bad(message: str) -> RequestError:

@@ -58,6 +58,13 @@ def check_device(device: str) -> None:
         return
     if device != "cuda" and not device.startswith("cuda:"):
         raise StartupError(f"--device {device}: unknown device; use auto, cpu, cuda or cuda:N")
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise StartupError(
+            f"--device {device}: this server is installed without torch, which CUDA serving needs; use --device "
+            "cpu (with --backend onnx), or install hamlet-server[torch] with a CUDA build of torch"
+        )
     import torch
 
     if not torch.cuda.is_available():

@@ -5,7 +5,8 @@ dimension, a byte length that does not fit the shape), then hands the numpy arra
 rules (`townlet.inference.validation`: dtype, shape, width, NaN/Inf, an all-false action-mask row), so a
 request gets the message `HamletModel.predict` gives for the same mistake. Every error is an
 `InvalidInputError` whose ``reason`` is the stable error reason sent to clients. No pickle: the bytes are
-read with `numpy.frombuffer` and copied once into torch.
+read with `numpy.frombuffer` and copied once into a writable numpy array; the backend converts a whole batch
+to its own array kind (`hamlet_server.array_ops`). numpy only: torch tensors are encoded without importing it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from hamlet_client.proto import tensor_pb2
 from townlet.inference import validation
@@ -35,11 +35,6 @@ _NP_BY_DTYPE: dict[tensor_pb2.DataType, np.dtype[Any]] = {
     tensor_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),
     tensor_pb2.DATA_TYPE_INT64: np.dtype("<i8"),
     tensor_pb2.DATA_TYPE_BOOL: np.dtype("?"),
-}
-_DTYPE_BY_TORCH = {
-    torch.float32: tensor_pb2.DATA_TYPE_FLOAT32,
-    torch.int64: tensor_pb2.DATA_TYPE_INT64,
-    torch.bool: tensor_pb2.DATA_TYPE_BOOL,
 }
 
 
@@ -81,39 +76,39 @@ def decode_tensor(msg: tensor_pb2.Tensor, *, field: str) -> np.ndarray:
     return array
 
 
-def decode_observations(msg: tensor_pb2.Tensor, *, obs_dim: int, batch: int | None = None) -> torch.Tensor:
-    """Decode observations ``[B, obs_dim]`` (or ``[obs_dim]``, a batch of one) float32 into a torch tensor;
+def decode_observations(msg: tensor_pb2.Tensor, *, obs_dim: int, batch: int | None = None) -> np.ndarray:
+    """Decode observations ``[B, obs_dim]`` (or ``[obs_dim]``, a batch of one) float32 into a numpy array;
     B must equal `batch` when given (a stream's one row per environment)."""
     array = validation.obs_array(decode_tensor(msg, field="obs"), obs_dim)
     if batch is not None and array.shape[0] != batch:
         raise InvalidTensorError(
             f"obs: expected [{batch}, {obs_dim}] (one row per environment), got {list(array.shape)}"
         )
-    return torch.from_numpy(array.copy())  # the message's bytes are read-only
+    return array.copy()  # the message's bytes are read-only
 
 
-def decode_action_mask(msg: tensor_pb2.Tensor | None, *, batch: int, action_dim: int) -> torch.Tensor | None:
+def decode_action_mask(msg: tensor_pb2.Tensor | None, *, batch: int, action_dim: int) -> np.ndarray | None:
     """Decode an action mask ``[B, action_dim]`` bool, or None when `msg` is absent (None or empty)."""
     if msg is None or (not msg.shape and not msg.data and msg.dtype == tensor_pb2.DATA_TYPE_UNSPECIFIED):
         return None
     mask = validation.mask_array(decode_tensor(msg, field="action_mask"), batch, action_dim)
-    return None if mask is None else torch.from_numpy(mask.copy())
+    return None if mask is None else mask.copy()
 
 
 def decode_hidden(
     h_msg: tensor_pb2.Tensor, c_msg: tensor_pb2.Tensor, *, batch: int, hidden_dim: int | None
-) -> tuple[torch.Tensor, torch.Tensor] | None:
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Decode an LSTM state (h, c), each ``[1, B, hidden_dim]`` float32 (never None: that is the type of
     `validation.hidden_arrays`); `hidden_dim` None: the model is feed-forward, and the state is refused."""
     pair = (decode_tensor(h_msg, field="hidden h"), decode_tensor(c_msg, field="hidden c"))
     checked = validation.hidden_arrays(pair, batch, hidden_dim)
-    return None if checked is None else (torch.from_numpy(checked[0].copy()), torch.from_numpy(checked[1].copy()))
+    return None if checked is None else (checked[0].copy(), checked[1].copy())
 
 
 _F32_LE = np.dtype("<f4")
 
 
-def encode_tensor(tensor: torch.Tensor | np.ndarray, out: tensor_pb2.Tensor | None = None) -> tensor_pb2.Tensor:
+def encode_tensor(tensor: Any, out: tensor_pb2.Tensor | None = None) -> tensor_pb2.Tensor:
     """Encode a CPU/GPU torch tensor or numpy array (float32, int64 or bool) into `out` (or a new Tensor)."""
     if isinstance(tensor, np.ndarray) and tensor.dtype == _F32_LE:  # the per-step path: Q-values
         msg = out if out is not None else tensor_pb2.Tensor()
@@ -121,18 +116,14 @@ def encode_tensor(tensor: torch.Tensor | np.ndarray, out: tensor_pb2.Tensor | No
         msg.dtype = tensor_pb2.DATA_TYPE_FLOAT32
         msg.data = tensor.tobytes()  # C order whatever the strides
         return msg
-    if isinstance(tensor, torch.Tensor):
-        if tensor.dtype not in _DTYPE_BY_TORCH:
-            raise TypeError(f"cannot encode torch dtype {tensor.dtype}; expected float32, int64 or bool")
-        dtype = _DTYPE_BY_TORCH[tensor.dtype]
-        array = tensor.detach().cpu().contiguous().numpy()
-    else:
-        array = np.ascontiguousarray(tensor)
-        matches = [k for k, v in _NP_BY_DTYPE.items() if v == array.dtype.newbyteorder("<")]
-        if not matches:
-            raise TypeError(f"cannot encode numpy dtype {array.dtype}; expected float32, int64 or bool")
-        dtype = matches[0]
-        array = array.astype(_NP_BY_DTYPE[dtype], copy=False)
+    kind = "numpy"
+    if not isinstance(tensor, np.ndarray) and hasattr(tensor, "detach"):  # a torch tensor, on any device
+        kind, tensor = "torch", tensor.detach().cpu().contiguous().numpy()
+    array = np.ascontiguousarray(tensor)
+    matches = [k for k, v in _NP_BY_DTYPE.items() if v == array.dtype.newbyteorder("<")]
+    if not matches:
+        raise TypeError(f"cannot encode {kind} dtype {array.dtype}; expected float32, int64 or bool")
+    dtype = matches[0]
     msg = out if out is not None else tensor_pb2.Tensor()
     msg.shape[:] = list(array.shape)
     msg.dtype = dtype
@@ -140,7 +131,7 @@ def encode_tensor(tensor: torch.Tensor | np.ndarray, out: tensor_pb2.Tensor | No
     return msg
 
 
-def encode_hidden(hidden: Sequence[torch.Tensor], out: tensor_pb2.HiddenState | None = None) -> tensor_pb2.HiddenState:
+def encode_hidden(hidden: Sequence[Any], out: tensor_pb2.HiddenState | None = None) -> tensor_pb2.HiddenState:
     """Encode an LSTM state (h, c) into `out` (or a new HiddenState)."""
     msg = out if out is not None else tensor_pb2.HiddenState()
     encode_tensor(hidden[0], msg.h)

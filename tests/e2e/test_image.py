@@ -1,7 +1,8 @@
 """The container image, built and run (podman, or docker where podman is absent): `make image`'s script builds the
-cpu target; the container runs as uid 10001 with a read-only root, answers Predict and a stream through the SDK,
-reports healthy through its HEALTHCHECK on a port other than 50051, hot-reloads a checkpoint dropped into its
-read-only model volume, and drains on SIGTERM with exit 0.
+cpu target, which has no torch and ships the demo models as ONNX exports; the container runs as uid 10001 with a
+read-only root, answers Predict and a stream through the SDK from a volume of `.onnx` exports, reports healthy
+through its HEALTHCHECK on a port other than 50051, hot-reloads an export dropped into its read-only model
+volume, and drains on SIGTERM with exit 0.
 
 Skipped (with the reason) only where neither podman nor docker exists; `make test` installs podman first
 (`make image-deps`). The build takes minutes the first time; later builds reuse the engine's layer cache.
@@ -55,14 +56,19 @@ def image() -> str:
     return TAG
 
 
+def _onnx_name(checkpoint: Path, version: int | None = None) -> str:
+    return f"model_ep{version:05d}.onnx" if version is not None else checkpoint.with_suffix(".onnx").name
+
+
 @pytest.fixture
 def model_volume(tmp_path: Path) -> Path:
-    """The two demo models, readable by the container's uid 10001."""
+    """The two demo models as verified ONNX exports (what the torch-free image serves), readable by uid 10001."""
+    from townlet.inference import HamletModel
+    from townlet.inference.onnx_export import export_verified
+
     root = tmp_path / "models"
     for checkpoint in (DEMO_L1, DEMO_L2):
-        target = root / checkpoint.parent.name / checkpoint.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(checkpoint, target)
+        export_verified(HamletModel.load(checkpoint), root / checkpoint.parent.name / _onnx_name(checkpoint))
     for path in [root, *root.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     return root
@@ -120,8 +126,8 @@ def test_the_cpu_image_serves_reloads_and_drains(container: tuple[str, int], mod
         assert step.q_values.shape == (2, lstm.action_dim) and step.step_index == 2
 
         # hot reload: a new version appears in the read-only volume (written from outside the container)
-        newer = model_volume / mlp.name / f"model_ep{mlp.latest_version + 1:05d}.pt"
-        shutil.copy2(DEMO_L1, newer)
+        newer = model_volume / mlp.name / _onnx_name(DEMO_L1, mlp.latest_version + 1)
+        shutil.copy2(model_volume / mlp.name / _onnx_name(DEMO_L1), newer)
         newer.chmod(0o644)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -139,7 +145,8 @@ def test_the_cpu_image_serves_reloads_and_drains(container: tuple[str, int], mod
 
 
 def test_the_image_is_lean_where_it_matters(image: str) -> None:
-    """No pip, setuptools or compiler in the runtime image; a numeric non-root user; HOME set."""
+    """No pip, setuptools, compiler or torch in the runtime image; the demo models as ONNX exports; a numeric
+    non-root user; HOME set."""
     config = _engine("image", "inspect", "--format", "{{.Config.User}} {{range .Config.Env}}{{.}} {{end}}", image)
     user, *env = config.stdout.split()
     assert user == "10001:10001"
@@ -148,3 +155,10 @@ def test_the_image_is_lean_where_it_matters(image: str) -> None:
                       "ls /opt/venv/bin; command -v gcc cc || true", check=True).stdout.split()  # fmt: skip
     assert "hamlet-server" in listing
     assert not {"pip", "pip3", "gcc", "cc"} & {Path(p).name for p in listing}
+    probe = "import importlib.util as u; print(u.find_spec('torch') is None, u.find_spec('onnxruntime') is not None)"
+    found = _engine("run", "--rm", "--entrypoint", "python3", image, "-c", probe).stdout.split()
+    assert found == ["True", "True"]  # no torch; onnxruntime serves
+    shipped = _engine("run", "--rm", "--entrypoint", "sh", image, "-c", "ls /models/*/").stdout.split()
+    assert {_onnx_name(DEMO_L1), _onnx_name(DEMO_L2)} <= set(shipped) and not [n for n in shipped if n.endswith(".pt")]
+    size = _engine("image", "inspect", "--format", "{{.Size}}", image).stdout.strip()
+    print(f"image {image}: {int(size) / 1e6:.0f} MB")

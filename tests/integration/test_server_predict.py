@@ -60,6 +60,25 @@ async def test_seeded_epsilon_and_mask_match_local_predict(stub, local_models):
     assert mask[np.arange(64), actions].all()
 
 
+async def test_onnx_backend_draws_seeded_exploration_as_onnx_model_predict_does(server_factory):
+    """The onnx backend explores with a numpy generator: a seeded Predict chooses what `OnnxModel.predict` (and
+    the SDK's local policy) chooses with that seed on the same session; the torch backend keeps HamletModel's."""
+    pytest.importorskip("onnxruntime")
+    server = await server_factory(backend="onnx")
+    obs = obs_batch(MLP, 64, np.random.default_rng(2))
+    mask = np.ones((64, 6), dtype=bool)
+    mask[:, 0] = False
+    mask[::2, 3] = False
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        response = await pb_grpc.InferenceServiceStub(channel).Predict(
+            pb.PredictRequest(model=MLP, observations=enc(obs), epsilon=0.5, seed=1234, action_mask=enc(mask))
+        )
+    onnx_model = server.repository.latest(MLP).model.onnx_model
+    expected = onnx_model.predict(obs, epsilon=0.5, action_mask=mask, generator=1234)
+    assert list(response.actions) == expected.actions.tolist()
+    np.testing.assert_array_equal(dec(response.q_values), expected.q_values)
+
+
 async def test_default_model_is_used_when_none_is_named(stub, local_models):
     listed = await stub.ListModels(pb.ListModelsRequest())
     assert listed.default_model == LSTM  # first name in sorted order

@@ -129,6 +129,28 @@ async def _refusal(port: int, start: pb.EpisodeStart) -> grpc.aio.AioRpcError:
     return error
 
 
+async def test_onnx_replicas_resume_their_numpy_generator_and_torch_replicas_refuse_it(server_factory, key_file):
+    """The onnx backend draws with a numpy generator, the torch one with a torch generator: a snapshot says
+    which it carries, resumes exactly on a replica of its backend, and is refused with a clear error on the other."""
+    a, b = [await server_factory(snapshot_key_file=str(key_file), backend="onnx") for _ in range(2)]
+    torch_replica = await server_factory(snapshot_key_file=str(key_file), backend="torch")
+    reference, _ = await _run(a.port, 0, STEPS)
+    head, responses = await _run(a.port, 0, CUT, every=1)
+    snapshot = responses[-1].step.snapshot
+    assert pb.EpisodeState.FromString(snapshot.state).rng_state.startswith(b"numpy-pcg64:")
+    tail, _ = await _run(b.port, CUT, STEPS, resume=snapshot)
+    _assert_same(head + tail, reference)
+    error = await _refusal(torch_replica.port, pb.EpisodeStart(resume_from=snapshot))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "numpy generator state; this server (--backend torch) draws with torch generators" in error.details()
+    _, responses = await _run(torch_replica.port, 0, CUT, every=CUT)
+    from_torch = responses[-1].step.snapshot
+    assert pb.EpisodeState.FromString(from_torch.state).rng_state.startswith(b"torch-cpu:")
+    error = await _refusal(a.port, pb.EpisodeStart(resume_from=from_torch))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "torch generator state; this server (--backend onnx) draws with numpy generators" in error.details()
+
+
 async def test_tampered_and_foreign_snapshots_are_refused(replicas, key_file: Path) -> None:
     a, _ = replicas
     _, responses = await _run(a.port, 0, CUT, every=CUT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,59 @@ def test_light_modules_do_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+_SERVE_WITHOUT_TORCH = """
+import asyncio, sys
+import grpc, numpy as np
+from hamlet_client.proto import inference_service_pb2 as pb, inference_service_pb2_grpc as pb_grpc
+from hamlet_server.config import ServerConfig
+from hamlet_server.server import HamletServer
+from hamlet_server.tensor_codec import encode_tensor
+
+async def main():
+    server = HamletServer(ServerConfig(models=sys.argv[1], port=0, metrics_port=0, device="auto", backend="onnx"))
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        names = sorted(m.name for m in (await stub.ListModels(pb.ListModelsRequest())).models)
+        obs = encode_tensor(np.zeros((2, 54), np.float32))
+        await stub.Predict(pb.PredictRequest(model="lstm", observations=obs, epsilon=0.5, seed=1))
+        call = stub.StreamEpisode()
+        start = pb.EpisodeStart(model="lstm", num_envs=2, epsilon=0.5, seed=2, snapshot_every=1)
+        await call.write(pb.StreamEpisodeRequest(start=start))
+        await call.read()
+        await call.write(pb.StreamEpisodeRequest(step=pb.EpisodeStep(observations=obs)))
+        step = (await call.read()).step
+        await call.done_writing()
+        await call.code()
+    await server.drain(grace=0.5)
+    print(names, server.backend, step.HasField("snapshot"), "torch" in sys.modules)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow  # exports two models and starts a Python process that serves them
+def test_onnx_serving_of_onnx_files_imports_no_torch(tmp_path: Path) -> None:
+    """With .onnx files and --backend onnx (--device auto), importing and running hamlet_server never imports
+    torch: a `torch` package that raises on import comes first on the path."""
+    from demo_models import DEMO_L1, DEMO_L2
+
+    from townlet.inference import HamletModel
+    from townlet.inference.onnx_export import export_verified
+
+    for name, checkpoint in (("mlp", DEMO_L1), ("lstm", DEMO_L2)):
+        export_verified(HamletModel.load(checkpoint), tmp_path / "models" / name / "model_ep00001.onnx")
+    poison = tmp_path / "poison" / "torch"
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text("raise ImportError('the torch-free server imported torch')\n")
+    path = os.pathsep.join([str(poison.parent), str(ROOT / "server"), str(ROOT / "client")])
+    env = {**os.environ, "PYTHONPATH": path}
+    done = subprocess.run([sys.executable, "-c", _SERVE_WITHOUT_TORCH, str(tmp_path / "models")], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "['lstm', 'mlp'] onnx True False"
 
 
 def test_viewer_builds_on_client_env_and_inference_only_and_nothing_imports_it() -> None:

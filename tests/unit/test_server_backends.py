@@ -4,14 +4,17 @@ reaches into ``model.network``)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from hamlet_server.backends import Backend, load_backend
+from hamlet_server.array_ops import ops_for
+from hamlet_server.backends import Backend, MissingTorchError, load_backend
 from hamlet_server.batcher import StepBatcher, WorkItem
 from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
 from townlet.inference import HamletModel, save_inference_checkpoint
@@ -40,9 +43,50 @@ def test_each_backend_offers_every_member(tmp_path: Path, backend: str) -> None:
     loaded = load_backend(path, "cpu", backend)
     assert all(hasattr(loaded, name) for name in MEMBERS)
     assert (loaded.obs_dim, loaded.action_dim, loaded.is_recurrent, loaded.hidden_dim) == (38, 6, True, 16)
-    assert loaded.device == torch.device("cpu") and loaded.num_parameters > 0
-    q, hidden = loaded.forward(torch.zeros(2, loaded.obs_dim), None)
+    assert str(loaded.device) == "cpu" and loaded.num_parameters > 0
+    ops = ops_for(loaded)
+    assert ops.kind == {"torch": "torch", "onnx": "numpy"}[backend]  # each backend runs on its own arrays
+    q, hidden = loaded.forward(ops.from_host(np.zeros((2, loaded.obs_dim), np.float32)), None)
     assert q.shape == (2, 6) and hidden is not None and hidden[0].shape == (1, 2, 16)
+
+
+@pytest.mark.skipif(not ONNX, reason="no onnx")
+def test_an_onnx_file_is_served_as_exported_with_the_checkpoints_metadata(tmp_path: Path) -> None:
+    from townlet.inference.onnx_export import export_verified
+
+    model = _lstm()
+    checkpoint = save_inference_checkpoint(
+        model, tmp_path / "model_ep00007.pt", metadata={"episode": 7, "epsilon": 0.25}
+    )
+    onnx_path, _ = export_verified(HamletModel.load(checkpoint), tmp_path / "model_ep00007.onnx")
+    loaded = load_backend(onnx_path, "cpu", "onnx")
+    assert ops_for(loaded).kind == "numpy" and loaded.num_parameters == model.num_parameters
+    meta = loaded.metadata
+    assert meta["format_version"] == "hamlet_onnx_v1" and meta["source_format"] == "inference_v1"
+    assert (meta["episode"], meta["epsilon"], meta["backend"]) == (7, 0.25, "onnxruntime")
+    assert meta["sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    assert meta["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert "source_path" not in meta  # the exporting machine's paths stay out of the file
+    obs = np.random.default_rng(0).random((3, loaded.obs_dim), dtype=np.float32)
+    q, _ = loaded.forward(obs, None)
+    np.testing.assert_allclose(q, model.forward(torch.from_numpy(obs))[0].numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"model_ep00007.onnx is an ONNX export, which only --backend onnx serves"):
+        load_backend(onnx_path, "cpu", "torch")
+
+
+def test_a_checkpoint_without_torch_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hamlet_server import backends
+
+    path = save_inference_checkpoint(_lstm(), tmp_path / "model_ep00001.pt")
+    monkeypatch.setattr(backends, "_installed", lambda name: name != "torch")
+    for backend in ("torch", "onnx"):
+        with pytest.raises(
+            MissingTorchError, match=r"model_ep00001.pt is a PyTorch checkpoint .*hamlet-server\[torch\]"
+        ):
+            load_backend(path, "cpu", backend)
+    assert backends.resolve_backend("auto", "cpu") == "onnx" and backends.serving_device("auto") == "cpu"
+    with pytest.raises(MissingTorchError, match=r"--device cuda needs torch"):
+        backends.serving_device("cuda")
 
 
 def test_hamlet_forward_is_the_same_under_inference_mode_and_tracks_no_grad() -> None:
@@ -70,7 +114,7 @@ async def test_the_batcher_runs_the_backends_forward() -> None:
     batcher = StepBatcher(model, None)
     batcher.start()
     obs = torch.rand(2, 10)
-    result = await batcher.submit(WorkItem(obs))
+    result = await batcher.submit(WorkItem(obs.numpy()))
     await batcher.close()
     assert _CountingModel.calls == 1
     torch.testing.assert_close(torch.from_numpy(result.q_values), model.forward(obs)[0], rtol=0, atol=0)

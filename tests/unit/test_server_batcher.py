@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,12 @@ from townlet.agent.networks import RecurrentSpatialQNetwork, SimpleQNetwork
 from townlet.inference import HamletModel
 
 torch.set_num_threads(1)
+T = torch.from_numpy
+
+
+def _rand(*shape: int) -> np.ndarray:
+    """float32 uniform [0, 1): what the codec hands the batcher (numpy on the host)."""
+    return np.random.default_rng().random(shape, dtype=np.float32)
 
 
 class _Counting:
@@ -52,11 +59,11 @@ async def test_queued_items_share_one_forward_and_get_their_own_rows(executor):
     model = _mlp()
     batcher = StepBatcher(model, executor, max_batch=64, max_delay_us=20_000)
     batcher.start()
-    items = [WorkItem(torch.rand(n, 10)) for n in (1, 3, 2)]
+    items = [WorkItem(_rand(n, 10)) for n in (1, 3, 2)]
     results = await asyncio.gather(*(batcher.submit(item) for item in items))
     assert model.calls == [6]
     for item, result in zip(items, results, strict=True):
-        solo = model.model.forward(item.obs)[0]
+        solo = model.model.forward(T(item.obs))[0]
         torch.testing.assert_close(torch.from_numpy(result.q_values), solo, rtol=1e-6, atol=1e-6)
         assert (result.actions == result.q_values.argmax(1)).all() and result.batch_size == 6
     await batcher.close()
@@ -67,7 +74,7 @@ async def test_max_batch_splits_between_items_never_inside_one(executor):
     batcher = StepBatcher(model, executor, max_batch=4, max_delay_us=20_000)
     batcher.start()
     sizes = (3, 3, 2, 9)
-    await asyncio.gather(*(batcher.submit(WorkItem(torch.rand(n, 10))) for n in sizes))
+    await asyncio.gather(*(batcher.submit(WorkItem(_rand(n, 10))) for n in sizes))
     assert sorted(model.calls) == [2, 3, 3, 9] or sorted(model.calls) == [3, 5, 9]
     assert sum(model.calls) == sum(sizes) and all(c <= 4 or c == 9 for c in model.calls)
     assert batcher.mean_batch == sum(sizes) / len(model.calls)
@@ -78,8 +85,8 @@ async def test_cancelled_items_are_skipped(executor):
     model = _mlp()
     batcher = StepBatcher(model, executor, max_batch=64, max_delay_us=50_000)
     batcher.start()
-    dead = WorkItem(torch.rand(5, 10), is_cancelled=lambda: True)
-    live = WorkItem(torch.rand(2, 10))
+    dead = WorkItem(_rand(5, 10), is_cancelled=lambda: True)
+    live = WorkItem(_rand(2, 10))
     dead_task = asyncio.ensure_future(batcher.submit(dead))
     result = await batcher.submit(live)
     assert model.calls == [2] and result.q_values.shape == (2, 4)
@@ -95,18 +102,16 @@ async def test_recurrent_state_lives_in_the_table_per_slot(executor):
     a_slots, b_slots = torch.tensor([0, 1]), torch.tensor([2])
     hidden_a = hidden_b = None
     for t in range(4):
-        obs_a, obs_b = torch.rand(2, obs_dim), torch.rand(1, obs_dim)
-        reset = torch.ones(2, dtype=torch.bool) if t == 0 else None
+        obs_a, obs_b = _rand(2, obs_dim), _rand(1, obs_dim)
+        reset = np.ones(2, dtype=bool) if t == 0 else None
         ra, rb = await asyncio.gather(
             batcher.submit(WorkItem(obs_a, slot_index=a_slots, slot_limit=2, reset=reset)),
             batcher.submit(
-                WorkItem(
-                    obs_b, slot_index=b_slots, slot_limit=3, reset=torch.ones(1, dtype=torch.bool) if t == 0 else None
-                )
+                WorkItem(obs_b, slot_index=b_slots, slot_limit=3, reset=np.ones(1, dtype=bool) if t == 0 else None)
             ),
         )
-        qa, hidden_a = model.model.forward(obs_a, hidden_a)
-        qb, hidden_b = model.model.forward(obs_b, hidden_b)
+        qa, hidden_a = model.model.forward(T(obs_a), hidden_a)
+        qb, hidden_b = model.model.forward(T(obs_b), hidden_b)
         torch.testing.assert_close(torch.from_numpy(ra.q_values), qa, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(torch.from_numpy(rb.q_values), qb, rtol=1e-5, atol=1e-6)
     assert model.calls == [3, 3, 3, 3]  # both streams rode in one forward at every step
@@ -118,11 +123,11 @@ async def test_explicit_hidden_is_returned_and_the_table_untouched(executor):
     model = _lstm()
     batcher = StepBatcher(model, executor)
     batcher.start()
-    obs = torch.rand(3, model.obs_dim)
-    hidden = (torch.randn(1, 3, 16), torch.randn(1, 3, 16))
+    obs = _rand(3, model.obs_dim)
+    hidden = (torch.randn(1, 3, 16).numpy(), torch.randn(1, 3, 16).numpy())
     result = await batcher.submit(WorkItem(obs, hidden=hidden, return_hidden=True))
-    q, new_hidden = model.model.forward(obs, hidden)
-    assert torch.equal(torch.from_numpy(result.q_values), q) and torch.equal(result.hidden[0], new_hidden[0])
+    q, new_hidden = model.model.forward(T(obs), (T(hidden[0]), T(hidden[1])))
+    assert torch.equal(torch.from_numpy(result.q_values), q) and torch.equal(T(result.hidden[0]), new_hidden[0])
     assert torch.count_nonzero(batcher.table.h) == 0
     await batcher.close()
 
@@ -147,8 +152,8 @@ async def test_small_batches_run_inline_larger_ones_on_the_worker(executor):
     model = _ThreadRecording(_mlp().model)
     batcher = StepBatcher(model, executor, max_batch=64, inline_rows=2)
     batcher.start()
-    await batcher.submit(WorkItem(torch.rand(2, 10)))  # 2 rows <= inline_rows: on the event loop's thread
-    await batcher.submit(WorkItem(torch.rand(3, 10)))  # 3 rows: on the worker thread
+    await batcher.submit(WorkItem(_rand(2, 10)))  # 2 rows <= inline_rows: on the event loop's thread
+    await batcher.submit(WorkItem(_rand(3, 10)))  # 3 rows: on the worker thread
     assert model.threads[0] == threading.current_thread().name
     assert model.threads[1] != threading.current_thread().name
     await batcher.close()
@@ -159,10 +164,10 @@ async def test_table_grows_to_the_slot_limit_the_item_declares(executor):
     batcher = StepBatcher(model, executor, max_batch=64)
     batcher.start()
     assert batcher.table is not None and batcher.table.capacity < 101
-    obs = torch.rand(1, model.obs_dim)
+    obs = _rand(1, model.obs_dim)
     result = await batcher.submit(
-        WorkItem(obs, slot_index=torch.tensor([100]), slot_limit=101, reset=torch.ones(1, dtype=torch.bool))
+        WorkItem(obs, slot_index=torch.tensor([100]), slot_limit=101, reset=np.ones(1, dtype=bool))
     )
     assert batcher.table.capacity >= 101
-    torch.testing.assert_close(torch.from_numpy(result.q_values), model.model.forward(obs)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(result.q_values), model.model.forward(T(obs))[0], rtol=1e-5, atol=1e-6)
     await batcher.close()

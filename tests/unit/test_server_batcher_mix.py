@@ -13,6 +13,13 @@ its actions are exactly `epsilon_greedy` on those Q-values with a twin of the st
 random draws happen in the same order); a Predict's returned state equals the reference's. After the
 schedule, each stream's rows of the hidden-state table hold its reference state. The onnx backend is held to
 the export tolerance (1e-5 + 1e-5 |Q|), the torch one to float rounding between batch sizes.
+
+The batcher and the table are written once over `hamlet_server.array_ops`, and run here on both array kinds:
+torch (the torch backend, and the onnx backend driven through torch tensors the way the server did before
+it ran on numpy) and numpy (the onnx backend as served now). A stream's generator is of its backend's kind
+(torch: `epsilon_greedy` with a ``torch.Generator``, as `HamletModel.predict`; numpy: `epsilon_greedy_numpy`
+with a ``numpy.random.Generator``, as `OnnxModel.predict`). The same schedule on the same onnxruntime sessions
+gives bit-identical Q-values on both array kinds.
 """
 
 from __future__ import annotations
@@ -24,12 +31,15 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from demo_models import DEMO_L1, DEMO_L2
 
-from hamlet_server.backends import Backend, load_backend
+from hamlet_server.array_ops import ArrayOps, ops_for
+from hamlet_server.backends import OnnxBackedModel, load_backend
 from hamlet_server.batcher import BatchResult, StepBatcher, WorkItem
 from townlet.inference import HamletModel, epsilon_greedy, save_inference_checkpoint
 
@@ -65,10 +75,44 @@ def references(files: dict[str, Path]) -> dict[str, HamletModel]:
     return {name: HamletModel.load(path) for name, path in files.items()}
 
 
+class _OnnxOnTorchArrays:
+    """An onnx backend driven through torch tensors: what the server ran before its arrays followed the backend
+    (torch in, numpy for onnxruntime, torch out). The same onnxruntime session as the numpy-kind backend."""
+
+    array_kind = "torch"
+
+    def __init__(self, onnx: OnnxBackedModel) -> None:
+        self.onnx = onnx
+        for name in ("obs_dim", "action_dim", "is_recurrent", "hidden_dim", "num_parameters", "metadata", "device"):
+            setattr(self, name, getattr(onnx, name))
+
+    def forward(self, obs: torch.Tensor, hidden: Any = None) -> tuple[torch.Tensor, Any]:
+        np_hidden = None if hidden is None else (hidden[0].numpy(), hidden[1].numpy())
+        q, new_hidden = self.onnx.forward(obs.numpy(), np_hidden)
+        if new_hidden is None:
+            return torch.from_numpy(q), None
+        return torch.from_numpy(q), (torch.from_numpy(new_hidden[0]), torch.from_numpy(new_hidden[1]))
+
+
 @pytest.fixture(scope="module")
-def backends(files: dict[str, Path]) -> Iterator[dict[str, dict[str, Backend]]]:
-    kinds = ["torch", "onnx"] if ONNX else ["torch"]
-    yield {kind: {name: load_backend(path, "cpu", kind) for name, path in files.items()} for kind in kinds}
+def backends(files: dict[str, Path]) -> Iterator[dict[str, dict[str, Any]]]:
+    loaded: dict[str, dict[str, Any]] = {
+        "torch": {name: load_backend(path, "cpu", "torch") for name, path in files.items()}
+    }
+    if ONNX:
+        loaded["onnx"] = {name: load_backend(path, "cpu", "onnx") for name, path in files.items()}
+        loaded["onnx-on-torch"] = {name: _OnnxOnTorchArrays(model) for name, model in loaded["onnx"].items()}
+    yield loaded
+
+
+def _reference_explore(ops: ArrayOps, q: np.ndarray, epsilon: float, mask: np.ndarray | None, twin: Any) -> list[int]:
+    """The model layer's rule for the kind: `epsilon_greedy` (torch) or `epsilon_greedy_numpy` (numpy)."""
+    if ops.kind == "numpy":
+        from townlet.inference.onnx_runtime import epsilon_greedy_numpy
+
+        return epsilon_greedy_numpy(q, epsilon, mask, twin).tolist()
+    torch_mask = None if mask is None else torch.from_numpy(mask)
+    return epsilon_greedy(torch.from_numpy(q.copy()), epsilon, torch_mask, twin).tolist()
 
 
 @dataclass
@@ -77,11 +121,11 @@ class _Stream:
 
     version: str
     num_envs: int
-    slots: torch.Tensor | None
+    slots: list[int] | None
     slot_limit: int
     epsilon: float
-    generator: torch.Generator
-    twin: torch.Generator  # the same seed: replays the batcher's draws for the reference actions
+    generator: Any  # of the backend's array kind
+    twin: Any  # the same seed: replays the batcher's draws for the reference actions
     hidden: tuple[torch.Tensor, torch.Tensor] | None = None
     fresh: bool = True
     resume_from: tuple[torch.Tensor, torch.Tensor] | None = None  # a snapshot's state for the first step
@@ -99,6 +143,7 @@ class _Schedule:
         self.streams: list[_Stream] = []
         self.items = 0
         self.checked = 0
+        self.q_values: list[np.ndarray] = []  # every live item's Q-values, in the order drawn
 
     # ---- drawing work -------------------------------------------------------------------------------
     def open_stream(self) -> _Stream:
@@ -114,11 +159,11 @@ class _Schedule:
             else:
                 start = self.next_row[version]
                 self.next_row[version] += n
-            slots, limit = torch.arange(start, start + n), self.next_row[version]
+            slots, limit = list(range(start, start + n)), self.next_row[version]
         seed = self.rng.randrange(2**31)
         epsilon = self.rng.choice([0.0, 0.0, 0.3, 1.0])
-        stream = _Stream(version, n, slots, limit, epsilon, torch.Generator().manual_seed(seed),
-                         torch.Generator().manual_seed(seed))  # fmt: skip
+        ops = self.batchers[version].ops
+        stream = _Stream(version, n, slots, limit, epsilon, ops.new_generator(seed), ops.new_generator(seed))
         if reference.is_recurrent and self.rng.random() < 0.25:  # resumed mid-episode from a snapshot: its
             size = (1, n, reference.hidden_dim)
             stream.resume_from = (torch.randn(size) * 0.5, torch.randn(size) * 0.5)  # first
@@ -129,14 +174,14 @@ class _Schedule:
     def end_stream(self, stream: _Stream) -> None:
         self.streams.remove(stream)
         if stream.slots is not None:
-            self.free_rows[stream.version].append((int(stream.slots[0]), stream.num_envs))
+            self.free_rows[stream.version].append((stream.slots[0], stream.num_envs))
 
-    def _mask(self, rows: int, actions: int) -> torch.Tensor | None:
+    def _mask(self, rows: int, actions: int) -> np.ndarray | None:
         if self.rng.random() < 0.6:
             return None
         mask = torch.rand(rows, actions) < 0.6
         mask[torch.arange(rows), torch.randint(actions, (rows,))] = True  # every row keeps a valid action
-        return mask
+        return mask.numpy()
 
     def step_item(self, stream: _Stream) -> tuple[WorkItem, dict]:
         reference = self.references[stream.version]
@@ -156,8 +201,11 @@ class _Schedule:
                 hidden = tuple(part.masked_fill(reset.view(1, -1, 1), 0.0) for part in hidden)  # type: ignore[assignment]
         stream.fresh = False
         mask = self._mask(n, reference.action_dim)
-        item = WorkItem(obs, stream.epsilon, mask, stream.generator, slot_index=stream.slots,
-                        slot_limit=stream.slot_limit, reset=reset, hidden=hidden)  # fmt: skip
+        ops = self.batchers[stream.version].ops
+        item = WorkItem(obs.numpy(), stream.epsilon, mask, stream.generator,
+                        slot_index=None if stream.slots is None else ops.index(stream.slots),
+                        slot_limit=stream.slot_limit, reset=None if reset is None else reset.numpy(),
+                        hidden=None if hidden is None else (hidden[0].numpy(), hidden[1].numpy()))  # fmt: skip
         return item, {"stream": stream, "reset": reset, "first": first}
 
     def predict_item(self, version: str) -> tuple[WorkItem, dict]:
@@ -169,10 +217,11 @@ class _Schedule:
             hidden = (torch.randn(size) * 0.5, torch.randn(size) * 0.5)
         seed = self.rng.randrange(2**31)
         epsilon = self.rng.choice([0.0, 0.5])
-        item = WorkItem(torch.rand(b, reference.obs_dim), epsilon, self._mask(b, reference.action_dim),
-                        torch.Generator().manual_seed(seed), hidden=hidden,
-                        return_hidden=reference.is_recurrent)  # fmt: skip
-        return item, {"version": version, "hidden": hidden, "twin": torch.Generator().manual_seed(seed)}
+        ops = self.batchers[version].ops
+        host_hidden = None if hidden is None else (hidden[0].numpy(), hidden[1].numpy())
+        item = WorkItem(torch.rand(b, reference.obs_dim).numpy(), epsilon, self._mask(b, reference.action_dim),
+                        ops.new_generator(seed), hidden=host_hidden, return_hidden=reference.is_recurrent)  # fmt: skip
+        return item, {"version": version, "hidden": hidden, "twin": ops.new_generator(seed)}
 
     # ---- running and checking -----------------------------------------------------------------------
     async def run_round(self, onnx: bool) -> None:
@@ -211,20 +260,22 @@ class _Schedule:
         stream = about.get("stream")
         hidden = stream.hidden if stream is not None else about["hidden"]
         episode_start = about["reset"] if stream is not None else None
-        expected = reference.predict(item.obs, hidden, episode_start=episode_start)
+        expected = reference.predict(torch.from_numpy(item.obs), hidden, episode_start=episode_start)
         tol = {"rtol": 1e-5, "atol": 1e-5} if onnx else {"rtol": 1e-5, "atol": 1e-6}
         torch.testing.assert_close(torch.from_numpy(result.q_values), expected.q_values, **tol)
+        self.q_values.append(result.q_values.copy())
         twin = stream.twin if stream is not None else about["twin"]
-        chosen = epsilon_greedy(torch.from_numpy(result.q_values.copy()), item.epsilon, item.action_mask, twin)
-        assert result.actions.tolist() == chosen.tolist()
+        ops = self.batchers[version].ops
+        chosen = _reference_explore(ops, result.q_values, item.epsilon, item.action_mask, twin)
+        assert result.actions.tolist() == chosen
         if item.action_mask is not None:
-            assert bool(item.action_mask[torch.arange(item.rows), torch.from_numpy(result.actions)].all())
+            assert bool(item.action_mask[np.arange(item.rows), result.actions].all())
         if stream is not None:
             stream.hidden = expected.hidden
         elif item.return_hidden:
             assert result.hidden is not None and expected.hidden is not None
-            torch.testing.assert_close(result.hidden[0], expected.hidden[0], **tol)
-            torch.testing.assert_close(result.hidden[1], expected.hidden[1], **tol)
+            torch.testing.assert_close(torch.from_numpy(result.hidden[0]), expected.hidden[0], **tol)
+            torch.testing.assert_close(torch.from_numpy(result.hidden[1]), expected.hidden[1], **tol)
         self.checked += 1
 
     def check_tables(self, onnx: bool) -> None:
@@ -232,32 +283,20 @@ class _Schedule:
         for stream in self.streams:
             if stream.slots is None or stream.fresh or stream.hidden is None:
                 continue
-            table = self.batchers[stream.version].table
-            assert table is not None
-            torch.testing.assert_close(table.h[stream.slots], stream.hidden[0][0], **tol)
-            torch.testing.assert_close(table.c[stream.slots], stream.hidden[1][0], **tol)
+            batcher = self.batchers[stream.version]
+            assert batcher.table is not None
+            h, c = batcher.read_rows(batcher.ops.index(stream.slots))
+            torch.testing.assert_close(torch.from_numpy(h), stream.hidden[0][0], **tol)
+            torch.testing.assert_close(torch.from_numpy(c), stream.hidden[1][0], **tol)
 
 
-@pytest.mark.parametrize(
-    ("backend", "threaded", "max_batch", "inline_rows"),
-    [
-        ("torch", False, 256, 0),  # every forward inline on the loop (the CPU default)
-        ("torch", True, 256, 0),  # every forward on the worker thread
-        ("torch", True, 5, 4),  # batches split at 5 rows; small ones inline, larger ones on the thread
-        pytest.param("onnx", False, 256, 0, marks=pytest.mark.skipif(not ONNX, reason="no onnx")),
-        pytest.param("onnx", True, 3, 0, marks=pytest.mark.skipif(not ONNX, reason="no onnx")),
-    ],
-)
-@pytest.mark.parametrize("seed", range(4))
-async def test_every_mix_matches_the_reference_path(
-    backends: dict[str, dict[str, Backend]],
-    references: dict[str, HamletModel],
-    backend: str,
-    threaded: bool,
-    max_batch: int,
-    inline_rows: int,
-    seed: int,
-) -> None:
+NEEDS_ONNX = pytest.mark.skipif(not ONNX, reason="no onnx")
+
+
+async def _run_schedule(
+    models: dict[str, Any], references: dict[str, HamletModel], seed: int, *, threaded: bool, max_batch: int,
+    inline_rows: int, onnx: bool,
+) -> tuple[_Schedule, list[int]]:  # fmt: skip
     torch.manual_seed(seed)
     executor = ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,)) if threaded else None
     sizes: list[int] = []
@@ -269,22 +308,72 @@ async def test_every_mix_matches_the_reference_path(
             inline_rows=inline_rows,
             on_batch=lambda stats: sizes.append(stats.rows),
         )
-        for name, model in backends[backend].items()
+        for name, model in models.items()
     }
     for batcher in batchers.values():
         batcher.start()
     schedule = _Schedule(seed, references, batchers)
     try:
         for _ in range(ROUNDS):
-            await schedule.run_round(onnx=backend == "onnx")
-        schedule.check_tables(onnx=backend == "onnx")
+            await schedule.run_round(onnx=onnx)
+        schedule.check_tables(onnx=onnx)
     finally:
         for batcher in batchers.values():
             await batcher.close()
         if executor is not None:
             executor.shutdown()
+    return schedule, sizes
+
+
+@pytest.mark.parametrize(
+    ("backend", "kind", "threaded", "max_batch", "inline_rows"),
+    [
+        ("torch", "torch", False, 256, 0),  # every forward inline on the loop (the CPU default)
+        ("torch", "torch", True, 256, 0),  # every forward on the worker thread
+        ("torch", "torch", True, 5, 4),  # batches split at 5 rows; small ones inline, larger ones on the thread
+        pytest.param("onnx", "numpy", False, 256, 0, marks=NEEDS_ONNX),
+        pytest.param("onnx", "numpy", True, 3, 0, marks=NEEDS_ONNX),
+        pytest.param("onnx-on-torch", "torch", False, 256, 0, marks=NEEDS_ONNX),
+        pytest.param("onnx-on-torch", "torch", True, 3, 0, marks=NEEDS_ONNX),
+    ],
+)
+@pytest.mark.parametrize("seed", range(4))
+async def test_every_mix_matches_the_reference_path(
+    backends: dict[str, dict[str, Any]],
+    references: dict[str, HamletModel],
+    backend: str,
+    kind: str,
+    threaded: bool,
+    max_batch: int,
+    inline_rows: int,
+    seed: int,
+) -> None:
+    models = backends[backend]
+    assert {ops_for(model).kind for model in models.values()} == {kind}
+    schedule, sizes = await _run_schedule(
+        models, references, seed, threaded=threaded, max_batch=max_batch, inline_rows=inline_rows,
+        onnx=backend.startswith("onnx"),
+    )  # fmt: skip
     assert schedule.checked == schedule.items > ROUNDS * 4
     assert max(sizes) > 1 and len(sizes) < schedule.items  # items really shared forwards
     if max_batch < 256:
         # no forward holds more than max_batch rows, except a single item that is larger on its own
         assert all(size <= max(max_batch, 4) for size in sizes)
+
+
+@NEEDS_ONNX
+@pytest.mark.parametrize("seed", range(2))
+async def test_numpy_arrays_give_the_q_values_of_the_torch_array_path_bit_for_bit(
+    backends: dict[str, dict[str, Any]], references: dict[str, HamletModel], seed: int
+) -> None:
+    """The onnx backend on numpy arrays (served now) against the same onnxruntime sessions driven through torch
+    tensors (served before): the same schedule, inline (so the same batches), gives identical Q-values."""
+    runs = [
+        await _run_schedule(backends[name], references, seed, threaded=False, max_batch=256, inline_rows=0, onnx=True)
+        for name in ("onnx", "onnx-on-torch")
+    ]
+    numpy_run, torch_run = (schedule for schedule, _ in runs)
+    assert runs[0][1] == runs[1][1]  # the same batches
+    assert len(numpy_run.q_values) == len(torch_run.q_values) == numpy_run.items
+    for ours, before in zip(numpy_run.q_values, torch_run.q_values, strict=True):
+        np.testing.assert_array_equal(ours, before)

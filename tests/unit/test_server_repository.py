@@ -44,6 +44,19 @@ def test_scan_understands_the_layout(tmp_path):
     assert list(found["single"]) == [7] and list(found["plain"]) == [0]
 
 
+def test_scan_finds_onnx_exports_and_ranks_them_by_backend(tmp_path):
+    _write(tmp_path / "a" / "model_ep00010.pt")
+    (tmp_path / "a" / "model_ep00010.onnx").write_bytes(b"x")  # the same episode, exported
+    (tmp_path / "a" / "model_ep00011.onnx").write_bytes(b"x")  # an export alone
+    (tmp_path / "a" / ".model_ep00012.onnx.verifying.onnx").write_bytes(b"x")  # an export being verified
+    (tmp_path / "solo_ep00003.onnx").write_bytes(b"x")
+    under_onnx = scan_models(tmp_path, prefer_onnx=True)
+    assert sorted(under_onnx) == ["a", "solo"] and list(under_onnx["solo"]) == [3]
+    assert {v: f.path.name for v, f in under_onnx["a"].items()} == {10: "model_ep00010.onnx", 11: "model_ep00011.onnx"}
+    under_torch = scan_models(tmp_path)  # the torch backend cannot run an export: the checkpoint wins
+    assert under_torch["a"][10].path.name == "model_ep00010.pt"
+
+
 @pytest.fixture
 def executor():
     ex = ThreadPoolExecutor(1)

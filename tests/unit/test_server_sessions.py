@@ -4,11 +4,13 @@ stream opens, start timeout, idle timeout whichever side stalled, typed endings,
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import grpc
+import numpy as np
 import pytest
-import torch
 
+from hamlet_server.array_ops import NUMPY, ArrayOps
 from hamlet_server.sessions import HiddenStateTable, SlotAllocator
 from hamlet_server.streams import (
     Ending,
@@ -25,7 +27,8 @@ class _FakeServed:
     def __init__(self, recurrent=True):
         self.name, self.version = "m", 3
         self.is_recurrent = recurrent
-        self.device = torch.device("cpu")
+        self.device = "cpu"
+        self.batcher = SimpleNamespace(ops=NUMPY)
         self.slots = SlotAllocator()
         self.refs = 0
 
@@ -65,29 +68,48 @@ def test_slot_allocator_reuses_the_lowest_free_rows_and_gives_back_the_top():
     assert alloc.allocate(2) == [0, 1]  # no stale free entries survive the trim
 
 
-def test_table_gather_scatter_reset_and_grow():
-    table = HiddenStateTable(hidden_dim=4, device="cpu", capacity=2)
+def _ops(kind: str) -> ArrayOps:
+    if kind == "numpy":
+        return NUMPY
+    from hamlet_server.torch_ops import TorchOps
+
+    return TorchOps("cpu")
+
+
+ARRAY_KINDS = ["numpy", "torch"]
+
+
+@pytest.mark.parametrize("kind", ARRAY_KINDS)
+def test_table_gather_scatter_reset_and_grow(kind):
+    ops = _ops(kind)
+    table = HiddenStateTable(hidden_dim=4, ops=ops, capacity=2)
     table.ensure_capacity(5)
     assert table.capacity >= 5
-    index = torch.tensor([4, 1])
-    h = torch.arange(8.0).reshape(1, 2, 4)
-    table.scatter(index, h, -h)
+    index = ops.index([4, 1])
+    h = np.arange(8.0, dtype=np.float32).reshape(1, 2, 4)
+    table.scatter(index, ops.from_host(h), ops.from_host(-h))
     gh, gc = table.gather(index, None)
-    assert torch.equal(gh, h) and torch.equal(gc, -h)
-    gh, _ = table.gather(index, torch.tensor([True, False]))
-    assert torch.equal(gh[0, 0], torch.zeros(4)) and torch.equal(gh[0, 1], h[0, 1])
-    assert torch.equal(table.h[4], h[0, 0])  # gather never writes the table
+    assert np.array_equal(ops.to_host(gh), h) and np.array_equal(ops.to_host(gc), -h)
+    gh, _ = table.gather(index, ops.from_host(np.array([True, False])))
+    assert np.array_equal(ops.to_host(gh)[0, 0], np.zeros(4)) and np.array_equal(ops.to_host(gh)[0, 1], h[0, 1])
+    assert np.array_equal(ops.to_host(table.h)[4], h[0, 0])  # gather never writes the table
     table.ensure_capacity(40)  # growth keeps the rows
-    assert torch.equal(table.h[1], h[0, 1])
+    assert np.array_equal(ops.to_host(table.h)[1], h[0, 1])
+    rows_h, rows_c = table.read_rows(index)  # host copies
+    assert isinstance(rows_h, np.ndarray) and np.array_equal(rows_h, h[0]) and np.array_equal(rows_c, -h[0])
+    assert table.nbytes == 2 * 40 * 4 * 4
 
 
-def test_table_shrinks_with_hysteresis_and_keeps_the_rows_in_use():
-    table = HiddenStateTable(hidden_dim=4, device="cpu")
+@pytest.mark.parametrize("kind", ARRAY_KINDS)
+def test_table_shrinks_with_hysteresis_and_keeps_the_rows_in_use(kind):
+    ops = _ops(kind)
+    table = HiddenStateTable(hidden_dim=4, ops=ops)
     table.ensure_capacity(4096)
-    table.scatter(torch.tensor([10]), torch.ones(1, 1, 4), torch.ones(1, 1, 4))
+    ones = ops.from_host(np.ones((1, 1, 4), dtype=np.float32))
+    table.scatter(ops.index([10]), ones, ones)
     assert not table.shrink_to_fit(1500)  # more than a quarter in use: keep the size (no flapping)
     assert table.shrink_to_fit(600) and table.capacity == 1200
-    assert torch.equal(table.h[10], torch.ones(4))  # rows in use survive
+    assert np.array_equal(ops.to_host(table.h)[10], np.ones(4))  # rows in use survive
     assert table.shrink_to_fit(0) and table.capacity == HiddenStateTable.MIN_CAPACITY
     assert not table.shrink_to_fit(0)
 

@@ -28,8 +28,9 @@ F32 = tensor_pb2.DATA_TYPE_FLOAT32
                   elements=st.floats(-1e6, 1e6, width=32)))  # fmt: skip
 def test_observations_round_trip_bit_exactly(array):
     decoded = decode_observations(encode_tensor(array), obs_dim=array.shape[1])
-    assert decoded.dtype == torch.float32
-    np.testing.assert_array_equal(decoded.numpy(), array)
+    assert isinstance(decoded, np.ndarray) and decoded.dtype == np.float32  # numpy: no torch on the decode path
+    assert decoded.flags.writeable and decoded.flags.c_contiguous  # a copy, not a view of the message's bytes
+    np.testing.assert_array_equal(decoded, array)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.bool])
@@ -46,7 +47,8 @@ def test_hidden_round_trip():
     h, c = torch.randn(1, 3, 8), torch.randn(1, 3, 8)
     msg = encode_hidden((h, c))
     dh, dc = decode_hidden(msg.h, msg.c, batch=3, hidden_dim=8)
-    assert torch.equal(dh, h) and torch.equal(dc, c)
+    np.testing.assert_array_equal(dh, h.numpy())
+    np.testing.assert_array_equal(dc, c.numpy())
 
 
 def _obs(shape, dtype=F32, data=None):
@@ -86,7 +88,7 @@ def test_action_mask_absent_valid_and_invalid():
     assert decode_action_mask(None, batch=2, action_dim=3) is None
     assert decode_action_mask(tensor_pb2.Tensor(), batch=2, action_dim=3) is None
     good = np.array([[True, False, True], [False, False, True]])
-    assert torch.equal(decode_action_mask(encode_tensor(good), batch=2, action_dim=3), torch.from_numpy(good))
+    np.testing.assert_array_equal(decode_action_mask(encode_tensor(good), batch=2, action_dim=3), good)
     with pytest.raises(InvalidInputError, match=r"row\(s\) \[1\] allow no action"):
         decode_action_mask(encode_tensor(np.array([[True, False], [False, False]])), batch=2, action_dim=2)
     with pytest.raises(InvalidInputError, match=r"expected shape \[2, 3\], got \[2, 2\]"):

@@ -20,13 +20,16 @@ The graph's interface, for both networks (``B`` is dynamic)::
 ``metadata_props`` carry ``format`` (``hamlet_onnx_v1``), ``network_type``, ``obs_dim``, ``action_dim``,
 ``hidden_dim``, ``checkpoint_sha256`` (of the file the model was loaded from, ``none`` for an in-memory
 model), ``weights_sha256`` (of the PyTorch weights), ``graph_weights_sha256`` (of the ONNX initializers, to
-detect later edits), ``torch_version``, ``opset`` and ``exporter``.
+detect later edits), ``torch_version``, ``opset``, ``exporter``, ``source_format``, ``episode``,
+``num_parameters`` and ``checkpoint_metadata`` (the checkpoint's scalar metadata as JSON: epsilon, created_at,
+curriculum stage, ...; what a server serving the ``.onnx`` file shows in GetModelMetadata).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -308,6 +311,17 @@ def _set_metadata(proto: onnx.ModelProto, model: HamletModel, network: nn.Module
         "exporter": "torchscript",
         "source_format": str(meta.get("format_version") or "none"),
         "episode": str(meta.get("episode") if meta.get("episode") is not None else "none"),
+        "num_parameters": str(model.num_parameters),
+        # What GetModelMetadata shows for a served .onnx file: the checkpoint's scalar metadata, as JSON.
+        "checkpoint_metadata": json.dumps(
+            {
+                key: value
+                for key, value in meta.items()
+                if key not in ("source_path", "sha256")
+                and (isinstance(value, str | int | float | bool) or value is None)
+            },
+            sort_keys=True,
+        ),
     }
     del proto.metadata_props[:]
     for key, value in props.items():
