@@ -1,14 +1,23 @@
-"""Where one lone stream step's time goes in the server: cProfile of a 1-env L2 stream on the onnx backend.
+"""Where one lone stream step's time goes in the server: timers and cProfile of a 1-env L2 stream (onnx backend).
 
     python bench/profile_stream_step.py [--steps 3000] [--top 20] [--out stream.prof]
 
 Runs `HamletServer` (onnx backend, the L2 demo model, forwards inline on the event loop as shipped) on this
 process's event loop and drives it from a client process (bench/peer_client.py `latency`, one request at a
-time): first an unprofiled run (its p50 is the step as a client sees it), then a profiled one. The profile
-covers the server's event-loop thread only (where every Python line of a step runs; gRPC's C core polls in
-its own threads). Each function's own time is charged to a part of the server by its file, and a built-in's
-to the part that called it. Prints the parts in us per step, then the heaviest functions. cProfile slows
-Python code more than native code, so read the shares, not the absolute sum. No server code is changed.
+time), in three runs:
+
+1. the bare-gRPC floor (bench/floor.py, its own process): what a step costs with no work of ours;
+2. ours with wall-clock timers wrapped (from here, not in the server's code) around the servicer's `_handle`
+   (a step from its parsed request message to its response message), `StepBatcher.submit`,
+   `StepBatcher._forward` (gather, forward, scatter) and `OnnxModel.forward` (the onnx backend's session):
+   medians per call beside the client's round trip;
+3. ours under cProfile, on the server's event-loop thread only (where every Python line of a step runs;
+   gRPC's C core polls in its own threads). Each function's own time is charged to a part of the server by
+   its file, and a built-in's to the part that called it. Cython (grpc's aio) is invisible to cProfile: its
+   time shows as the own time of the coroutine awaiting it (the servicer's `_run` for `context.read()` and
+   `context.write()`). cProfile slows Python code more than native code: read its shares, not its sum.
+
+A wrapped name that the server no longer has (a refactor) is reported and skipped. No server code is changed.
 """
 
 from __future__ import annotations
@@ -18,19 +27,35 @@ import asyncio
 import cProfile
 import json
 import pstats
+import statistics
 import sys
 import tempfile
+import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hamlet_server import batcher, servicer
 from hamlet_server.config import ServerConfig
 from hamlet_server.server import HamletServer
+from townlet.inference import onnx_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from floor import spawn_ready
+
 MODEL = "townlet-L2-lstm"
+# (label, owner, attribute): the spans the timers measure, outermost first
+SPANS = (
+    ("servicer _handle: parsed request -> response message", servicer, "InferenceServicer._handle"),
+    ("  StepBatcher.submit -> result", batcher, "StepBatcher.submit"),
+    ("    StepBatcher._forward: gather, forward, scatter", batcher, "StepBatcher._forward"),
+    ("      OnnxModel.forward (session.run and its checks)", onnx_runtime, "OnnxModel.forward"),
+)
 
 __all__ = ["IDLE", "PARTS", "part_of", "parts_per_step"]
 
@@ -64,7 +89,7 @@ def part_of(func: tuple[str, int, str]) -> str | None:
     if path == "~":
         if "onnxruntime" in name or "InferenceSession" in name:
             return PARTS[0][0]
-        if "epoll" in name or "select" in name:
+        if "of 'select." in name or "method select." in name:  # epoll/poll/select waits; not index_select
             return IDLE
         return None
     for part, needles in PARTS:
@@ -100,25 +125,94 @@ async def _client(target: str, obs: Path, steps: int) -> dict[str, Any]:
     return result
 
 
-async def _profile(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], dict[str, Any], cProfile.Profile]:
+def _timer(fn: Callable[..., Any], into: list[float]) -> Callable[..., Any]:
+    """``fn`` (sync or async) wrapped to append each call's wall seconds to ``into``."""
+    if asyncio.iscoroutinefunction(fn):
+
+        async def timed_async(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                into.append(time.perf_counter() - start)
+
+        return timed_async
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            into.append(time.perf_counter() - start)
+
+    return timed
+
+
+@contextmanager
+def _timers() -> Iterator[dict[str, list[float]]]:
+    """Wrap every span of `SPANS` that exists for the duration; yields label -> call durations (s)."""
+    found: dict[str, list[float]] = {}
+    undo = []
+    for label, module, dotted in SPANS:
+        cls_name, attr = dotted.split(".")
+        cls = getattr(module, cls_name, None)
+        fn = getattr(cls, attr, None) if cls is not None else None
+        if fn is None:
+            print(f"  (no {module.__name__}.{dotted} any more: span {label.strip()!r} skipped)")
+            continue
+        found[label] = []
+        setattr(cls, attr, _timer(fn, found[label]))
+        undo.append((cls, attr, fn))
+    try:
+        yield found
+    finally:
+        for cls, attr, fn in undo:
+            setattr(cls, attr, fn)
+
+
+async def _profile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The three runs of the module docstring; returns their figures."""
     (work / "models").mkdir()
     (work / "models" / MODEL).symlink_to(ROOT / "models" / MODEL)
     obs = work / "obs.npy"
     np.save(obs, np.random.default_rng(0).random((4096, 54), dtype=np.float32))
+    floor, floor_target = spawn_ready([sys.executable, str(ROOT / "bench" / "floor.py")])
+    try:
+        floor_run = await _client(floor_target, obs, args.steps)
+    finally:
+        floor.terminate()
+        floor.wait(timeout=30)
     config = ServerConfig(models=work / "models", port=0, backend="onnx", poll_interval=0, metrics_port=0,
                           log_level="WARNING")  # fmt: skip
     server = HamletServer(config)
     await server.start()
     target = f"127.0.0.1:{server.port}"
     try:
-        plain = await _client(target, obs, args.steps)
+        with _timers() as spans:
+            timed = await _client(target, obs, args.steps)
         profiler = cProfile.Profile()
         profiler.enable()
         profiled = await _client(target, obs, args.steps)
         profiler.disable()
     finally:
         await server.drain(grace=0.5)
-    return plain, profiled, profiler
+    return {"floor": floor_run, "timed": timed, "spans": spans, "profiled": profiled, "profiler": profiler}
+
+
+def _print_spans(runs: dict[str, Any], steps: int) -> None:
+    floor_p50, ours_p50 = runs["floor"]["p50_us"], runs["timed"]["p50_us"]
+    print(f"one {MODEL} stream, 1 env, onnx backend, {steps} steps after 200 warm-up; medians in us:")
+    print(f"  {floor_p50:7.0f}  client round trip, bare-gRPC floor (no work of ours)")
+    print(f"  {ours_p50:7.0f}  client round trip, ours (timers on)")
+    handle = None
+    for label, durations in runs["spans"].items():
+        if durations:
+            median = statistics.median(durations) * 1e6
+            handle = median if handle is None else handle
+            print(f"  {median:7.0f}  {label}  ({len(durations) / (steps + 200):.1f} calls per step)")
+    if handle is not None:
+        print(f"  {ours_p50 - handle:7.0f}  outside _handle: gRPC read + write, event loop, network, the client")
+        print(f"  {ours_p50 - handle - floor_p50:7.0f}  of which over the floor's whole round trip")
 
 
 def main() -> int:
@@ -128,15 +222,16 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="also dump the raw profile here (pstats / snakeviz)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        plain, profiled, profiler = asyncio.run(_profile(args, Path(tmp)))
+        runs = asyncio.run(_profile(args, Path(tmp)))
+    _print_spans(runs, args.steps)
     # The client's 200 warm-up steps ran under the profiler too: count them
     steps = args.steps + 200
-    stats = pstats.Stats(profiler)
+    stats = pstats.Stats(runs["profiler"])
     if args.out:
         stats.dump_stats(str(args.out))
     parts = parts_per_step(stats.stats, steps)  # type: ignore[attr-defined]
-    print(f"one {MODEL} stream, 1 env, onnx backend: client p50 {plain['p50_us']:.0f} us unprofiled, "
-          f"{profiled['p50_us']:.0f} us profiled; server's event-loop thread, us per step (profiled):")  # fmt: skip
+    print(f"\ncProfile (client p50 {runs['profiled']['p50_us']:.0f} us profiled): the server's event-loop thread, "
+          f"own time in us per step by part:")  # fmt: skip
     for part, us in parts.items():
         print(f"  {us:7.1f}  {part}")
     busy = sum(us for part, us in parts.items() if part != IDLE)

@@ -1,5 +1,6 @@
 """bench/bench_peers.py (issue 25's `make bench` row): its medians, ratios and goal rows; the FastAPI peer it
-starts answers what the model answers; its scripts' `--help` works."""
+starts answers what the model answers; bench/profile_stream_step.py charges time to the right parts; the
+scripts' `--help` works."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_peers import Figures, format_report, goal_rows, medians, ratios  # noqa: E402
 from peer_client import parse_target  # noqa: E402
+from profile_stream_step import IDLE, part_of, parts_per_step  # noqa: E402
 
 FIGURES = {
     "hamlet-stream": Figures(p50_us=450.0, steps_per_s=6000.0),
@@ -51,8 +53,8 @@ def test_medians_refuse_a_target_without_both_measurements() -> None:
 def test_ratios_are_over_fastapi_and_goals_follow_the_issue() -> None:
     rel = ratios(FIGURES)
     assert rel["fastapi"] == Figures(1.0, 1.0)
-    assert rel["hamlet-stream"] == Figures(pytest.approx(0.9), pytest.approx(3.0))
-    assert rel["hamlet-predict"] == Figures(pytest.approx(1.8), pytest.approx(0.95))
+    assert (rel["hamlet-stream"].p50_us, rel["hamlet-stream"].steps_per_s) == pytest.approx((0.9, 3.0))
+    assert (rel["hamlet-predict"].p50_us, rel["hamlet-predict"].steps_per_s) == pytest.approx((1.8, 0.95))
     rows = goal_rows(FIGURES)
     assert [(what, met) for what, _, met in rows] == [
         ("stream b1 p50 <= 0.9x FastAPI", True),  # exactly at the goal counts as met
@@ -76,6 +78,32 @@ def test_targets_name_a_known_kind() -> None:
     assert parse_target("http@127.0.0.1:8000") == ("http", "127.0.0.1:8000")
     with pytest.raises(ValueError, match="KIND one of hamlet-stream, hamlet-predict, http, got 'grpc@x:1'"):
         parse_target("grpc@x:1")
+
+
+def test_profile_parts_charge_builtins_to_their_callers_edge_by_edge() -> None:
+    servicer = ("/x/hamlet_server/servicer.py", 10, "_run")
+    batcher = ("/x/hamlet_server/batcher.py", 20, "_forward")
+    ort_run = ("~", 0, "<built-in method onnxruntime.capi.onnxruntime_pybind11_state.run>")
+    index_select = ("~", 0, "<method 'index_select' of 'torch._C.TensorBase' objects>")
+    epoll = ("~", 0, "<method 'poll' of 'select.epoll' objects>")
+    assert part_of(servicer) == "servicer (servicer.py)" and part_of(index_select) is None
+    assert part_of(ort_run) == "forward: onnxruntime session.run" and part_of(epoll) == IDLE
+    # pstats: func -> (primitive calls, calls, own s, cumulative s, {caller: (calls, calls, own s, cum s)})
+    stats = {
+        servicer: (10, 10, 0.004, 0.02, {}),
+        batcher: (10, 10, 0.002, 0.01, {servicer: (10, 10, 0.002, 0.01)}),
+        ort_run: (10, 10, 0.003, 0.003, {batcher: (10, 10, 0.003, 0.003)}),
+        index_select: (20, 20, 0.003, 0.003, {batcher: (10, 10, 0.001, 0.001), servicer: (10, 10, 0.002, 0.002)}),
+        epoll: (10, 10, 0.005, 0.005, {}),
+    }
+    parts = parts_per_step(stats, steps=10)
+    assert parts == pytest.approx({
+        IDLE: 500.0,
+        "servicer (servicer.py)": 600.0,  # 400 own + 200 of index_select called from it
+        "forward: onnxruntime session.run": 300.0,
+        "batcher (batcher.py)": 300.0,  # 200 own + 100 of index_select
+    })  # fmt: skip
+    assert next(iter(parts)) == "servicer (servicer.py)"  # heaviest first
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +148,7 @@ def test_peer_app_answers_steps_and_refuses_a_ragged_body(peer_model) -> None:  
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["bench_peers.py", "peer_client.py", "peer_fastapi.py"])
+@pytest.mark.parametrize("script", ["bench_peers.py", "peer_client.py", "peer_fastapi.py", "profile_stream_step.py"])
 def test_help_works(script: str) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True,
                           timeout=120)  # fmt: skip
