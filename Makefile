@@ -63,8 +63,8 @@ format: install  ## apply ruff's formatting and autofixes
 	$(VENV)/bin/ruff format server client tests examples scripts bench
 	$(VENV)/bin/ruff check --fix server client tests examples scripts bench
 
-BENCHES ?= model onnx env server client workers
-bench: install proto  ## print the benchmarks (BENCHES="model onnx env server client workers"), each beside its baseline
+BENCHES ?= model onnx env server client workers peers
+bench: install proto  ## print the benchmarks (BENCHES="model onnx env server client workers peers"), each beside its baseline
 	@for b in $(BENCHES); do echo "== bench/bench_$$b.py"; $(PY) bench/bench_$$b.py || exit 1; echo; done
 
 MODELS     ?= models

@@ -1,0 +1,156 @@
+"""bench/bench_peers.py (issue 25's `make bench` row): its medians, ratios and goal rows; the FastAPI peer it
+starts answers what the model answers; bench/profile_stream_step.py charges time to the right parts; the
+scripts' `--help` works."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from demo_models import DEMO_L2
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_peers import Figures, format_report, goal_rows, medians, ratios  # noqa: E402
+from peer_client import parse_target  # noqa: E402
+from profile_stream_step import IDLE, part_of, parts_per_step  # noqa: E402
+
+FIGURES = {
+    "hamlet-stream": Figures(p50_us=450.0, steps_per_s=6000.0),
+    "hamlet-predict": Figures(p50_us=900.0, steps_per_s=1900.0),
+    "fastapi": Figures(p50_us=500.0, steps_per_s=2000.0),
+}
+
+
+def _run(key: str, mode: str, value: float) -> dict[str, object]:
+    return {"key": key, "mode": mode, ("p50_us" if mode == "latency" else "steps_per_s"): value}
+
+
+def test_medians_take_each_targets_median_per_mode() -> None:
+    runs = []
+    for key, p50s, rates in (
+        ("hamlet-stream", [400, 700, 450], [5000, 6000, 7000]),
+        ("hamlet-predict", [900, 800, 1000], [1900, 1500, 2500]),
+        ("fastapi", [500, 510, 300], [2000, 2100, 1000]),
+    ):
+        runs += [_run(key, "latency", v) for v in p50s] + [_run(key, "tput", v) for v in rates]
+    assert medians(runs) == {
+        "hamlet-stream": Figures(450, 6000),
+        "hamlet-predict": Figures(900, 1900),
+        "fastapi": Figures(500, 2000),
+    }
+
+
+def test_medians_refuse_a_target_without_both_measurements() -> None:
+    runs = [_run(key, "latency", 1.0) for key in ("hamlet-stream", "hamlet-predict", "fastapi")]
+    with pytest.raises(ValueError, match="expected latency and tput runs of hamlet-stream, got 1 and 0"):
+        medians(runs)
+
+
+def test_ratios_are_over_fastapi_and_goals_follow_the_issue() -> None:
+    rel = ratios(FIGURES)
+    assert rel["fastapi"] == Figures(1.0, 1.0)
+    assert (rel["hamlet-stream"].p50_us, rel["hamlet-stream"].steps_per_s) == pytest.approx((0.9, 3.0))
+    assert (rel["hamlet-predict"].p50_us, rel["hamlet-predict"].steps_per_s) == pytest.approx((1.8, 0.95))
+    rows = goal_rows(FIGURES)
+    assert [(what, met) for what, _, met in rows] == [
+        ("stream b1 p50 <= 0.9x FastAPI", True),  # exactly at the goal counts as met
+        ("Predict b1 p50 <= 0.9x FastAPI", False),
+        ("Predict steps/s >= 1x FastAPI", False),
+        ("stream steps/s >= 3x FastAPI", True),
+    ]
+    assert [round(value, 3) for _, value, _ in rows] == [0.9, 1.8, 0.95, 3.0]
+
+
+def test_report_prints_figures_ratios_and_goal_rows() -> None:
+    lines = format_report(FIGURES).splitlines()
+    assert lines[1].split() == ["Hamlet", "StreamEpisode", "450", "us", "6,000", "0.90x", "3.00x"]
+    assert lines[2].split() == ["Hamlet", "Predict", "900", "us", "1,900", "1.80x", "0.95x"]
+    assert lines[3].split() == ["FastAPI", "+", "uvicorn", "500", "us", "2,000", "1.00x", "1.00x"]
+    assert "  NOT met Predict b1 p50 <= 0.9x FastAPI" in lines[-3] and lines[-3].endswith("1.80x")
+    assert lines[-1].startswith("  met     stream steps/s >= 3x FastAPI") and lines[-1].endswith("3.00x")
+
+
+def test_targets_name_a_known_kind() -> None:
+    assert parse_target("http@127.0.0.1:8000") == ("http", "127.0.0.1:8000")
+    with pytest.raises(ValueError, match="KIND one of hamlet-stream, hamlet-predict, http, got 'grpc@x:1'"):
+        parse_target("grpc@x:1")
+
+
+def test_profile_parts_charge_builtins_to_their_callers_edge_by_edge() -> None:
+    servicer = ("/x/hamlet_server/servicer.py", 10, "_run")
+    batcher = ("/x/hamlet_server/batcher.py", 20, "_forward")
+    ort_run = ("~", 0, "<built-in method onnxruntime.capi.onnxruntime_pybind11_state.run>")
+    index_select = ("~", 0, "<method 'index_select' of 'torch._C.TensorBase' objects>")
+    epoll = ("~", 0, "<method 'poll' of 'select.epoll' objects>")
+    assert part_of(servicer) == "servicer (servicer.py)" and part_of(index_select) is None
+    assert part_of(ort_run) == "forward: onnxruntime session.run" and part_of(epoll) == IDLE
+    # pstats: func -> (primitive calls, calls, own s, cumulative s, {caller: (calls, calls, own s, cum s)})
+    stats = {
+        servicer: (10, 10, 0.004, 0.02, {}),
+        batcher: (10, 10, 0.002, 0.01, {servicer: (10, 10, 0.002, 0.01)}),
+        ort_run: (10, 10, 0.003, 0.003, {batcher: (10, 10, 0.003, 0.003)}),
+        index_select: (20, 20, 0.003, 0.003, {batcher: (10, 10, 0.001, 0.001), servicer: (10, 10, 0.002, 0.002)}),
+        epoll: (10, 10, 0.005, 0.005, {}),
+    }
+    parts = parts_per_step(stats, steps=10)
+    assert parts == pytest.approx({
+        IDLE: 500.0,
+        "servicer (servicer.py)": 600.0,  # 400 own + 200 of index_select called from it
+        "forward: onnxruntime session.run": 300.0,
+        "batcher (batcher.py)": 300.0,  # 200 own + 100 of index_select
+    })  # fmt: skip
+    assert next(iter(parts)) == "servicer (servicer.py)"  # heaviest first
+
+
+@pytest.fixture(scope="module")
+def peer_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    pytest.importorskip("onnxruntime")
+    from peer_fastapi import RawStepModel
+
+    from townlet.inference import HamletModel
+
+    model = HamletModel.load(DEMO_L2)
+    onnx = model.export_to_onnx(tmp_path_factory.mktemp("peer") / "l2.onnx", verify=True)
+    return model, RawStepModel(onnx)
+
+
+def test_peer_steps_raw_bytes_like_the_model(peer_model) -> None:  # type: ignore[no-untyped-def]
+    model, peer = peer_model
+    rng = np.random.default_rng(1)
+    obs = rng.random((3, 54), dtype=np.float32)
+    h, c = rng.standard_normal((2, 3, 256), dtype=np.float32)
+    answer = np.frombuffer(peer.step(obs.tobytes() + h.tobytes() + c.tobytes()), dtype="<f4")
+    assert answer.size == 3 * (6 + 256 + 256)
+    expected = model.predict(obs, hidden=(h[None], c[None]))
+    q, h2, c2 = answer[:18].reshape(3, 6), answer[18 : 18 + 768].reshape(3, 256), answer[18 + 768 :].reshape(3, 256)
+    np.testing.assert_allclose(q, expected.q_values, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(h2, np.asarray(expected.hidden[0])[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(c2, np.asarray(expected.hidden[1])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_peer_app_answers_steps_and_refuses_a_ragged_body(peer_model) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from peer_fastapi import build_app
+
+    _, peer = peer_model
+    body = np.zeros(54 + 512, np.float32).tobytes()
+    with TestClient(build_app(peer)) as client:
+        answer = client.post("/step", content=body)
+        assert answer.status_code == 200 and answer.content == peer.step(body)
+        bad = client.post("/step", content=body[:-4])
+        assert bad.status_code == 400
+        assert bad.text == "expected a multiple of 566 float32 values (obs + h + c per row), got 565"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["bench_peers.py", "peer_client.py", "peer_fastapi.py", "profile_stream_step.py"])
+def test_help_works(script: str) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: {script} ")
