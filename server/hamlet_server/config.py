@@ -152,6 +152,8 @@ class ServerConfig:
                 f"--device {self.device}: unknown device; use auto, cpu, cuda or cuda:N",
             ),
             (self.exposure_is_protected, self._insecure_bind_message()),
+            (self.metrics_ports.stop <= 65536, f"{self._metrics_ports_text()} go past port 65535; lower it"),
+            (self.port not in self.metrics_ports or self.port == 0, self._metrics_clash_message()),
         ]
         for ok, message in checks:
             if not ok:
@@ -167,6 +169,25 @@ class ServerConfig:
             f"--host {self.host} is reachable from other machines, but neither --token-file nor "
             "--tls-cert/--tls-key is set, so anyone could call the server; add a token or TLS, or pass "
             "--allow-insecure to serve without authentication on purpose"
+        )
+
+    @property
+    def metrics_ports(self) -> range:
+        """The /metrics ports: worker i of --workers N serves on --metrics-port + i; empty when disabled (0)."""
+        return range(self.metrics_port, self.metrics_port + self.workers) if self.metrics_port else range(0)
+
+    def _metrics_ports_text(self) -> str:
+        ports = self.metrics_ports
+        return f"--metrics-port {self.metrics_port}" + (
+            f" with --workers {self.workers} (ports {ports.start}..{ports.stop - 1}, one per worker)"
+            if self.workers > 1
+            else ""
+        )
+
+    def _metrics_clash_message(self) -> str:
+        return (
+            f"{self._metrics_ports_text()} includes the gRPC --port {self.port}; pick a --metrics-port that "
+            "keeps clear of --port (or 0 to disable /metrics)"
         )
 
     @property

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 import torch
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
@@ -43,7 +43,7 @@ from hamlet_server.tensor_codec import (
 from hamlet_server.watch import WatchHub
 from townlet.inference.validation import check_epsilon
 
-__all__ = ["InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto"]
+__all__ = ["InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto", "refuse_oversized"]
 
 log = logging.getLogger(__name__)
 SC = grpc.StatusCode
@@ -76,6 +76,21 @@ def _reject_malformed(request: Any) -> None:
             f"the request bytes are not a valid hamlet.v1.{request.message_type} ({request.error}); "
             "send messages serialized from the hamlet.v1 protos",
             "MALFORMED_MESSAGE",
+        )
+
+
+def refuse_oversized(response: Message, limit: int, rows: int, field: str, fix: str) -> None:
+    """Refuse a response gRPC would not send (over --max-message-mb) as the request's fault, INVALID_ARGUMENT
+    (RESPONSE_TOO_LARGE), before gRPC fails the send: `rows` is what the request asked for, `field` the request
+    field to name, `fix` what to change (``{fit}`` is filled with about how many rows fit)."""
+    size = response.ByteSize()
+    if size > limit:
+        fit = max(1, rows * limit // size - 1)
+        raise RequestError(
+            SC.INVALID_ARGUMENT,
+            f"{field}: the response for {rows} rows would be {size} bytes, over this server's message limit of "
+            f"{limit} bytes (--max-message-mb {limit >> 20}); {fix.format(fit=fit)}",
+            "RESPONSE_TOO_LARGE",
         )
 
 
@@ -312,6 +327,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             encode_tensor(result.q_values, response.q_values)
             if result.hidden is not None:
                 encode_hidden(result.hidden, response.hidden)
+            refuse_oversized(response, self.config.max_message_bytes, len(response.actions), "obs",
+                             "send at most {fit} rows per Predict, or raise --max-message-mb")  # fmt: skip
         except Exception as exc:
             await self._fail(context, "Predict", exc)
         self.metrics.record("Predict", "OK")
@@ -436,6 +453,10 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 reason=pb.EndReason.Value(f"END_REASON_{ending.reason.name}"), message=ending.message,
                 status_code=ending.code.value[0], error_reason=ending.error_reason, snapshot=snapshot,
             )  # fmt: skip
+            if ended.ByteSize() > self.config.max_message_bytes:  # gRPC would not send it: the end, without it
+                log.info("stream ended with a %d-byte snapshot, over --max-message-mb: not sent", ended.ByteSize())
+                ended.ClearField("snapshot")
+                ended.message += " (the episode snapshot is over the server's --max-message-mb and was not sent)"
             try:
                 await asyncio.wait_for(context.write(pb.StreamEpisodeResponse(ended=ended)), _FINAL_WRITE_TIMEOUT)
             except (asyncio.TimeoutError, asyncio.CancelledError, Exception) as exc:  # the client may be gone
@@ -545,5 +566,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         session.step_index += 1
         if session.snapshot_every and session.step_index % session.snapshot_every == 0:
             out.snapshot.CopyFrom(take_snapshot(session, self.snapshot_key))
+            refuse_oversized(response, self.config.max_message_bytes, n, "start.snapshot_every",
+                             "snapshot streams of at most {fit} environments, or raise --max-message-mb")  # fmt: skip
         self._step_latency.observe(time.perf_counter() - began)
         return response
