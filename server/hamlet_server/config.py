@@ -106,8 +106,8 @@ class ServerConfig:
         1,
         "server processes sharing --port through SO_REUSEPORT (Linux): each is a complete server with its own "
         "models, batcher and streams; the kernel spreads connections over them and a stream stays on the process "
-        "its connection reached. /metrics of worker i is on --metrics-port + i. Pays only with a free core per "
-        "worker (docs/PERFORMANCE.md); 1: this process serves",
+        "its connection reached. /metrics of worker i is on --metrics-port + i (a range that must keep clear of "
+        "--port). Pays only with a free core per worker (docs/PERFORMANCE.md); 1: this process serves",
     )
     reuse_port: bool = _opt(
         False,
@@ -124,7 +124,11 @@ class ServerConfig:
         "serve plaintext without a token on a non-loopback --host on purpose (e.g. in a container reachable only "
         "through a port published on the host's loopback); without it such a bind is refused",
     )
-    max_message_mb: int = _opt(16, "largest gRPC message accepted or sent, MiB")
+    max_message_mb: int = _opt(
+        16,
+        "largest gRPC message accepted or sent, MiB; a response that would be larger is refused as "
+        "INVALID_ARGUMENT (RESPONSE_TOO_LARGE) saying how many rows fit",
+    )
     grace: float = _opt(10.0, "seconds SIGTERM/SIGINT waits for in-flight work before exiting")
     log_level: str = _opt("INFO", "logging level: DEBUG, INFO, WARNING, ERROR")
 

@@ -151,6 +151,21 @@ async def test_a_stream_whose_snapshot_is_over_the_size_limit_ends_as_a_bad_requ
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a client's mistake logged an error"
 
 
+async def test_a_drain_snapshot_over_the_size_limit_still_ends_the_stream_in_band(server_factory):
+    server = await server_factory(max_message_mb=1)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = pb_grpc.InferenceServiceStub(channel).StreamEpisode()
+        await call.write(start_msg(LSTM, 600))  # the drain's snapshot of 600 rows of (h, c): 1.2 MB
+        await call.read()
+        await call.write(_step(np.zeros((600, 54), np.float32)))
+        assert (await call.read()).WhichOneof("kind") == "step"
+        await server.drain(grace=1.0)
+        responses, error = await read_to_end(call)
+    assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+    assert_ended(responses[-1], "server_draining", grpc.StatusCode.UNAVAILABLE)  # not lost to the size limit
+    assert not responses[-1].ended.HasField("snapshot") and "snapshot is over" in responses[-1].ended.message
+
+
 async def test_predict_batch_over_the_limit(server_factory):
     server = await server_factory(max_predict_batch=8)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
