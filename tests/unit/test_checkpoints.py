@@ -340,3 +340,9 @@ def test_a_plain_pickle_gets_our_reason_not_torch_advice(tmp_path: Path) -> None
         f"{path}: not a readable torch checkpoint: weights_only unpickling refused it (Unsupported operand 149); "
         "nothing in it was run"
     )
+
+
+def test_first_line_quotes_a_foreign_error_without_terminal_escapes() -> None:
+    from townlet.inference.errors import first_line
+
+    assert first_line(RuntimeError("\x1b[1mbold\x1b[0m advice\nsecond line")) == "bold advice"
