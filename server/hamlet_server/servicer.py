@@ -487,7 +487,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             served = await self.repository.acquire(start.model, start.version if start.HasField("version") else None)
             seed = start.seed if start.HasField("seed") else None
         else:
-            epsilon, seed = state.epsilon, None
+            epsilon, seed = check_epsilon(state.epsilon, "resume_from.epsilon"), None  # made up without a token
             served = await self._acquire_for_resume(start, state, num_envs)
         try:
             session = self.streams.start(stream, served, num_envs, epsilon, seed)

@@ -10,6 +10,7 @@ A few hundred cases run in every `pytest` (``DEFAULT_EXAMPLES``); ``pytest -m fu
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -28,6 +30,7 @@ from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_client.proto import tensor_pb2
 from hamlet_server.config import ServerConfig
+from hamlet_server.snapshots import SNAPSHOT_FORMAT
 from hamlet_server.tensor_codec import MAX_RANK
 
 DEFAULT_EXAMPLES = 200
@@ -40,6 +43,7 @@ MAX_ENVS = 8
 F32, I64, BOOL = tensor_pb2.DATA_TYPE_FLOAT32, tensor_pb2.DATA_TYPE_INT64, tensor_pb2.DATA_TYPE_BOOL
 _ITEMSIZE = {F32: 4, I64: 8, BOOL: 1}
 _INT64 = st.integers(-(2**63), 2**63 - 1)
+_RNG_STATE = bytes(torch.Generator().get_state().numpy())  # a real CPU generator state
 
 # ---------------------------------------------------------------------------------------------- strategies
 # Each field is mostly right (so that the deeper rules, and the forward, are reached) and otherwise anything.
@@ -137,6 +141,29 @@ def predict_requests(draw: st.DrawFn) -> pb.PredictRequest:
     return request
 
 
+def garbled_snapshots() -> st.SearchStrategy:
+    return st.builds(pb.EpisodeSnapshot, state=st.binary(max_size=40), checksum=st.binary(max_size=40))
+
+
+@st.composite
+def made_up_snapshots(draw: st.DrawFn, model: str, num_envs: int) -> pb.EpisodeSnapshot:
+    """A snapshot no server wrote, whose checksum matches (a server without a token has no MAC to check)."""
+    rows = draw(mostly(st.just(num_envs), st.integers(-1, 4)))
+    state = pb.EpisodeState(
+        format_version=draw(mostly(st.just(SNAPSHOT_FORMAT), st.integers(0, 2**32 - 1))),
+        model=draw(mostly(st.just(model), st.sampled_from([MLP, LSTM, "nope"]))),
+        version=draw(VERSIONS) or 0, step_index=draw(st.one_of(st.integers(0, 9), _INT64)), num_envs=rows,
+        epsilon=draw(st.floats(width=32)), fresh=draw(st.booleans()),
+        rng_state=draw(st.one_of(st.just(b""), st.binary(max_size=64), st.just(_RNG_STATE))),
+        snapshot_every=draw(st.integers(0, 2**32 - 1)),
+    )  # fmt: skip
+    sent = min(max(rows, 0), MAX_ENVS + 1)  # a start may ask for 2**31 - 1 environments: no such tensor
+    for part in ("hidden_h", "hidden_c"):
+        _set(state, part, draw(st.one_of(st.none(), tensors(), floats((sent, HIDDEN)), floats((sent, 8)))))
+    payload = state.SerializeToString()
+    return pb.EpisodeSnapshot(state=payload, checksum=hashlib.sha256(payload).digest())
+
+
 @st.composite
 def starts(draw: st.DrawFn) -> tuple[pb.StreamEpisodeRequest, int, int]:
     """A start message, and the (num_envs, obs width) its steps should have."""
@@ -145,9 +172,8 @@ def starts(draw: st.DrawFn) -> tuple[pb.StreamEpisodeRequest, int, int]:
     start = pb.EpisodeStart(model=model, num_envs=num_envs, epsilon=draw(EPSILONS),
                             snapshot_every=draw(mostly(st.just(0), st.sampled_from([1, 2**32 - 1]))))  # fmt: skip
     _set_optional(start, version=draw(VERSIONS), seed=draw(SEEDS))
-    if draw(st.integers(0, 7)) == 0:  # a forged or garbled snapshot
-        forged = {field: draw(st.binary(max_size=40)) for field in ("state", "checksum", "mac")}
-        start.resume_from.CopyFrom(pb.EpisodeSnapshot(**forged))
+    if draw(st.integers(0, 3)) == 0:  # a garbled snapshot, or one made up with a valid checksum
+        start.resume_from.CopyFrom(draw(st.one_of(garbled_snapshots(), made_up_snapshots(model, num_envs))))
     rows = min(max(num_envs, 1), MAX_ENVS + 1)  # what the steps send: never 2**31 - 1 rows
     return pb.StreamEpisodeRequest(start=start), rows, OBS_DIM.get(model, 54)
 
@@ -231,6 +257,8 @@ def _check_stream(live: ThreadedServer, stub: pb_grpc.InferenceServiceStub, requ
         assert error.code() in CLIENT_ERRORS, (error.code(), error.details())
     else:
         event("StreamEpisode OK")
+    if any(r.started.resumed for r in responses if r.WhichOneof("kind") == "started"):
+        event("StreamEpisode resumed from a made-up snapshot")
     ended = [r.ended for r in responses if r.WhichOneof("kind") == "ended"]
     assert all(SC.INTERNAL.value[0] != e.status_code != SC.UNKNOWN.value[0] for e in ended), ended
     deadline = time.monotonic() + 10  # the server frees a stream before it sends the status; allow for a slow box

@@ -129,6 +129,20 @@ async def test_tampered_and_foreign_snapshots_are_refused(replicas, tmp_path: Pa
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "SNAPSHOT_MISMATCH" in str(error.trailing_metadata())
 
 
+@pytest.mark.parametrize("epsilon", [1.5, float("nan")])
+async def test_a_made_up_snapshots_epsilon_is_checked_like_a_starts(replicas, epsilon) -> None:
+    """Without a token a client can write a snapshot with a valid checksum: its fields are input like any other."""
+    a, _ = replicas
+    _, responses = await _run(a.port, 0, CUT, every=CUT)
+    state = pb.EpisodeState.FromString(responses[-1].step.snapshot.state)
+    state.epsilon = epsilon
+    payload = state.SerializeToString()
+    made_up = pb.EpisodeSnapshot(state=payload, checksum=hashlib.sha256(payload).digest())
+    error = await _refusal(a.port, pb.EpisodeStart(resume_from=made_up))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("resume_from.epsilon: expected a number in [0, 1], got")
+
+
 async def test_a_server_with_a_token_refuses_unsigned_or_forged_snapshots(server_factory, tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
