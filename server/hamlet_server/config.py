@@ -138,8 +138,8 @@ class ServerConfig:
         1,
         "server processes sharing --port through SO_REUSEPORT (Linux): each is a complete server with its own "
         "models, batcher and streams; the kernel spreads connections over them and a stream stays on the process "
-        "its connection reached. /metrics of worker i is on --metrics-port + i. Pays only with a free core per "
-        "worker (docs/PERFORMANCE.md); 1: this process serves",
+        "its connection reached. /metrics of worker i is on --metrics-port + i (a range that must keep clear of "
+        "--port). Pays only with a free core per worker (docs/PERFORMANCE.md); 1: this process serves",
     )
     reuse_port: bool = _opt(
         False,
@@ -168,7 +168,11 @@ class ServerConfig:
         "serve plaintext without a token on a non-loopback --host on purpose (e.g. in a container reachable only "
         "through a port published on the host's loopback); without it such a bind is refused",
     )
-    max_message_mb: int = _opt(16, "largest gRPC message accepted or sent, MiB")
+    max_message_mb: int = _opt(
+        16,
+        "largest gRPC message accepted or sent, MiB; a response that would be larger is refused as "
+        "INVALID_ARGUMENT (RESPONSE_TOO_LARGE) saying how many rows fit",
+    )
     grace: float = _opt(10.0, "seconds SIGTERM/SIGINT waits for in-flight work before exiting")
     log_level: str = _opt("INFO", "logging level: DEBUG, INFO, WARNING, ERROR")
     tracing: str = _opt(
@@ -223,6 +227,8 @@ class ServerConfig:
                 "--allow-unsigned-snapshots with --snapshot-key-file: a server with a key resumes only snapshots "
                 "signed with it; drop one of the two",
             ),
+            (self.metrics_ports.stop <= 65536, f"{self._metrics_ports_text()} go past port 65535; lower it"),
+            (self.port not in self.metrics_ports or self.port == 0, self._metrics_clash_message()),
         ]
         for ok, message in checks:
             if not ok:
@@ -243,6 +249,25 @@ class ServerConfig:
     @property
     def max_inflight_bytes(self) -> int:
         return self.max_inflight_mb * 1024 * 1024
+
+    @property
+    def metrics_ports(self) -> range:
+        """The /metrics ports: worker i of --workers N serves on --metrics-port + i; empty when disabled (0)."""
+        return range(self.metrics_port, self.metrics_port + self.workers) if self.metrics_port else range(0)
+
+    def _metrics_ports_text(self) -> str:
+        ports = self.metrics_ports
+        return f"--metrics-port {self.metrics_port}" + (
+            f" with --workers {self.workers} (ports {ports.start}..{ports.stop - 1}, one per worker)"
+            if self.workers > 1
+            else ""
+        )
+
+    def _metrics_clash_message(self) -> str:
+        return (
+            f"{self._metrics_ports_text()} includes the gRPC --port {self.port}; pick a --metrics-port that "
+            "keeps clear of --port (or 0 to disable /metrics)"
+        )
 
     @property
     def max_message_bytes(self) -> int:

@@ -30,6 +30,7 @@ from hamlet_server.backends import Backend
 from hamlet_server.batcher import BatchStats, StepBatcher
 from hamlet_server.canary import canary_problem
 from hamlet_server.sessions import SlotAllocator
+from townlet.inference.errors import UnsafeCheckpointError
 from townlet.inference.filenames import CheckpointName, parse_checkpoint_name
 
 __all__ = [
@@ -159,6 +160,19 @@ class _Loaded:
     """Why the file is not servable, without server paths (it may reach clients)."""
     reason: str = ""
     """Metric label of a failure: ``load_error`` (unreadable, non-finite weights, ...) or ``canary``."""
+
+
+def _load_problem(exc: Exception) -> str:
+    """Why a file did not load, as a client may read it: a pickle refusal in the server's words (the server
+    has no trust flag: the fix is a safe re-save where the file is trusted), else the loader's reason."""
+    if isinstance(exc, UnsafeCheckpointError):
+        return (
+            f"refusing to unpickle: the file references Python globals that weights_only loading does not allow "
+            f"({', '.join(exc.globals_needed) or 'unknown'}); the server never unpickles such files and nothing in "
+            "it was run. If you trust it, re-save it as a safe checkpoint: hamlet-model migrate --trust (training "
+            "checkpoints) or HamletModel.load(path, trust_pickle=True) then save_inference_checkpoint"
+        )
+    return getattr(exc, "reason", None) or str(exc)
 
 
 def _default_loader(path: Path, device: str) -> Backend:
@@ -303,7 +317,7 @@ class ModelRepository:
         try:
             model = self._loader(file.path, self.device)
         except Exception as exc:
-            error = self._without_paths(getattr(exc, "reason", None) or str(exc), file)
+            error = self._without_paths(_load_problem(exc), file)
             log.error("model %r version %d: failed to load %s: %s", file.name, file.version, file.path, exc)
             return _Loaded(file, error=f"{type(exc).__name__}: {error}", reason="load_error")
         try:

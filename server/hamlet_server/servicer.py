@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
@@ -51,7 +51,15 @@ from hamlet_server.watch import Watcher, WatchHub
 from townlet.inference.validation import check_epsilon
 from townlet.inference.version import package_version
 
-__all__ = ["Held", "InferenceServicer", "Malformed", "add_to_server", "metadata_to_proto", "server_version"]
+__all__ = [
+    "Held",
+    "InferenceServicer",
+    "Malformed",
+    "add_to_server",
+    "metadata_to_proto",
+    "refuse_oversized",
+    "server_version",
+]
 
 log = logging.getLogger(__name__)
 SC = grpc.StatusCode
@@ -129,6 +137,29 @@ def _reject_malformed(request: Any) -> None:
             f"the request bytes are not a valid hamlet.v1.{request.message_type} ({request.error}); "
             "send messages serialized from the hamlet.v1 protos",
             "MALFORMED_MESSAGE",
+        )
+
+
+_ROW_BYTES = 16  # most bytes a response spends per row beside its tensors (an action is a varint of at most 10)
+_FIXED_BYTES = 4096  # the rest: model name (a directory name), shapes, field tags
+
+
+def refuse_oversized(response: Message, limit: int, rows: int, tensor_bytes: int, field: str, fix: str) -> None:
+    """Refuse a response gRPC would not send (over --max-message-mb) as the request's fault, INVALID_ARGUMENT
+    (RESPONSE_TOO_LARGE), before gRPC fails the send: `rows` is what the request asked for, `tensor_bytes` the
+    response's raw tensor bytes (read off the arrays: reading a bytes field back copies it), `field` the request
+    field to name, `fix` what to change (``{fit}`` is filled with how many rows fit). Sizes the message only when
+    a cheap upper bound is over the limit: upb's ByteSize serializes it (~30 us at 256 rows of Q-values and (h, c))."""
+    if tensor_bytes + _ROW_BYTES * rows + _FIXED_BYTES <= limit:
+        return
+    size = response.ByteSize()
+    if size > limit:
+        fit = max(1, rows * (limit - _FIXED_BYTES) // size)  # what is not per row takes at most _FIXED_BYTES
+        raise RequestError(
+            SC.INVALID_ARGUMENT,
+            f"{field}: the response for {rows} rows would be {size} bytes, over this server's message limit of "
+            f"{limit} bytes (--max-message-mb {limit >> 20}); {fix.format(fit=fit)}",
+            "RESPONSE_TOO_LARGE",
         )
 
 
@@ -442,6 +473,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         encode_tensor(result.q_values, response.q_values)
         if result.hidden is not None:
             encode_hidden(result.hidden, response.hidden)
+        tensors = result.q_values.nbytes + sum(part.nbytes for part in result.hidden or ())
+        refuse_oversized(response, self.config.max_message_bytes, len(response.actions), tensors, "obs",
+                         "send at most {fit} rows per Predict, or raise --max-message-mb")  # fmt: skip
         return response
 
     def _predict_item(self, request: pb.PredictRequest, served: ServedModel, epsilon: float) -> WorkItem:
@@ -589,6 +623,10 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 reason=f"END_REASON_{ending.reason.name}", message=ending.message,
                 status_code=ending.code.value[0], error_reason=ending.error_reason, snapshot=snapshot,
             )  # fmt: skip
+            if ended.ByteSize() > self.config.max_message_bytes:  # gRPC would not send it: the end, without it
+                log.info("stream ended with a %d-byte snapshot, over --max-message-mb: not sent", ended.ByteSize())
+                ended.ClearField("snapshot")
+                ended.message += " (the episode snapshot is over the server's --max-message-mb and was not sent)"
             try:
                 await asyncio.wait_for(context.write(pb.StreamEpisodeResponse(ended=ended)), _FINAL_WRITE_TIMEOUT)
             except (asyncio.TimeoutError, asyncio.CancelledError, Exception) as exc:  # the client may be gone
@@ -612,7 +650,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             served = await self.repository.acquire(start.model, start.version if start.HasField("version") else None)
             seed = start.seed if start.HasField("seed") else None
         else:
-            epsilon, seed = state.epsilon, None
+            epsilon, seed = check_epsilon(state.epsilon, "resume_from.epsilon"), None  # made up without a token
             served = await self._acquire_for_resume(start, state, num_envs)
         try:
             session = self.streams.start(stream, served, num_envs, epsilon, seed)
@@ -701,7 +739,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             self.watch.publish(stream.stream_id, lambda: self._frame(stream.stream_id, step, out))
         session.step_index += 1
         if session.snapshot_every and session.step_index % session.snapshot_every == 0:
-            out.snapshot.CopyFrom(take_snapshot(session, self.snapshot_keys))
+            snapshot = take_snapshot(session, self.snapshot_keys)
+            out.snapshot.CopyFrom(snapshot)
+            tensors = result.q_values.nbytes + len(snapshot.state)
+            refuse_oversized(response, self.config.max_message_bytes, n, tensors, "start.snapshot_every",
+                             "snapshot streams of at most {fit} environments, or raise --max-message-mb")  # fmt: skip
         elapsed = time.perf_counter() - began
         self._step_latency.observe(elapsed)
         self.metrics.step_latency.labels(served.name).observe(elapsed)

@@ -1,7 +1,8 @@
 """Errors -> gRPC status: one rule for the unary RPCs and the streams.
 
 `status_for(exc)` maps any exception raised while serving a request to ``(code, message, error_reason)``:
-the status code, a message safe to send (echoed input truncated, no server paths), and a stable
+the status code, a message safe to send (echoed input truncated, no server paths, no terminal escapes, no
+foreign library's advice), and a stable
 machine-readable reason (``UNKNOWN_MODEL``, ``OBS_WIDTH_MISMATCH``, ``SESSION_LIMIT``, ...) that the
 proto comments list. An exception nobody expected is a fault on the server: INTERNAL, logged with its
 traceback, never reported as the client's mistake.
@@ -22,9 +23,17 @@ from hamlet_server.repository import ModelLoadError, UnknownModelError, UnknownV
 from hamlet_server.sessions import EnvLimitError, StepLimitError
 from hamlet_server.streams import SessionLimitError, SlotLimitError, UnstartedLimitError
 from hamlet_server.watch import WatcherLimitError
-from townlet.inference.errors import InvalidInputError
+from townlet.inference.errors import InvalidInputError, without_ansi
 
-__all__ = ["ERROR_DOMAIN", "MAX_MESSAGE_CHARS", "RequestError", "rich_status", "status_for", "truncate"]
+__all__ = [
+    "ERROR_DOMAIN",
+    "MAX_MESSAGE_CHARS",
+    "RequestError",
+    "client_message",
+    "rich_status",
+    "status_for",
+    "truncate",
+]
 
 log = logging.getLogger(__name__)
 SC = grpc.StatusCode
@@ -32,6 +41,11 @@ MAX_MESSAGE_CHARS = 1000
 """Longest status message sent: a message that echoes a huge input (a 100 KB model name) must not push
 the status past the metadata limit, which the client would see as RESOURCE_EXHAUSTED."""
 
+
+_TORCH_ADVICE = re.compile(r"Weights only load failed\..*", re.DOTALL)
+"""torch's weights_only refusal: a page of advice to its own caller (re-run with weights_only=False, allowlist
+globals) that a client of this server cannot act on."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 ERROR_DOMAIN = "hamlet.v1"
 _FIELD = re.compile(r"^([a-z_][a-z0-9_.]*)(?: ([a-z]+))?: ")
@@ -51,6 +65,15 @@ class RequestError(Exception):
 
 def truncate(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def client_message(text: str) -> str:
+    """``text`` as a client may read it: one line, no ANSI escapes or control characters, torch's
+    weights_only advice replaced by what happened, at most `MAX_MESSAGE_CHARS` characters."""
+    text = _TORCH_ADVICE.sub(
+        "torch's weights_only loading refused the file (nothing in it was run)", without_ansi(text)
+    )
+    return truncate(_CONTROL.sub(" ", text).strip())
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
@@ -87,7 +110,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
         log.error("internal error while serving a request", exc_info=exc)
         found = (SC.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", "INTERNAL")
     code, message, reason = found
-    return code, truncate(message), reason
+    return code, client_message(message), reason
 
 
 def _request_field(message: str) -> str | None:

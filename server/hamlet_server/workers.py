@@ -46,6 +46,11 @@ def supervise(config: ServerConfig) -> int:
     """Run ``config.workers`` workers until SIGTERM/SIGINT; returns the exit status (raises StartupError if a
     worker cannot start)."""
     with _reserve_port(config.host, config.port) as port:
+        if port in config.metrics_ports:  # --port 0 picked a free port that a worker's /metrics would take
+            raise StartupError(
+                f"--port 0 picked port {port}, inside the /metrics ports {config.metrics_ports.start}.."
+                f"{config.metrics_ports.stop - 1} of the workers; pick a --port or another --metrics-port"
+            )
         supervisor = _Supervisor(config, port)
         supervisor.start()
         print(f"READY {grpc_address(config.host, port)}", flush=True)

@@ -23,6 +23,16 @@ from townlet.inference import HamletModel
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``fuzz`` (thousands of cases) run only when a ``-m`` expression names fuzz."""
+    if "fuzz" in (config.getoption("markexpr") or ""):
+        return
+    fuzz = [item for item in items if item.get_closest_marker("fuzz")]
+    if fuzz:
+        config.hook.pytest_deselected(items=fuzz)
+        items[:] = [item for item in items if not item.get_closest_marker("fuzz")]
+
+
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     """Two models, version 0: `mlp` (seed 0) and `lstm` (seed 1)."""

@@ -12,6 +12,7 @@ from server_helpers import LSTM, MLP, enc, read_to_end, start_msg, step_msg
 
 from hamlet_client import AsyncHamletClient, ModelNotFoundError
 from hamlet_client.proto import inference_service_pb2 as pb
+from hamlet_client.proto import tensor_pb2
 
 
 def _details(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, list[tuple[str, str]]]:
@@ -35,6 +36,16 @@ def _details(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, 
          "OBS_WIDTH_MISMATCH", "observations"),
         ({"model": MLP, "epsilon": 3.0, "observations": enc(np.zeros((1, 91), np.float32))}, "INVALID_ARGUMENT",
          "BAD_EPSILON", "epsilon"),
+        ({"model": MLP}, "INVALID_ARGUMENT", "MISSING_FIELD", "observations"),
+        ({"model": MLP, "observations": tensor_pb2.Tensor(shape=[1] * 70, dtype=tensor_pb2.DATA_TYPE_FLOAT32,
+                                                           data=b"\0" * 4)}, "INVALID_ARGUMENT", "BAD_TENSOR",
+         "observations"),
+        ({"model": MLP, "observations": enc(np.zeros((1, 91), np.float32)),
+          "action_mask": tensor_pb2.Tensor(shape=[1] * 65, dtype=tensor_pb2.DATA_TYPE_BOOL, data=b"\1")},
+         "INVALID_ARGUMENT", "BAD_TENSOR", "action_mask"),
+        ({"model": LSTM, "observations": enc(np.zeros((1, 54), np.float32)),
+          "hidden": tensor_pb2.HiddenState(c=enc(np.zeros((1, 1, 256), np.float32)))},
+         "INVALID_ARGUMENT", "MISSING_FIELD", "hidden.h"),
         ({"model": "nope", "observations": enc(np.zeros((1, 91), np.float32))}, "NOT_FOUND", "UNKNOWN_MODEL", None),
         ({"model": MLP, "version": 9, "observations": enc(np.zeros((1, 91), np.float32))}, "NOT_FOUND",
          "UNKNOWN_VERSION", None),

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from server_helpers import LSTM, MLP, assert_ended, dec, enc, obs_batch, read_to_end, start_msg, step_msg
 
 from hamlet_client.proto import inference_service_pb2 as pb
@@ -21,6 +25,13 @@ def _with_nan(obs):
     bad = obs.copy()
     bad[1, 3] = np.nan
     return bad
+
+
+def _rank(rank, dtype):
+    """A one-element tensor of `rank` dimensions (numpy builds none past 64)."""
+    return tensor_pb2.Tensor(
+        shape=[1] * rank, dtype=dtype, data=b"\x01" * (1 if dtype == tensor_pb2.DATA_TYPE_BOOL else 4)
+    )
 
 
 def _mask_with_empty_row():
@@ -45,7 +56,19 @@ PREDICT_CASES = {
     "inf": (pb.PredictRequest(model=MLP, observations=enc(GOOD_MLP * np.float32(np.inf))), IA, ["finite", "Inf"]),
     "empty batch": (pb.PredictRequest(model=MLP, observations=enc(np.zeros((0, 91), np.float32))), IA,
                     ["empty batch"]),
-    "no observations": (pb.PredictRequest(model=MLP), IA, ["obs:", "set Tensor.dtype"]),
+    "no observations": (pb.PredictRequest(model=MLP), IA, ["obs: missing", "float32", "[B, 91]"]),
+    "rank 65 observations": (pb.PredictRequest(model=MLP, observations=_rank(65, tensor_pb2.DATA_TYPE_FLOAT32)), IA,
+                             ["obs: expected shape [B, 91], got 65 dimensions", "at most 8"]),
+    "rank 65 action mask": (pb.PredictRequest(model=MLP, observations=enc(GOOD_MLP),
+                                              action_mask=_rank(65, tensor_pb2.DATA_TYPE_BOOL)), IA,
+                            ["action_mask: expected shape [2, 6], got 65 dimensions"]),
+    "rank 65 hidden": (pb.PredictRequest(model=LSTM, observations=enc(GOOD_LSTM), hidden=tensor_pb2.HiddenState(
+        h=_rank(65, tensor_pb2.DATA_TYPE_FLOAT32), c=enc(np.zeros((1, 2, 256), np.float32)))), IA,
+        ["hidden h: expected shape [1, 2, 256], got 65 dimensions"]),
+    "hidden c missing": (pb.PredictRequest(model=LSTM, observations=enc(GOOD_LSTM), hidden=tensor_pb2.HiddenState(
+        h=enc(np.zeros((1, 2, 256), np.float32)))), IA, ["hidden c: missing", "[1, 2, 256]"]),
+    "observations of an unknown dtype": (pb.PredictRequest(model=MLP, observations=tensor_pb2.Tensor(
+        shape=[2, 91], dtype=9, data=GOOD_MLP.tobytes())), IA, ["expected Tensor.dtype DATA_TYPE_FLOAT32, got"]),
     "unknown model": (pb.PredictRequest(model="nope", observations=enc(GOOD_MLP)), grpc.StatusCode.NOT_FOUND,
                       ["'nope'", "available", MLP]),
     "unknown version": (pb.PredictRequest(model=MLP, version=7, observations=enc(GOOD_MLP)),
@@ -90,6 +113,59 @@ async def test_message_over_the_size_limit_is_refused(server_factory):
         assert len(ok.actions) == 100
 
 
+def _reason(error):
+    status = status_pb2.Status.FromString(dict(error.trailing_metadata())["grpc-status-details-bin"])
+    info = error_details_pb2.ErrorInfo()
+    assert any(detail.Unpack(info) for detail in status.details)
+    return info.reason
+
+
+async def test_a_response_over_the_size_limit_is_the_requests_fault_and_logs_no_error(server_factory, caplog):
+    server = await server_factory(max_message_mb=1)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        obs = np.zeros((600, 54), np.float32)  # 130 KB in; out the Q-values and (h, c) of 600 rows: 1.2 MB
+        for _ in range(3):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Predict(pb.PredictRequest(model=LSTM, observations=enc(obs)))
+            assert info.value.code() == IA and _reason(info.value) == "RESPONSE_TOO_LARGE"
+        details = info.value.details()
+        assert details.startswith("obs: the response for 600 rows would be") and "--max-message-mb 1" in details
+        fit = int(re.search(r"send at most (\d+) rows per Predict", details)[1])
+        ok = await stub.Predict(pb.PredictRequest(model=LSTM, observations=enc(obs[:fit])))  # the advice works
+        assert len(ok.actions) == fit
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a client's mistake logged an error"
+
+
+async def test_a_stream_whose_snapshot_is_over_the_size_limit_ends_as_a_bad_request(server_factory, caplog):
+    server = await server_factory(max_message_mb=1)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = pb_grpc.InferenceServiceStub(channel).StreamEpisode()
+        await call.write(start_msg(LSTM, 600, snapshot_every=1))  # (h, c) of 600 rows: a 1.2 MB snapshot
+        await call.write(_step(np.zeros((600, 54), np.float32)))
+        responses, error = await read_to_end(call)
+    assert error is not None and error.code() == IA and _reason(error) == "RESPONSE_TOO_LARGE"
+    assert error.details().startswith("start.snapshot_every: ") and "at most" in error.details()
+    assert_ended(responses[-1], "bad_request", IA, "RESPONSE_TOO_LARGE")
+    assert len(server.streams) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a client's mistake logged an error"
+
+
+async def test_a_drain_snapshot_over_the_size_limit_still_ends_the_stream_in_band(server_factory):
+    server = await server_factory(max_message_mb=1)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = pb_grpc.InferenceServiceStub(channel).StreamEpisode()
+        await call.write(start_msg(LSTM, 600))  # the drain's snapshot of 600 rows of (h, c): 1.2 MB
+        await call.read()
+        await call.write(_step(np.zeros((600, 54), np.float32)))
+        assert (await call.read()).WhichOneof("kind") == "step"
+        await server.drain(grace=1.0)
+        responses, error = await read_to_end(call)
+    assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+    assert_ended(responses[-1], "server_draining", grpc.StatusCode.UNAVAILABLE)  # not lost to the size limit
+    assert not responses[-1].ended.HasField("snapshot") and "snapshot is over" in responses[-1].ended.message
+
+
 async def test_predict_batch_over_the_limit(server_factory):
     server = await server_factory(max_predict_batch=8)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -120,6 +196,13 @@ STREAM_CASES = {
     "mask empty row": ([start_msg(LSTM, 2), pb.StreamEpisodeRequest(step=pb.EpisodeStep(
         observations=enc(GOOD_LSTM), action_mask=enc(_mask_with_empty_row())))], IA, ["allow no action"]),
     "empty request": ([pb.StreamEpisodeRequest()], IA, ["set start or step"]),
+    "rank 65 step observations": ([start_msg(LSTM, 2), pb.StreamEpisodeRequest(step=pb.EpisodeStep(
+        observations=_rank(65, tensor_pb2.DATA_TYPE_FLOAT32)))], IA, ["obs: expected shape [B, 54], got 65"]),
+    "rank 65 step action mask": ([start_msg(LSTM, 2), pb.StreamEpisodeRequest(step=pb.EpisodeStep(
+        observations=enc(GOOD_LSTM), action_mask=_rank(65, tensor_pb2.DATA_TYPE_BOOL)))], IA,
+        ["action_mask: expected shape [2, 6], got 65 dimensions"]),
+    "step without observations": ([start_msg(LSTM, 2), pb.StreamEpisodeRequest(step=pb.EpisodeStep())], IA,
+                                  ["obs: missing"]),
 }  # fmt: skip
 
 

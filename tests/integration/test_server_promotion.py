@@ -125,6 +125,34 @@ async def test_list_models_leaves_refused_versions_out_until_their_file_changes(
     assert await listed() == ([0, 900], 900)
 
 
+class _Evil:
+    def __reduce__(self) -> tuple:
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+async def test_a_pickle_refusal_reaches_the_client_in_our_words(server_factory, model_dir: Path, zip_format) -> None:
+    """No torch advice (weights_only=False, add_safe_globals), no ANSI bold, no library trust_pickle: the
+    server's own fix. The legacy (non-zip) format is where torch's text used to come through."""
+    server = await server_factory()
+    checkpoint = {"format_version": "inference_v1", "payload": _Evil(),
+                  "state_dict": SimpleQNetwork(obs_dim=91, action_dim=6).state_dict(),
+                  "network_params": {"network_type": "simple", "obs_dim": 91, "action_dim": 6}}  # fmt: skip
+    torch.save(checkpoint, model_dir / MLP / inference_checkpoint_name(8), _use_new_zipfile_serialization=zip_format)
+    await server.repository.refresh()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        request = pb.PredictRequest(model=MLP, version=8, observations=enc(np.zeros((1, 91), np.float32)))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Predict(request)
+    details = caught.value.details()
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "version 8 is not servable: UnsafeCheckpointError: refusing to unpickle" in details
+    assert "print" in details and "hamlet-model migrate --trust" in details and "nothing in it was run" in details
+    for foreign in ("\x1b", "weights_only` set to `False`", "add_safe_globals", "trust_pickle=True (CLI", "/tmp"):
+        assert foreign not in details, foreign
+
+
 async def test_health_follows_what_is_servable(server_factory, tmp_path: Path) -> None:
     root = tmp_path / "broken"
     (root / "a").mkdir(parents=True)

@@ -308,3 +308,41 @@ def test_fast_load_casts_to_the_declared_dtype_and_stays_trainable(tmp_path: Pat
         assert torch.equal(param.detach(), dict(network.named_parameters())[name].detach().float()), name
     lstm = model.network.lstm
     assert all(w is getattr(lstm, n) for w, n in zip(lstm._flat_weights, lstm._flat_weights_names, strict=True))
+
+
+def test_a_legacy_format_pickle_is_refused_naming_its_global_without_torch_advice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torch.save's pre-zip format: torch cannot list its globals beforehand; its refusal names one, in a page of
+    advice in ANSI bold. Ours names the global and the trust flag, and trusting it loads it."""
+    path = tmp_path / "legacy.pt"
+    network = make_network("simple")
+    checkpoint = {
+        "format_version": INFERENCE_V1,
+        "state_dict": network.state_dict(),
+        "payload": _Evil(),
+        "network_params": {"network_type": "simple", "obs_dim": 91, "action_dim": 6},
+    }
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        HamletModel.load(path)
+    assert info.value.globals_needed == ["print"] and "trust_pickle=True" in str(info.value)  # torch names builtins so
+    assert "\x1b" not in str(info.value) and "weights_only` set to `False`" not in str(info.value)
+    assert "must never run" not in capsys.readouterr().out
+    assert HamletModel.load(path, trust_pickle=True).obs_dim == 91
+
+
+def test_a_plain_pickle_gets_our_reason_not_torch_advice(tmp_path: Path) -> None:
+    path = _write(tmp_path / "plain.pt", pickle.dumps({"state_dict": {}}, protocol=4))
+    with pytest.raises(CheckpointError) as info:
+        HamletModel.load(path)
+    assert str(info.value) == (
+        f"{path}: not a readable torch checkpoint: weights_only unpickling refused it (Unsupported operand 149); "
+        "nothing in it was run"
+    )
+
+
+def test_first_line_quotes_a_foreign_error_without_terminal_escapes() -> None:
+    from townlet.inference.errors import first_line
+
+    assert first_line(RuntimeError("\x1b[1mbold\x1b[0m advice\nsecond line")) == "bold advice"

@@ -110,6 +110,26 @@ def test_worker_config_shares_the_port_and_offsets_metrics() -> None:
         ServerConfig(workers=0)
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port", "9466", "--workers", "4"], "--metrics-port 9464 with --workers 4 (ports 9464..9467, one per "
+         "worker) includes the gRPC --port 9466; pick a --metrics-port that keeps clear of --port"),
+        (["--port", "9464"], "--metrics-port 9464 includes the gRPC --port 9464"),
+        (["--metrics-port", "65534", "--workers", "3"], "(ports 65534..65536, one per worker) go past port 65535"),
+    ],
+)  # fmt: skip
+def test_metrics_ports_of_the_workers_must_keep_clear_of_the_grpc_port(flags, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_flags(flags)
+
+
+def test_metrics_ports_beside_the_grpc_port_or_disabled_are_fine():
+    assert list(parse_flags(["--port", "9468", "--workers", "4"]).metrics_ports) == [9464, 9465, 9466, 9467]
+    assert list(parse_flags(["--port", "9466", "--workers", "4", "--metrics-port", "0"]).metrics_ports) == []
+    assert parse_flags(["--port", "0", "--metrics-port", "9464"]).port == 0  # a free port is checked once picked
+
+
 def test_serving_md_lists_every_flag_and_no_other() -> None:
     """docs/SERVING.md's flags table names each ServerConfig field's flag and environment variable."""
     text = (Path(__file__).resolve().parents[2] / "docs" / "SERVING.md").read_text()
@@ -119,3 +139,15 @@ def test_serving_md_lists_every_flag_and_no_other() -> None:
     assert documented == expected, f"missing: {sorted(expected - documented)}; unknown: {sorted(documented - expected)}"
     for name in expected:
         assert f"`HAMLET_{name[2:].replace('-', '_').upper()}`" in table, name
+
+
+def test_a_free_port_picked_inside_the_workers_metrics_ports_is_refused(monkeypatch) -> None:
+    import contextlib
+
+    from hamlet_server import workers
+    from hamlet_server.startup import StartupError
+
+    monkeypatch.setattr(workers, "_reserve_port", lambda host, port: contextlib.nullcontext(9465))  # "picked"
+    monkeypatch.setattr(workers, "_Supervisor", None)  # reaching it would start processes: a failure here
+    with pytest.raises(StartupError, match=r"--port 0 picked port 9465, inside the /metrics ports 9464..9466"):
+        workers.supervise(ServerConfig(port=0, workers=3, metrics_port=9464))

@@ -12,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 from hamlet_client.proto import tensor_pb2
 from hamlet_server.tensor_codec import (
+    MAX_RANK,
     decode_action_mask,
     decode_hidden,
     decode_observations,
@@ -111,3 +112,64 @@ def test_huge_but_finite_observations_pass_and_inf_is_located() -> None:
     huge[1, 2] = np.inf
     with pytest.raises(InvalidInputError, match=r"obs: expected finite values, got NaN or Inf in row\(s\) \[1\]"):
         decode_observations(encode_tensor(huge), obs_dim=4)
+
+
+def _tensor(shape, dtype, fill=b"\x01"):
+    size = int(np.prod(shape)) if shape else 1
+    return tensor_pb2.Tensor(shape=list(shape), dtype=dtype, data=fill * size * (1 if dtype == BOOL else 4))
+
+
+BOOL = tensor_pb2.DATA_TYPE_BOOL
+DECODERS = {
+    "obs": lambda msg: decode_observations(msg, obs_dim=91),
+    "action_mask": lambda msg: decode_action_mask(msg, batch=1, action_dim=6),
+    "hidden h": lambda msg: decode_hidden(msg, _tensor((1, 1, 8), F32, b"\0"), batch=1, hidden_dim=8),
+}
+
+
+@pytest.mark.parametrize("rank", [MAX_RANK + 1, 65, 1000])
+@pytest.mark.parametrize(("field", "layout", "dtype"), [("obs", "[B, 91]", F32), ("action_mask", "[1, 6]", BOOL),
+                                                         ("hidden h", "[1, 1, 8]", F32)])  # fmt: skip
+def test_a_rank_numpy_cannot_build_is_refused_naming_the_field(rank, field, layout, dtype):
+    with pytest.raises(InvalidInputError) as info:  # numpy raises a bare ValueError past 64 dimensions
+        DECODERS[field](_tensor((1,) * rank, dtype))
+    message = str(info.value)
+    assert message.startswith(f"{field}: expected shape {layout}, got {rank} dimensions [1, 1, 1, 1, 1, 1, 1, 1, ...")
+    assert info.value.reason == "BAD_TENSOR" and len(message) < 200  # the shape is not echoed in full
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [("obs", "DATA_TYPE_FLOAT32"), ("action_mask", "DATA_TYPE_BOOL"), ("hidden h", "DATA_TYPE_FLOAT32")],
+)
+def test_an_unset_dtype_names_only_the_dtypes_the_field_takes(field, expected):
+    with pytest.raises(InvalidInputError) as info:
+        DECODERS[field](tensor_pb2.Tensor(shape=[1, 6], data=b"\x01" * 6))
+    message = str(info.value)
+    assert f"{field}: expected Tensor.dtype {expected}, got DATA_TYPE_UNSPECIFIED (set Tensor.dtype)" == message
+    assert "INT64" not in message
+
+
+@pytest.mark.parametrize(
+    ("decode", "message"),
+    [
+        (lambda: decode_observations(tensor_pb2.Tensor(), obs_dim=91),
+         "obs: missing; send a Tensor of float32 shaped [B, 91]"),
+        (lambda: decode_observations(None, obs_dim=54, batch=2),
+         "obs: missing; send a Tensor of float32 shaped [B, 54]"),
+        (lambda: decode_hidden(tensor_pb2.Tensor(), tensor_pb2.Tensor(), batch=3, hidden_dim=8),
+         "hidden h: missing; send a Tensor of float32 shaped [1, 3, 8]"),
+        (lambda: decode_hidden(_tensor((1, 3, 8), F32, b"\0"), tensor_pb2.Tensor(), batch=3, hidden_dim=8),
+         "hidden c: missing; send a Tensor of float32 shaped [1, 3, 8]"),
+    ],
+)  # fmt: skip
+def test_a_missing_tensor_is_called_missing_not_a_dtype_problem(decode, message):
+    with pytest.raises(InvalidInputError) as info:
+        decode()
+    assert str(info.value) == message and info.value.reason == "MISSING_FIELD"
+
+
+@pytest.mark.parametrize("shape", [(2**62, 0), (2**40, 2**40, 0), (0, 2**63 - 1)])
+def test_an_empty_shape_numpy_cannot_index_is_refused(shape):
+    with pytest.raises(InvalidInputError, match=r"obs: shape \[.*\] is too large to index; expected \[B, 91\]"):
+        decode_observations(tensor_pb2.Tensor(shape=list(shape), dtype=F32), obs_dim=91)

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -90,9 +91,9 @@ def read_checkpoint(
     try:
         return torch.load(io.BytesIO(data), map_location=device, weights_only=True), sha256
     except pickle.UnpicklingError as exc:
-        wanted = _unsafe_globals(data)
+        wanted = _unsafe_globals(data) or _refused_globals(exc)
         if not wanted:
-            raise CheckpointError(path, f"not a readable torch checkpoint: {first_line(exc)}") from None
+            raise CheckpointError(path, f"not a readable torch checkpoint: {_weights_only_refusal(exc)}") from None
         if not trust_pickle:
             raise UnsafeCheckpointError(path, wanted) from None
         logger.warning("%s: unpickling arbitrary globals %s because trust_pickle=True", path, wanted)
@@ -463,6 +464,25 @@ def _plain(value: Any, where: str) -> Any:
     raise TypeError(
         f"{where}: metadata values must be str, int, float, bool, None, lists or dicts; got {type(value).__name__}"
     )
+
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error:\s*([^\n]+)")
+
+
+def _refused_globals(exc: pickle.UnpicklingError) -> list[str]:
+    """The global torch's weights_only unpickler named in its refusal (legacy, non-zip files, where
+    `torch.serialization.get_unsafe_globals_in_checkpoint` cannot look)."""
+    return _REFUSED_GLOBAL.findall(str(exc))[:1]
+
+
+def _weights_only_refusal(exc: pickle.UnpicklingError) -> str:
+    """Why torch's weights_only unpickler refused a file, in our words: torch's own message is a page of advice
+    (re-run with ``weights_only=False``, ``add_safe_globals``) in ANSI bold, none of which is ours to give."""
+    found = _UNPICKLER_ERROR.search(str(exc))
+    if found is None:
+        return first_line(exc)
+    return f"weights_only unpickling refused it ({found[1].strip()[:200]}); nothing in it was run"
 
 
 def _unsafe_globals(data: bytes) -> list[str]:

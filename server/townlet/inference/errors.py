@@ -10,6 +10,7 @@ This module imports nothing heavy (no torch), so torch-free code such as the ONN
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from townlet.agent.errors import BrainSpecError
@@ -21,7 +22,11 @@ __all__ = [
     "InvalidInputError",
     "UnsafeCheckpointError",
     "first_line",
+    "without_ansi",
 ]
+
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
+"""An ANSI escape sequence (a colour or bold code such as ``ESC[1m``): CSI sequences and two-byte escapes."""
 
 
 class InferenceError(Exception):
@@ -64,8 +69,13 @@ class UnsafeCheckpointError(CheckpointError):
         )
 
 
+def without_ansi(text: str) -> str:
+    """``text`` without ANSI escape sequences (terminal colours and bold, which torch puts in its errors)."""
+    return _ANSI.sub("", text)
+
+
 def first_line(exc: BaseException) -> str:
-    """The first line of ``exc``'s message (at most 300 characters), else its type name: how a message of
-    ours quotes a foreign library's error (torch, onnx, onnxruntime) without its multi-line dump."""
-    lines = str(exc).strip().splitlines()
+    """The first line of ``exc``'s message (at most 300 characters, no ANSI escapes), else its type name: how a
+    message of ours quotes a foreign library's error (torch, onnx, onnxruntime) without its multi-line dump."""
+    lines = without_ansi(str(exc)).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:300]
