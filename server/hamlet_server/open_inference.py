@@ -27,19 +27,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import tensor_pb2
 from hamlet_server._generated_v2.inference import grpc_service_pb2 as v2
 from hamlet_server.repository import ServedModel
-from hamlet_server.servicer import InferenceServicer, Malformed, server_version
+from hamlet_server.servicer import InferenceServicer, Malformed, lenient, server_version
 from hamlet_server.status import RequestError, rich_status, status_for, truncate
 
 __all__ = [
@@ -277,16 +275,6 @@ def _reject_malformed(request: Any) -> None:
                    "messages serialized from the Open Inference Protocol v2 protos", "MALFORMED_MESSAGE")  # fmt: skip
 
 
-def _lenient(parse: Callable[[bytes], Any], message_type: str) -> Callable[[bytes], Any]:
-    def deserialize(data: bytes) -> Any:
-        try:
-            return parse(data)
-        except DecodeError as exc:
-            return Malformed(message_type, str(exc))
-
-    return deserialize
-
-
 def add_open_inference(hamlet: InferenceServicer, server: grpc.aio.Server) -> str:
     """Register inference.GRPCInferenceService on `server`, answered by `hamlet`; returns its service name."""
     servicer = OpenInferenceServicer(hamlet)
@@ -295,7 +283,7 @@ def add_open_inference(hamlet: InferenceServicer, server: grpc.aio.Server) -> st
         request, response = (getattr(v2, m.name) for m in (method.input_type, method.output_type))
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
-            request_deserializer=_lenient(request.FromString, request.__name__),
+            request_deserializer=lenient(request.FromString, request.__name__),
             response_serializer=response.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(V2_SERVICE_NAME, handlers),))

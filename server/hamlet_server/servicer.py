@@ -76,7 +76,7 @@ class Malformed:
     error: str
 
 
-def _lenient(parse: Callable[[bytes], Any], message_type: str) -> Callable[[bytes], Any]:
+def lenient(parse: Callable[[bytes], Any], message_type: str) -> Callable[[bytes], Any]:
     def deserialize(data: bytes) -> Any:
         try:
             return parse(data)
@@ -174,29 +174,29 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             _noting_arrival(servicer, getattr(servicer, name)),
-            request_deserializer=_lenient(request.FromString, request.__name__),
+            request_deserializer=lenient(request.FromString, request.__name__),
             response_serializer=response.SerializeToString,
         )
         for name, (request, response) in messages.items()
     }
     handlers["Predict"] = grpc.unary_unary_rpc_method_handler(
         servicer.Predict,
-        request_deserializer=_budgeted(_lenient(pb.PredictRequest.FromString, "PredictRequest"), servicer.budget),
+        request_deserializer=_budgeted(lenient(pb.PredictRequest.FromString, "PredictRequest"), servicer.budget),
         response_serializer=pb.PredictResponse.SerializeToString,
     )
     handlers["StreamEpisode"] = grpc.stream_stream_rpc_method_handler(
         _noting_arrival(servicer, servicer.StreamEpisode),
-        request_deserializer=_lenient(pb.StreamEpisodeRequest.FromString, "StreamEpisodeRequest"),
+        request_deserializer=lenient(pb.StreamEpisodeRequest.FromString, "StreamEpisodeRequest"),
         response_serializer=pb.StreamEpisodeResponse.SerializeToString,
     )
     handlers["WatchEpisodes"] = grpc.unary_stream_rpc_method_handler(
         _noting_arrival(servicer, servicer.WatchEpisodes),
-        request_deserializer=_lenient(pb.WatchEpisodesRequest.FromString, "WatchEpisodesRequest"),
+        request_deserializer=lenient(pb.WatchEpisodesRequest.FromString, "WatchEpisodesRequest"),
         response_serializer=bytes,  # the servicer writes frames serialized once for all their watchers
     )
     handlers["GetModelArtifact"] = grpc.unary_stream_rpc_method_handler(
         servicer.GetModelArtifact,
-        request_deserializer=_lenient(pb.GetModelArtifactRequest.FromString, "GetModelArtifactRequest"),
+        request_deserializer=lenient(pb.GetModelArtifactRequest.FromString, "GetModelArtifactRequest"),
         response_serializer=pb.GetModelArtifactResponse.SerializeToString,
     )
     service = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name

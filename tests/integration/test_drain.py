@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from grpc_fakes import LostStatusCall
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from live_server import ThreadedServer
 
@@ -144,34 +145,6 @@ def test_an_episode_open_refused_by_a_draining_replica_goes_to_the_other(
     assert a.sessions() == 0 and b.sessions() == 0
 
 
-class _LostStatusCall:
-    """What grpcio's asyncio client gives for an open refused while its start was being written (a replica
-    refusing at once, as before issue 21): the write fails and the status is a local INTERNAL."""
-
-    def __init__(self) -> None:
-        self.error = grpc.aio.AioRpcError(
-            grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), details="Internal error from Core"
-        )
-
-    async def write(self, request: Any) -> None:
-        raise self.error
-
-    async def read(self) -> Any:
-        raise self.error
-
-    async def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.INTERNAL
-
-    async def details(self) -> str:
-        return "Internal error from Core"
-
-    async def trailing_metadata(self) -> grpc.aio.Metadata:
-        return grpc.aio.Metadata()
-
-    def cancel(self) -> bool:
-        return False
-
-
 async def test_a_resume_whose_first_reopen_loses_its_status_still_continues(
     replicas: Callable[[], ThreadedServer],
 ) -> None:
@@ -193,7 +166,7 @@ async def test_a_resume_whose_first_reopen_loses_its_status_still_continues(
 
             def stream_episode(**kwargs: Any) -> Any:
                 opens.append(kwargs)
-                return _LostStatusCall() if len(opens) == 1 else real(**kwargs)
+                return LostStatusCall() if len(opens) == 1 else real(**kwargs)
 
             client._stub.StreamEpisode = stream_episode
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(holder.server.drain(), holder.loop))

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from grpc_fakes import LostStatusCall
 
 from hamlet_client import (
     AsyncHamletClient,
@@ -473,34 +474,6 @@ def test_a_call_refused_by_a_draining_server_is_server_draining() -> None:
     assert type(error_for_code(grpc.StatusCode.UNAVAILABLE, "connection refused")) is UnavailableError
 
 
-class _LostStatusCall:
-    """What grpcio's asyncio client gives for an open the server refused while the start was being written:
-    the write fails, and the real status is gone, replaced by a local INTERNAL "Internal error from Core"."""
-
-    def __init__(self) -> None:
-        self.error = grpc.aio.AioRpcError(
-            grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), details="Internal error from Core"
-        )
-
-    async def write(self, request: Any) -> None:
-        raise self.error
-
-    async def read(self) -> Any:
-        raise self.error
-
-    async def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.INTERNAL
-
-    async def details(self) -> str:
-        return "Internal error from Core"
-
-    async def trailing_metadata(self) -> grpc.aio.Metadata:
-        return grpc.aio.Metadata()
-
-    def cancel(self) -> bool:
-        return False
-
-
 @pytest.mark.parametrize("lost", [1, 2, 3])
 async def test_async_open_whose_status_grpc_lost_is_opened_again(fake: tuple[FakeServicer, str], lost: int) -> None:
     """Forces the ordering behind the raw `AioRpcError`s at the session limit (issue 21): the first ``lost``
@@ -513,7 +486,7 @@ async def test_async_open_whose_status_grpc_lost_is_opened_again(fake: tuple[Fak
 
         def stream_episode(**kwargs: Any) -> Any:
             opens.append(kwargs)
-            return _LostStatusCall() if len(opens) <= lost else real(**kwargs)
+            return LostStatusCall() if len(opens) <= lost else real(**kwargs)
 
         client._stub.StreamEpisode = stream_episode
         if lost < 3:
