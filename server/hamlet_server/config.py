@@ -63,7 +63,7 @@ class ServerConfig:
     default_model: str = _opt("", "model used when a request names none (empty: the first name in sorted order)")
     max_sessions: int = _opt(1024, "most concurrent StreamEpisode streams; more get RESOURCE_EXHAUSTED")
     max_unstarted: int = _opt(
-        32,
+        256,
         "most streams open without their EpisodeStart (they count against --max-sessions too); past it the oldest "
         "of them is ended (RESOURCE_EXHAUSTED, UNSTARTED_LIMIT), so streams held open unstarted cannot starve "
         "clients that start at once",
