@@ -71,21 +71,24 @@ class ComputeFloorServicer(FloorServicer):
 
     def __init__(self, model_path: str) -> None:
         super().__init__()
-        import torch  # only this variant needs the model stack
-
+        from hamlet_server.array_ops import ops_for
         from hamlet_server.backends import load_backend, resolve_backend
 
-        torch.set_num_threads(1)
-        self._torch = torch
-        self._model = load_backend(Path(model_path), "cpu", resolve_backend("auto", "cpu"), threads=1)
+        backend = resolve_backend("auto", "cpu")
+        if backend == "torch":  # only this backend needs torch; the onnx one runs on numpy arrays
+            import torch
+
+            torch.set_num_threads(1)
+        self._model = load_backend(Path(model_path), "cpu", backend, threads=1)
+        self._ops = ops_for(self._model)  # the backend's own arrays, as the server's batcher uses them
 
     def _answer(self, obs: tensor_pb2.Tensor, state: Any) -> tuple[tensor_pb2.Tensor, list[int], Any]:
         array = np.frombuffer(obs.data, dtype="<f4").reshape(tuple(obs.shape))
         if state is None and self._model.is_recurrent:
-            zeros = self._torch.zeros(1, array.shape[0], self._model.hidden_dim or 0)
-            state = (zeros, zeros.clone())
-        q, state = self._model.forward(self._torch.from_numpy(array.copy()), state)
-        q_np = q.numpy()
+            shape = (1, array.shape[0], self._model.hidden_dim or 0)
+            state = (self._ops.zeros(shape), self._ops.zeros(shape))
+        q, state = self._model.forward(self._ops.from_host(array.copy()), state)
+        q_np = self._ops.to_host(q)
         tensor = tensor_pb2.Tensor(shape=q_np.shape, dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=q_np.tobytes())
         return tensor, q_np.argmax(axis=1).tolist(), state
 

@@ -44,8 +44,6 @@ def check_startup(config: ServerConfig) -> None:
         raise
     except ValueError as exc:
         raise StartupError(str(exc)) from None
-    if config.metrics_port and config.metrics_port == config.port:
-        raise StartupError(f"--metrics-port {config.metrics_port} is also the gRPC --port; pick another")
     _check_port(_GRPC, config.host, config.port, reuse_port=config.reuse_port)
     if config.metrics_port:  # --workers N: worker i serves /metrics on --metrics-port + i
         for port in range(config.metrics_port, config.metrics_port + config.workers):

@@ -165,7 +165,6 @@ def test_check_startup_names_the_flag_to_change(model_dir: Path, tmp_path: Path,
         ({"tls_key": "k.pem"}, "only --tls-key is set"),
         ({"port": taken_port}, f"--port {taken_port}: .* already in use"),
         ({"metrics_port": taken_port}, f"--metrics-port {taken_port}: .* already in use"),
-        ({"metrics_port": 9999, "port": 9999}, "--metrics-port 9999 is also the gRPC --port"),
         ({"models": tmp_path / "nothing"}, "--models .*: not a directory"),
     ]
     if not torch.cuda.is_available():
@@ -173,6 +172,8 @@ def test_check_startup_names_the_flag_to_change(model_dir: Path, tmp_path: Path,
     for settings, message in cases:
         with pytest.raises(StartupError, match=message):
             check_startup(_config(model_dir, **settings))
+    with pytest.raises(ValueError, match="--metrics-port 9999 includes the gRPC --port 9999"):
+        _config(model_dir, metrics_port=9999, port=9999)  # refused by the settings themselves, before any check
     check_startup(_config(model_dir))  # the defaults pass
 
 
