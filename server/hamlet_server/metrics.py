@@ -20,7 +20,8 @@
 A refused file is counted once per change of the file (it is not read again until it changes).
 `StreamEpisode` is counted once per stream (its final code) and its latency is per step, under the method
 label `StreamEpisode.step`; `hamlet_stream_step_seconds` is the same time by model.
-`hamlet_batch_queue_seconds` is each request's wait in the batcher (submit to the start of its forward) and
+`hamlet_batch_queue_seconds` is, per forward, the longest wait of a request in the batcher (its oldest item,
+from submit to the start of the forward) and
 `hamlet_forward_seconds` one batched forward (gather, network, scatter, copy to the host): their sum is most of
 a step's server-side latency. The registry also carries prometheus_client's standard `process_*` (CPU, memory,
 open files) and `python_*` (GC, interpreter) collectors.
@@ -68,8 +69,9 @@ class ServerMetrics:
                                  ["method"], buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.batch_size = Histogram("hamlet_batch_size", "Rows per batched forward", ["model"],
                                     buckets=_BATCH_BUCKETS, registry=r)  # fmt: skip
-        self.queue_time = Histogram("hamlet_batch_queue_seconds", "Time a request waited in the batcher for "
-                                    "its forward", ["model"], buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.queue_time = Histogram("hamlet_batch_queue_seconds",
+                                    "Longest wait of a request of each batched forward in the batcher", ["model"],
+                                    buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.forward_time = Histogram("hamlet_forward_seconds", "Time of one batched forward", ["model"],
                                       buckets=_LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.step_latency = Histogram("hamlet_stream_step_seconds", "Server-side latency of a stream step",
@@ -97,12 +99,10 @@ class ServerMetrics:
         self.loaded_versions.set_function(loaded)
 
     def observe_batch(self, model: str, stats: BatchStats) -> None:
-        """One forward of ``model``'s batcher: its rows, its time, and each request's wait before it."""
+        """One forward of ``model``'s batcher: its rows, its time, and the longest wait of a request before it."""
         self.batch_size.labels(model).observe(stats.rows)
         self.forward_time.labels(model).observe(stats.forward_seconds)
-        queue = self.queue_time.labels(model)
-        for wait in stats.queued_seconds:
-            queue.observe(wait)
+        self.queue_time.labels(model).observe(stats.longest_wait_seconds)
 
     def bind_limits(
         self, inflight: Callable[[], float], unstarted: Callable[[], float], watchers: Callable[[], float]

@@ -180,7 +180,7 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
         for name, (request, response) in messages.items()
     }
     handlers["Predict"] = grpc.unary_unary_rpc_method_handler(
-        servicer.Predict,
+        _noting_arrival(servicer, servicer.Predict),
         request_deserializer=_budgeted(lenient(pb.PredictRequest.FromString, "PredictRequest"), servicer.budget),
         response_serializer=pb.PredictResponse.SerializeToString,
     )
@@ -195,7 +195,7 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
         response_serializer=bytes,  # the servicer writes frames serialized once for all their watchers
     )
     handlers["GetModelArtifact"] = grpc.unary_stream_rpc_method_handler(
-        servicer.GetModelArtifact,
+        _noting_arrival(servicer, servicer.GetModelArtifact),
         request_deserializer=lenient(pb.GetModelArtifactRequest.FromString, "GetModelArtifactRequest"),
         response_serializer=pb.GetModelArtifactResponse.SerializeToString,
     )
@@ -283,10 +283,18 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.trimmer = MemoryTrimmer(config.trim_after_mb * 1024 * 1024)  # memory back after a burst
         self.artifacts = ArtifactStore()  # verified ONNX exports for GetModelArtifact
         self._step_latency = metrics.latency.labels("StreamEpisode.step")
+        self._step_latency_by_model: dict[str, Any] = {}
         self.step_tracer: Callable[[int, float, float], None] | None = None  # --tracing: CallTracing.step
         self._predict_latency = metrics.latency.labels("Predict")
 
     # ---- helpers ---------------------------------------------------------------------------------
+    def _model_step_latency(self, model: str) -> Any:
+        """The `hamlet_stream_step_seconds` child of ``model``, looked up once (labels() locks a dict)."""
+        child = self._step_latency_by_model.get(model)
+        if child is None:
+            child = self._step_latency_by_model[model] = self.metrics.step_latency.labels(model)
+        return child
+
     async def _fail(self, context: grpc.aio.ServicerContext[Any, Any], method: str, exc: BaseException) -> None:
         code, message, reason = status_for(exc)
         self.metrics.record(method, code.name)
@@ -650,7 +658,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             served = await self.repository.acquire(start.model, start.version if start.HasField("version") else None)
             seed = start.seed if start.HasField("seed") else None
         else:
-            epsilon, seed = check_epsilon(state.epsilon, "resume_from.epsilon"), None  # made up without a token
+            epsilon, seed = state.epsilon, None  # checked by open_snapshot like a start's
             served = await self._acquire_for_resume(start, state, num_envs)
         try:
             session = self.streams.start(stream, served, num_envs, epsilon, seed)
@@ -746,7 +754,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                              "snapshot streams of at most {fit} environments, or raise --max-message-mb")  # fmt: skip
         elapsed = time.perf_counter() - began
         self._step_latency.observe(elapsed)
-        self.metrics.step_latency.labels(served.name).observe(elapsed)
+        self._model_step_latency(served.name).observe(elapsed)
         if self.step_tracer is not None:
             self.step_tracer(out.step_index, began, elapsed)
         return response

@@ -169,3 +169,22 @@ def test_cli_rejects_a_missing_model_directory(tmp_path):
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2 and "not a directory" in proc.stderr
+
+
+async def test_every_call_is_noted_on_arrival_so_a_drain_waits_for_quiet(server, stub):
+    """The drain stops gRPC only once no call has arrived for a while (`last_arrival`): a method left out
+    would be killed with a bare CANCELLED when it arrives during the drain."""
+    calls = {
+        "ListModels": lambda: stub.ListModels(pb.ListModelsRequest()),
+        "Predict": lambda: stub.Predict(pb.PredictRequest(model=MLP, observations=enc(np.zeros((1, 91), np.float32)))),
+        "GetModelArtifact": lambda: _drain_stream(stub.GetModelArtifact(pb.GetModelArtifactRequest(model=MLP))),
+    }
+    for name, call in calls.items():
+        before = server.servicer.last_arrival
+        await call()
+        assert server.servicer.last_arrival > before, name
+
+
+async def _drain_stream(call) -> None:
+    async for _ in call:
+        pass
