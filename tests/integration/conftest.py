@@ -6,13 +6,14 @@ share live in `server_helpers`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import torch
+from live_server import ThreadedServer
 from server_helpers import LSTM, MLP, write_model
 
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
@@ -79,3 +80,21 @@ async def stub(server: HamletServer) -> AsyncIterator[pb_grpc.InferenceServiceSt
 def local_models(model_dir: Path) -> dict[str, HamletModel]:
     """The same checkpoints, loaded locally: the reference the server must match."""
     return {kind: HamletModel.load(model_dir / kind / "model_ep00000.pt") for kind in (MLP, LSTM)}
+
+
+@pytest.fixture
+def threaded_server_factory(model_dir: Path) -> Iterator[Callable[..., ThreadedServer]]:
+    servers: list[ThreadedServer] = []
+
+    def start(**overrides: Any) -> ThreadedServer:
+        """A ThreadedServer (its own loop in a thread, for the blocking client) on ``model_dir`` unless
+        ``models=`` says otherwise; stopped at teardown."""
+        settings: dict[str, Any] = {"models": model_dir, "port": 0, "metrics_port": 0, "poll_interval": 0.1,
+                                    "backend": "torch"}  # fmt: skip
+        settings.update(overrides)
+        servers.append(ThreadedServer(ServerConfig(**settings)))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()

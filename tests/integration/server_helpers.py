@@ -1,4 +1,5 @@
-"""Helpers of the hamlet_server integration tests: seeded models, tensor <-> proto, request builders, snapshots.
+"""Helpers of the hamlet_server integration tests: seeded models, tensor <-> proto, request builders, snapshots,
+the server's CLI as a process.
 
 A module of its own (not conftest) so that test files import it by a unique name.
 """
@@ -6,6 +7,11 @@ A module of its own (not conftest) so that test files import it by a unique name
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +109,28 @@ def seal(state: pb.EpisodeState, key_file: Path | None = None) -> pb.EpisodeSnap
     keys = read_snapshot_keys(str(key_file)) if key_file is not None else None
     mac = keys.sign(payload) if keys is not None else b""
     return pb.EpisodeSnapshot(state=payload, checksum=hashlib.sha256(payload).digest(), mac=mac)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def cli_server(
+    model_dir: Path, *flags: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`hamlet-server serve FLAGS` as a process serving ``model_dir`` on a free loopback port (no /metrics);
+    yields ``(process, "127.0.0.1:PORT")`` once it printed READY, and kills it on the way out if it still runs."""
+    environ = {**os.environ, "HAMLET_MODELS": str(model_dir), "HAMLET_METRICS_PORT": "0", "HAMLET_PORT": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hamlet_server.cli", "serve", *flags], env={**environ, **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline()
+        assert line.startswith("READY 127.0.0.1:"), line + proc.stderr.read()
+        yield proc, line.split()[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

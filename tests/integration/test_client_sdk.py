@@ -11,8 +11,6 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -27,28 +25,11 @@ from hamlet_client import (
     InvalidArgumentError,
     ModelNotFoundError,
 )
-from hamlet_server.config import ServerConfig
 from hamlet_server.server import HamletServer
 from townlet.inference import HamletModel
 
 MLP, LSTM = "mlp", "lstm"  # the models of the conftest's `model_dir`
 OBS_DIM = {MLP: 91, LSTM: 54}
-
-
-@pytest.fixture
-def threaded_server_factory(model_dir: Path) -> Iterator[Callable[..., ThreadedServer]]:
-    servers: list[ThreadedServer] = []
-
-    def start(**overrides: Any) -> ThreadedServer:
-        settings: dict[str, Any] = {"models": model_dir, "port": 0, "metrics_port": 0, "poll_interval": 0.1,
-                                    "backend": "torch"}  # fmt: skip
-        settings.update(overrides)
-        servers.append(ThreadedServer(ServerConfig(**settings)))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture

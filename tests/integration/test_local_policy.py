@@ -32,7 +32,6 @@ from hamlet_client import (
     UnauthenticatedError,
 )
 from hamlet_client.proto import inference_service_pb2 as pb
-from hamlet_server.config import ServerConfig
 from townlet.env import VectorTownletEnv
 from townlet.inference import HamletModel
 from townlet.inference.validation import ONNX_ATOL, ONNX_RTOL
@@ -42,19 +41,9 @@ NUM_ENVS = 4
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[..., ThreadedServer]]:
-    servers: list[ThreadedServer] = []
-
-    def start(models: Path, **overrides: Any) -> ThreadedServer:
-        settings: dict[str, Any] = {"models": models, "port": 0, "metrics_port": 0, "poll_interval": 0.1,
-                                    "backend": "torch"}  # fmt: skip
-        settings.update(overrides)
-        servers.append(ThreadedServer(ServerConfig(**settings)))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
+def serve(threaded_server_factory: Callable[..., ThreadedServer]) -> Callable[..., ThreadedServer]:
+    """``serve(models, **settings)``: the shared threaded server on another model repository."""
+    return lambda models, **overrides: threaded_server_factory(models=models, **overrides)
 
 
 def _assert_close(local: np.ndarray, remote: np.ndarray) -> None:

@@ -4,7 +4,6 @@ draining, and the CLI process answering SIGTERM."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from ports import free_port
-from server_helpers import LSTM, MLP, assert_ended, enc, obs_batch, read_to_end, start_msg, step_msg
+from server_helpers import LSTM, MLP, assert_ended, cli_server, enc, obs_batch, read_to_end, start_msg, step_msg
 
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
@@ -109,50 +108,26 @@ async def test_drain_goes_not_serving_refuses_new_work_and_ends_streams(server_f
 
 @pytest.mark.slow  # starts the server's CLI process
 def test_cli_serves_and_exits_cleanly_on_sigterm(model_dir):
-    env = {**os.environ, "HAMLET_MODELS": str(model_dir), "HAMLET_METRICS_PORT": "0", "HAMLET_PORT": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hamlet_server.cli", "serve", "--threads", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )  # fmt: skip
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("READY 127.0.0.1:"), line + proc.stderr.read()
-        port = int(line.rsplit(":", 1)[1])
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with cli_server(model_dir, "--threads", "1") as (proc, target):
+        with grpc.insecure_channel(target) as channel:
             listed = pb_grpc.InferenceServiceStub(channel).ListModels(pb.ListModelsRequest(), timeout=10)
         assert {m.name for m in listed.models} == {MLP, LSTM}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         stderr = proc.stderr.read()
-        assert "loaded model_ep00000.pt" in stderr and "draining" in stderr and "stopped" in stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    assert "loaded model_ep00000.pt" in stderr and "draining" in stderr and "stopped" in stderr
 
 
 @pytest.mark.slow  # starts the server's CLI process
 def test_cli_json_logs_carry_the_stream_session_model_and_peer(model_dir):
-    env = {**os.environ, "HAMLET_MODELS": str(model_dir), "HAMLET_METRICS_PORT": "0", "HAMLET_PORT": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hamlet_server.cli", "serve", "--log-format", "json", "--log-level", "DEBUG"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )  # fmt: skip
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("READY 127.0.0.1:"), line + proc.stderr.read()
-        port = int(line.rsplit(":", 1)[1])
+    with cli_server(model_dir, "--log-format", "json", "--log-level", "DEBUG") as (proc, target):
         requests = [start_msg(LSTM, 2), step_msg(obs_batch(LSTM, 2, np.random.default_rng(0)))]
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with grpc.insecure_channel(target) as channel:
             responses = list(pb_grpc.InferenceServiceStub(channel).StreamEpisode(iter(requests), timeout=20))
         session = responses[0].started.session_id
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         lines = proc.stderr.read().splitlines()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     entries = [json.loads(text) for text in lines]  # every line is one JSON object
     assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
     ended = [e for e in entries if e["message"].startswith(f"stream {session} ended")]

@@ -4,10 +4,7 @@ in every --trace-step-every gets a child span; and a real OTLP export from the C
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 from concurrent import futures
 from pathlib import Path
@@ -17,7 +14,7 @@ import numpy as np
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from server_helpers import LSTM, MLP, enc, obs_batch, start_msg, step_msg
+from server_helpers import LSTM, MLP, cli_server, enc, obs_batch, start_msg, step_msg
 
 from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
@@ -104,25 +101,16 @@ def _collector() -> tuple[grpc.Server, int, list[object], threading.Event]:
 @pytest.mark.slow  # starts the server's CLI process
 def test_cli_exports_spans_over_otlp_to_a_collector(model_dir):
     collector, port, received, got = _collector()
-    env = {**os.environ, "HAMLET_MODELS": str(model_dir), "HAMLET_METRICS_PORT": "0", "HAMLET_PORT": "0",
-           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_SERVICE_NAME": "hamlet-test"}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hamlet_server.cli", "serve", "--tracing", "otlp"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )  # fmt: skip
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_SERVICE_NAME": "hamlet-test"}
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("READY 127.0.0.1:"), line + proc.stderr.read()
-        with grpc.insecure_channel(line.split()[1]) as channel:
-            request = pb.PredictRequest(model=MLP, observations=enc(np.zeros((1, 91), np.float32)))
-            pb_grpc.InferenceServiceStub(channel).Predict(request, timeout=20)
-        proc.send_signal(signal.SIGTERM)  # the drain flushes the spans still buffered
-        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        with cli_server(model_dir, "--tracing", "otlp", env=otel) as (proc, target):
+            with grpc.insecure_channel(target) as channel:
+                request = pb.PredictRequest(model=MLP, observations=enc(np.zeros((1, 91), np.float32)))
+                pb_grpc.InferenceServiceStub(channel).Predict(request, timeout=20)
+            proc.send_signal(signal.SIGTERM)  # the drain flushes the spans still buffered
+            assert proc.wait(timeout=30) == 0, proc.stderr.read()
         assert got.wait(10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         collector.stop(0)
     spans = [
         (resource.resource, span)
