@@ -631,8 +631,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 reason=f"END_REASON_{ending.reason.name}", message=ending.message,
                 status_code=ending.code.value[0], error_reason=ending.error_reason, snapshot=snapshot,
             )  # fmt: skip
-            if ended.ByteSize() > self.config.max_message_bytes:  # gRPC would not send it: the end, without it
-                log.info("stream ended with a %d-byte snapshot, over --max-message-mb: not sent", ended.ByteSize())
+            if (size := ended.ByteSize()) > self.config.max_message_bytes:  # gRPC would not send it: end without it
+                log.info("stream ended with a %d-byte snapshot, over --max-message-mb: not sent", size)
                 ended.ClearField("snapshot")
                 ended.message += " (the episode snapshot is over the server's --max-message-mb and was not sent)"
             try:
