@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow  # builds and runs a container image
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = "localhost/hamlet-serve:e2e-cpu"
+CUDA_TAG = "localhost/hamlet-serve:e2e-cuda"
 ENGINE = shutil.which("podman") or (shutil.which("docker") if shutil.which("docker") else None)
 
 
@@ -42,18 +43,25 @@ def _engine(*args: str, check: bool = True, timeout: float = 120) -> subprocess.
     return done
 
 
-@pytest.fixture(scope="module")
-def image() -> str:
+def _build(target: str, tag: str) -> str:
+    """`make image`'s script, as a user runs it; then the dangling layers of earlier builds are pruned (a rebuilt
+    cuda image would otherwise leave several GB behind on every run)."""
     if ENGINE is None:
         pytest.skip("neither podman nor docker is installed (make image-deps installs podman on Debian)")
     started = time.monotonic()
     built = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "build_image.sh"), "cpu", TAG],
-        capture_output=True, text=True, timeout=1800, cwd=ROOT,
+        ["bash", str(ROOT / "scripts" / "build_image.sh"), target, tag],
+        capture_output=True, text=True, timeout=2400, cwd=ROOT,
     )  # fmt: skip
     assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
     print(built.stdout.splitlines()[-1], f"(test saw {time.monotonic() - started:.0f} s)")
-    return TAG
+    _engine("image", "prune", "--force", check=False, timeout=600)
+    return tag
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    return _build("cpu", TAG)
 
 
 def _onnx_name(checkpoint: Path, version: int | None = None) -> str:
@@ -162,3 +170,66 @@ def test_the_image_is_lean_where_it_matters(image: str) -> None:
     assert {_onnx_name(DEMO_L1), _onnx_name(DEMO_L2)} <= set(shipped) and not [n for n in shipped if n.endswith(".pt")]
     size = _engine("image", "inspect", "--format", "{{.Size}}", image).stdout.strip()
     print(f"image {image}: {int(size) / 1e6:.0f} MB")
+
+
+# ---- the cuda target ----------------------------------------------------------------------------------------------
+# Built from PyPI's torch (a CUDA build, its CUDA libraries as wheels) and run here without a GPU: torch's CUDA
+# build falls back to the CPU, so the image's packaging, entrypoint, checkpoint serving (.pt with torch), health
+# check and drain are all exercised; what only a GPU shows (the CUDA forward) is bench/device_check.sh's job.
+
+
+@pytest.fixture(scope="module")
+def cuda_image() -> str:
+    return _build("cuda", CUDA_TAG)
+
+
+def test_the_cuda_image_is_a_cuda_build_of_torch_with_the_shipped_checkpoints(cuda_image: str) -> None:
+    probe = "import torch, importlib.util as u; print(torch.version.cuda or 'none', bool(u.find_spec('onnxruntime')))"
+    cuda, has_ort = _engine("run", "--rm", "--entrypoint", "python3", cuda_image, "-c", probe).stdout.split()
+    assert cuda != "none", "the cuda target installed a CPU build of torch (a +cpu wheel from a mirror?)"
+    assert has_ort == "True"  # export-onnx --verify works in the image too
+    config = _engine("image", "inspect", "--format", "{{.Config.User}} {{.Config.Healthcheck.Test}}", cuda_image)
+    assert config.stdout.split()[0] == "10001:10001" and "health" in config.stdout
+    listing = _engine("run", "--rm", "--entrypoint", "sh", cuda_image, "-c", "ls /opt/venv/bin /models/*/").stdout
+    assert "hamlet-server" in listing.split() and not {"pip", "pip3"} & set(listing.split())
+    assert {DEMO_L1.name, DEMO_L2.name} <= set(listing.split())
+    size = _engine("image", "inspect", "--format", "{{.Size}}", cuda_image).stdout.strip()
+    print(f"image {cuda_image}: torch CUDA {cuda}, {int(size) / 1e6:.0f} MB")
+
+
+def test_the_cuda_image_serves_the_checkpoints_with_torch_and_drains(cuda_image: str) -> None:
+    """No GPU here: the server says it runs on the CPU, and its Q-values are the library's for the same checkpoint."""
+    from townlet.inference import HamletModel
+
+    port = free_port()
+    run = _engine(
+        "run", "--detach", "--read-only", "--network", "host",
+        "--env", f"HAMLET_PORT={port}", "--env", "HAMLET_HOST=127.0.0.1", "--env", "HAMLET_METRICS_PORT=0",
+        "--env", "HAMLET_GRACE=5",
+        cuda_image,
+    )  # fmt: skip
+    name = run.stdout.strip()
+    try:
+        _wait_healthy(name, port, deadline_s=240)  # torch's CUDA build imports slowly
+        assert _engine("exec", name, "id", "-u").stdout.strip() == "10001"
+        rng = np.random.default_rng(0)
+        with HamletClient(f"127.0.0.1:{port}") as client:
+            assert client.server_info().device == "cpu"
+            for checkpoint in (DEMO_L1, DEMO_L2):
+                model = HamletModel.load(checkpoint)
+                obs = rng.standard_normal((3, model.obs_dim)).astype(np.float32)
+                expected = model.predict(obs)  # numpy in, numpy out; zero hidden state for the LSTM
+                got = client.predict(obs, model=checkpoint.parent.name)
+                assert got.version == int(checkpoint.stem.removeprefix("model_ep"))
+                np.testing.assert_allclose(got.q_values, expected.q_values, rtol=1e-5, atol=1e-5)
+            with client.episode(DEMO_L2.parent.name, num_envs=2) as episode:
+                for _ in range(3):
+                    step = episode.step(rng.standard_normal((2, model.obs_dim)).astype(np.float32))
+            assert step.step_index == 2 and np.isfinite(step.q_values).all()
+        _engine("kill", "--signal", "TERM", name)
+        code = _engine("wait", name, timeout=60).stdout.strip().splitlines()[-1]
+        logs = _engine("logs", name, check=False)
+        assert code == "0", logs.stderr[-3000:]
+        assert "draining" in logs.stderr and "stopped" in logs.stderr
+    finally:
+        _engine("rm", "--force", name, check=False)
