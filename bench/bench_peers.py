@@ -1,22 +1,35 @@
 """Hamlet's stream and Predict beside a plain FastAPI endpoint, in one run (issue 25's `make bench` row).
 
     python bench/bench_peers.py [--rounds 3] [--duration 3] [--n 1000] [--clients 64] [--json OUT.json]
+        [--baseline-args FLAGS] [--sync-floor] [--tcp-floor] [--server-args FLAGS] [--no-floor]
 
 Exports the L2 demo model (models/townlet-L2-lstm) to ONNX and starts, on loopback, `hamlet-server serve` on
 it (onnx backend) and the FastAPI peer (bench/peer_fastapi.py: FastAPI + uvicorn, raw float32 bytes in and
 out, the same export in onnxruntime with 1 thread, stateless). After a Q-value check (a 50-step rollout on
 each target must agree), every round measures, in an order that flips each round: b1 latency (one request at
 a time, p50) and then lock-step throughput (`--clients` asyncio clients of 1 env each on one connection) of
-Hamlet's `StreamEpisode` (state on the server), Hamlet's `Predict` (hidden in/out) and FastAPI. Each
-measurement is its own client process (bench/peer_client.py). Prints the medians beside FastAPI's with the
-ratios, and the issue's targets: p50 <= 0.9x FastAPI's, Predict throughput >= 1x, stream throughput >= 3x.
-The client shares the box's cores with both servers, as in ../shared/bench/peers. Numbers, not assertions.
+Hamlet's `StreamEpisode` (state on the server), Hamlet's `Predict` (hidden in/out), FastAPI, and the floor
+with the forward (bench/floor.py --compute: grpc.aio serving hamlet.v1 with the same export's forward inline per
+request, no batching, validation or metrics: the least any server of ours on grpcio's asyncio server can cost).
+Each measurement is its own client process (bench/peer_client.py). Prints the medians beside FastAPI's with the
+ratios, the issue's targets (p50 <= 0.9x FastAPI's, Predict throughput >= 1x, stream throughput >= 3x), and what
+stands between us and them: our own work (ours minus the floor + forward) and the transport (the floor + forward
+over FastAPI). The client shares the box's cores with the servers, as in ../shared/bench/peers. Numbers, not
+assertions.
+
+Optional targets, measured in the same rounds:
+- `--baseline-args "--lone-fast-path false"`: a second server of ours with those flags (before/after in one run);
+- `--sync-floor`: the floor + forward on grpcio's thread-pool server instead of grpc.aio;
+- `--tcp-floor`: FastAPI's own model code on length-prefixed frames over plain TCP (bench/floor_tcp.py), i.e.
+  what a step costs with neither HTTP nor gRPC carrying it.
+`--server-args` passes more flags to the first server.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -39,9 +52,22 @@ __all__ = ["GOALS", "TARGETS", "Figures", "format_report", "goal_rows", "medians
 
 MODEL = "townlet-L2-lstm"
 PEER = "fastapi"
-TARGETS = ("hamlet-stream", "hamlet-predict", PEER)
-_KINDS = {"hamlet-stream": "hamlet-stream", "hamlet-predict": "hamlet-predict", PEER: "http"}
-_LABELS = {"hamlet-stream": "Hamlet StreamEpisode", "hamlet-predict": "Hamlet Predict", PEER: "FastAPI + uvicorn"}
+TARGETS = ("hamlet-stream", "hamlet-predict", PEER, "floor-stream", "floor-predict", "floor-sync-stream",
+           "floor-sync-predict", "floor-tcp", "base-stream", "base-predict")  # fmt: skip
+_LABELS = {
+    "hamlet-stream": "Hamlet StreamEpisode",
+    "hamlet-predict": "Hamlet Predict",
+    PEER: "FastAPI + uvicorn",
+    "floor-stream": "floor+forward stream",
+    "floor-predict": "floor+forward Predict",
+    "floor-sync-stream": "sync floor+fwd stream",
+    "floor-sync-predict": "sync floor+fwd Predict",
+    "floor-tcp": "framed TCP + forward",
+    "base-stream": "Stream, baseline",
+    "base-predict": "Predict, baseline",
+}
+_FLOOR_OF = {"hamlet-stream": "floor-stream", "hamlet-predict": "floor-predict", "base-stream": "floor-stream",
+             "base-predict": "floor-predict"}  # fmt: skip
 
 # Issue 25's targets: (what, target, figure, goal as a multiple of FastAPI's, True when the ratio must be at most it)
 GOALS = (
@@ -61,9 +87,11 @@ class Figures:
 
 
 def medians(runs: list[dict[str, Any]]) -> dict[str, Figures]:
-    """Runs (``{"key": target, "mode": "latency" | "tput", "p50_us" | "steps_per_s": ...}``) -> medians per target."""
+    """Runs (``{"key": target, "mode": "latency" | "tput", "p50_us" | "steps_per_s": ...}``) -> medians per target
+    (Hamlet's two and FastAPI's always; the floors' and the baseline's when measured)."""
     out = {}
-    for key in TARGETS:
+    measured = {r["key"] for r in runs}
+    for key in [k for k in TARGETS if k in measured or k in TARGETS[:3]]:  # ours and FastAPI's always
         p50s = [r["p50_us"] for r in runs if r["key"] == key and r["mode"] == "latency"]
         rates = [r["steps_per_s"] for r in runs if r["key"] == key and r["mode"] == "tput"]
         if not p50s or not rates:
@@ -95,13 +123,27 @@ def format_report(figures: dict[str, Figures]) -> str:
     """The table (medians, ratios to FastAPI) and the goal rows, as printed."""
     rel = ratios(figures)
     lines = [f"{'medians':22s} {'b1 p50':>10s} {'steps/s':>9s} {'p50 / FastAPI':>14s} {'steps/s / FastAPI':>18s}"]
-    for key in TARGETS:
+    for key in [k for k in TARGETS if k in figures]:
         f, r = figures[key], rel[key]
         lines.append(f"{_LABELS[key]:22s} {f.p50_us:7.0f} us {f.steps_per_s:9,.0f} {r.p50_us:13.2f}x "
                      f"{r.steps_per_s:17.2f}x")  # fmt: skip
     lines.append("\ngoals (issue 25)")
     for what, value, met in goal_rows(figures):
         lines.append(f"  {'met' if met else 'NOT met':8s}{what:32s} {value:6.2f}x")
+    floors = [(key, floor) for key, floor in _FLOOR_OF.items() if floor in figures and key in figures]
+    if floors:
+        lines.append("\nwhat stands between us and 0.9x FastAPI's b1 p50 (floor + forward: grpc.aio, no work of ours)")
+        for key, floor in floors:
+            ours, least = figures[key].p50_us, figures[floor].p50_us
+            lines.append(f"  {_LABELS[key]:22s} our own work {ours - least:5.0f} us; the floor + forward alone is "
+                         f"{rel[floor].p50_us:.2f}x FastAPI's p50")  # fmt: skip
+            sync = floor.replace("floor-", "floor-sync-")
+            if sync in figures and key.startswith("hamlet"):
+                lines.append(f"  {'':22s} on grpcio's thread-pool server instead of grpc.aio it is "
+                             f"{rel[sync].p50_us:.2f}x")  # fmt: skip
+    if "floor-tcp" in figures:
+        lines.append(f"  FastAPI's model on length-prefixed frames over plain TCP (no HTTP, no gRPC) is "
+                     f"{rel['floor-tcp'].p50_us:.2f}x FastAPI's p50")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -127,7 +169,7 @@ def _q_check(args: argparse.Namespace, targets: dict[str, str], work: Path) -> f
 def _measure(args: argparse.Namespace, targets: dict[str, str]) -> list[dict[str, Any]]:
     runs = []
     for round_index in range(args.rounds):
-        order = list(TARGETS) if round_index % 2 == 0 else list(TARGETS)[::-1]
+        order = list(targets) if round_index % 2 == 0 else list(targets)[::-1]
         plan = [("latency", k, ["--n", str(args.n), "--warmup", str(args.warmup_requests)]) for k in order]
         plan += [("tput", k, ["--clients", str(args.clients), "--duration", str(args.duration)]) for k in order]
         for mode, key, extra in plan:
@@ -138,7 +180,15 @@ def _measure(args: argparse.Namespace, targets: dict[str, str]) -> list[dict[str
     return runs
 
 
-def _start_servers(work: Path, clients: int) -> tuple[list[subprocess.Popen[str]], dict[str, str]]:
+def _start_servers(
+    work: Path,
+    clients: int,
+    floor: bool,
+    sync_floor: bool,
+    tcp_floor: bool,
+    server_args: list[str],
+    baseline_args: list[str] | None,
+) -> tuple[list[subprocess.Popen[str]], dict[str, str]]:
     from townlet.inference import HamletModel
 
     checkpoint = max((ROOT / "models" / MODEL).glob("model_ep*.pt"))
@@ -148,15 +198,38 @@ def _start_servers(work: Path, clients: int) -> tuple[list[subprocess.Popen[str]
     procs = []
     peer, peer_addr = spawn_ready([sys.executable, str(BENCH / "peer_fastapi.py"), "--onnx", str(onnx)])
     procs.append(peer)
-    hamlet, hamlet_addr = spawn_ready([sys.executable, "-m", "hamlet_server.cli", "serve", "--models",
-                                       str(work / "models"), "--port", "0", "--backend", "onnx", "--poll-interval",
-                                       "0", "--metrics-port", str(free_port()), "--log-level", "WARNING",
-                                       # the clients open their streams at once: more than the default 32 can
-                                       # be open before the loop reads their starts (RESOURCE_EXHAUSTED)
-                                       "--max-unstarted", str(max(32, 2 * clients))])  # fmt: skip
-    procs.append(hamlet)
+
+    def serve(*flags: str) -> str:
+        # the clients open their streams at once: more than the default 32 can be open before the loop reads
+        # their starts (RESOURCE_EXHAUSTED)
+        hamlet, addr = spawn_ready([sys.executable, "-m", "hamlet_server.cli", "serve", "--models",
+                                    str(work / "models"), "--port", "0", "--backend", "onnx", "--poll-interval", "0",
+                                    "--metrics-port", str(free_port()), "--log-level", "WARNING",
+                                    "--max-unstarted", str(max(32, 2 * clients)), *flags])  # fmt: skip
+        procs.append(hamlet)
+        return addr
+
+    hamlet_addr = serve(*server_args)
     targets = {"hamlet-stream": f"hamlet-stream@{hamlet_addr}", "hamlet-predict": f"hamlet-predict@{hamlet_addr}",
                PEER: f"http@{peer_addr}"}  # fmt: skip
+    if floor:  # serves hamlet.v1 too: the same client measures it as it measures ours
+        least, least_addr = spawn_ready([sys.executable, str(BENCH / "floor.py"), "--compute", str(onnx)])
+        procs.append(least)
+        targets |= {"floor-stream": f"hamlet-stream@{least_addr}", "floor-predict": f"hamlet-predict@{least_addr}"}
+    if sync_floor:
+        sync, sync_addr = spawn_ready([sys.executable, str(BENCH / "floor.py"), "--compute", str(onnx), "--sync"])
+        procs.append(sync)
+        targets |= {
+            "floor-sync-stream": f"hamlet-stream@{sync_addr}",
+            "floor-sync-predict": f"hamlet-predict@{sync_addr}",
+        }
+    if baseline_args is not None:  # a second server of ours, e.g. with the fast path off: before/after in one run
+        base_addr = serve(*baseline_args)
+        targets |= {"base-stream": f"hamlet-stream@{base_addr}", "base-predict": f"hamlet-predict@{base_addr}"}
+    if tcp_floor:
+        tcp, tcp_addr = spawn_ready([sys.executable, str(BENCH / "floor_tcp.py"), "--onnx", str(onnx)])
+        procs.append(tcp)
+        targets["floor-tcp"] = f"tcp@{tcp_addr}"
     return procs, targets
 
 
@@ -167,6 +240,25 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000, help="requests per latency run (default 1000)")
     ap.add_argument("--warmup-requests", type=int, default=200, help="unmeasured requests first (default 200)")
     ap.add_argument("--clients", type=int, default=64, help="lock-step clients of the throughput runs (default 64)")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="leave out the floor + forward (bench/floor.py --compute), which shows what the transport "
+                         "and our own work each cost")  # fmt: skip
+    ap.add_argument(
+        "--sync-floor",
+        action="store_true",
+        help="also the floor + forward on grpcio's thread-pool server (the other Python gRPC server)",
+    )
+    ap.add_argument(
+        "--tcp-floor",
+        action="store_true",
+        help="also the FastAPI peer's model on length-prefixed frames over plain TCP (bench/floor_tcp.py)",
+    )
+    ap.add_argument(
+        "--baseline-args",
+        help='also a second server of ours with these flags, measured beside the first, e.g. "--lone-fast-path false"',
+    )
+    ap.add_argument("--server-args", default="",
+                    help='more `hamlet-server serve` flags, e.g. "--lone-fast-path false"')  # fmt: skip
     ap.add_argument("--json", type=Path, help="also write every run, the medians and the ratios here")
     args = ap.parse_args()
     if args.rounds < 1 or args.duration <= 0 or args.n < 1 or args.clients < 1:
@@ -175,12 +267,18 @@ def main() -> int:
         work = Path(tmp)
         args.obs_path = work / "obs.npy"
         np.save(args.obs_path, np.random.default_rng(0).random((4096, 54), dtype=np.float32))
-        procs, targets = _start_servers(work, args.clients)
+        extra = shlex.split(args.server_args)
+        base = None if args.baseline_args is None else shlex.split(args.baseline_args)
+        procs, targets = _start_servers(work, args.clients, floor=not args.no_floor, sync_floor=args.sync_floor,
+                                        tcp_floor=args.tcp_floor,
+                                        server_args=extra, baseline_args=base)  # fmt: skip
         try:
             print(f"{MODEL}, onnxruntime 1 thread; {args.rounds} rounds; b1: {args.n} requests; "
-                  f"tput: {args.clients} clients x {args.duration:g} s", flush=True)  # fmt: skip
+                  f"tput: {args.clients} clients x {args.duration:g} s; server flags: {args.server_args or '-'}",
+                  flush=True)  # fmt: skip
             q_diff = _q_check(args, targets, work)
-            print(f"Q-values of a 50-step rollout agree across the three: max |diff| {q_diff:.1e}", flush=True)
+            print(f"Q-values of a 50-step rollout agree across the {len(targets)} targets: max |diff| {q_diff:.1e}",
+                  flush=True)  # fmt: skip
             runs = _measure(args, targets)
         finally:
             for proc in procs:

@@ -18,7 +18,8 @@ import argparse
 import asyncio
 import os
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,29 +41,53 @@ class FloorServicer(pb_grpc.InferenceServiceServicer):
 
     def _answer(self, obs: tensor_pb2.Tensor, state: Any) -> tuple[tensor_pb2.Tensor, list[int], Any]:
         """Q-values and actions for ``obs``, and the stream's next ``state`` (None at a stream's start)."""
-        batch = np.frombuffer(obs.data, dtype="<f4").reshape(tuple(obs.shape)).shape[0]
+        batch = _array(obs).shape[0]
         if batch not in self._answers:
-            q = np.zeros((batch, ACTION_DIM), np.float32)
-            tensor = tensor_pb2.Tensor(shape=q.shape, dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=q.tobytes())
-            self._answers[batch] = (tensor, [0] * batch)
+            self._answers[batch] = (_tensor(np.zeros((batch, ACTION_DIM), np.float32)), [0] * batch)
         return (*self._answers[batch], state)
 
-    async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
+    def predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
         q, actions, _ = self._answer(request.observations, None)
         return pb.PredictResponse(model="floor", version=0, actions=actions, q_values=q)
 
+    def started(self, request: pb.StreamEpisodeRequest) -> pb.StreamEpisodeResponse:
+        started = pb.EpisodeStarted(session_id="floor", model="floor", num_envs=request.start.num_envs)
+        started.action_dim = ACTION_DIM
+        return pb.StreamEpisodeResponse(started=started)
+
+    def step(self, request: pb.StreamEpisodeRequest, index: int, state: Any) -> tuple[pb.StreamEpisodeResponse, Any]:
+        q, actions, state = self._answer(request.step.observations, state)
+        result = pb.EpisodeStepResult(step_index=index, actions=actions, q_values=q, model="floor")
+        return pb.StreamEpisodeResponse(step=result), state
+
+    async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
+        return self.predict(request)
+
     async def StreamEpisode(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.StreamEpisodeResponse]:
-        start = (await request_iterator.__anext__()).start
-        yield pb.StreamEpisodeResponse(
-            started=pb.EpisodeStarted(session_id="floor", model="floor", num_envs=start.num_envs, action_dim=ACTION_DIM)
-        )
+        yield self.started(await request_iterator.__anext__())
         index, state = 0, None
         async for request in request_iterator:
-            q, actions, state = self._answer(request.step.observations, state)
-            yield pb.StreamEpisodeResponse(
-                step=pb.EpisodeStepResult(step_index=index, actions=actions, q_values=q, model="floor")
-            )
+            response, state = self.step(request, index, state)
+            yield response
             index += 1
+
+
+class SyncFloor(pb_grpc.InferenceServiceServicer):
+    """The same floor (or floor + forward) on grpcio's thread-pool server instead of grpc.aio: what the other
+    Python gRPC server would cost us (``--sync``)."""
+
+    def __init__(self, floor: FloorServicer) -> None:
+        self._floor = floor
+
+    def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
+        return self._floor.predict(request)
+
+    def StreamEpisode(self, request_iterator: Any, context: Any) -> Iterator[pb.StreamEpisodeResponse]:
+        yield self._floor.started(next(request_iterator))
+        state = None
+        for index, request in enumerate(request_iterator):
+            response, state = self._floor.step(request, index, state)
+            yield response
 
 
 class ComputeFloorServicer(FloorServicer):
@@ -82,15 +107,34 @@ class ComputeFloorServicer(FloorServicer):
         self._model = load_backend(Path(model_path), "cpu", backend, threads=1)
         self._ops = ops_for(self._model)  # the backend's own arrays, as the server's batcher uses them
 
+    def predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        """Hidden state in and out, as our Predict (a recurrent model's (h, c) ``[1, B, H]``; absent = zeros)."""
+        state = None
+        if request.HasField("hidden"):
+            state = tuple(self._ops.from_host(_array(part).copy()) for part in (request.hidden.h, request.hidden.c))
+        q, actions, state = self._answer(request.observations, state)
+        response = pb.PredictResponse(model="floor", version=0, actions=actions, q_values=q)
+        if state is not None:
+            response.hidden.h.CopyFrom(_tensor(self._ops.to_host(state[0])))
+            response.hidden.c.CopyFrom(_tensor(self._ops.to_host(state[1])))
+        return response
+
     def _answer(self, obs: tensor_pb2.Tensor, state: Any) -> tuple[tensor_pb2.Tensor, list[int], Any]:
-        array = np.frombuffer(obs.data, dtype="<f4").reshape(tuple(obs.shape))
+        array = _array(obs)
         if state is None and self._model.is_recurrent:
             shape = (1, array.shape[0], self._model.hidden_dim or 0)
             state = (self._ops.zeros(shape), self._ops.zeros(shape))
         q, state = self._model.forward(self._ops.from_host(array.copy()), state)
         q_np = self._ops.to_host(q)
-        tensor = tensor_pb2.Tensor(shape=q_np.shape, dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=q_np.tobytes())
-        return tensor, q_np.argmax(axis=1).tolist(), state
+        return _tensor(q_np), q_np.argmax(axis=1).tolist(), state
+
+
+def _tensor(array: np.ndarray) -> tensor_pb2.Tensor:
+    return tensor_pb2.Tensor(shape=array.shape, dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=array.tobytes())
+
+
+def _array(tensor: tensor_pb2.Tensor) -> np.ndarray:
+    return np.frombuffer(tensor.data, dtype="<f4").reshape(tuple(tensor.shape))
 
 
 async def serve_floor(compute: str | None = None) -> None:
@@ -103,6 +147,18 @@ async def serve_floor(compute: str | None = None) -> None:
     await server.start()
     print(f"READY 127.0.0.1:{port}", flush=True)
     await server.wait_for_termination()
+
+
+def serve_sync_floor(compute: str | None = None, threads: int = 128) -> None:
+    """`serve_floor` on grpcio's thread-pool server (one thread per open stream: ``threads`` bounds them)."""
+    server = grpc.server(ThreadPoolExecutor(threads))
+    pb_grpc.add_InferenceServiceServicer_to_server(
+        SyncFloor(FloorServicer() if compute is None else ComputeFloorServicer(compute)), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"READY 127.0.0.1:{port}", flush=True)
+    server.wait_for_termination()
 
 
 def spawn_ready(cmd: list[str], cwd: Path | None = None) -> tuple[subprocess.Popen[str], str]:
@@ -120,4 +176,9 @@ def spawn_ready(cmd: list[str], cwd: Path | None = None) -> tuple[subprocess.Pop
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="The bare-gRPC floor on a free loopback port; prints READY host:port.")
     parser.add_argument("--compute", metavar="MODEL", help="also run this model's forward inline per request")
-    asyncio.run(serve_floor(parser.parse_args().compute))
+    parser.add_argument("--sync", action="store_true", help="grpcio's thread-pool server instead of grpc.aio")
+    cli = parser.parse_args()
+    if cli.sync:
+        serve_sync_floor(cli.compute)
+    else:
+        asyncio.run(serve_floor(cli.compute))

@@ -5,8 +5,10 @@
     python bench/peer_client.py rollout TARGET --obs OBS.npy [--steps 50] --out Q.npy
 
 TARGET is ``hamlet-stream@HOST:PORT`` (``StreamEpisode``, 1 env, LSTM state on the server), ``hamlet-predict@
-HOST:PORT`` (unary ``Predict``, (h, c) sent and returned) or ``http@HOST:PORT`` (the FastAPI peer's raw float32
-``POST /step``, (h, c) in the body). The stateless targets feed the returned state into the next step. A port
+HOST:PORT`` (unary ``Predict``, (h, c) sent and returned), ``http@HOST:PORT`` (the FastAPI peer's raw float32
+``POST /step``, (h, c) in the body) or ``tcp@HOST:PORT`` (the same body in length-prefixed frames to
+``bench/floor_tcp.py``; one connection per client).
+The stateless targets feed the returned state into the next step. A port
 of ``../shared/bench/peers/peerbench.py`` (same messages, same loops) so that this repository's bench measures
 what the shared harness measures; each run prints one JSON line.
 """
@@ -18,6 +20,8 @@ import asyncio
 import http.client
 import json
 import queue
+import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,11 +33,12 @@ from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_client.proto import inference_service_pb2_grpc as pb_grpc
 from hamlet_client.proto import tensor_pb2
 
-__all__ = ["KINDS", "parse_target"]
+__all__ = ["FRAME", "KINDS", "parse_target", "read_frame"]
 
-KINDS = ("hamlet-stream", "hamlet-predict", "http")
+KINDS = ("hamlet-stream", "hamlet-predict", "http", "tcp")
 MODEL, HIDDEN, ACTIONS = "townlet-L2-lstm", 256, 6
 _F32 = tensor_pb2.DATA_TYPE_FLOAT32
+FRAME = struct.Struct("<I")  # tcp@: each request and answer is a 4-byte little-endian length, then the bytes
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -59,6 +64,23 @@ def _predict_request(obs: np.ndarray, h: np.ndarray, c: np.ndarray) -> pb.Predic
     )
 
 
+def read_frame(sock: socket.socket) -> bytes:
+    """One length-prefixed frame from a blocking socket (tcp@)."""
+    head = _read_exactly(sock, FRAME.size)
+    return _read_exactly(sock, FRAME.unpack(head)[0])
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    parts, left = [], size
+    while left:
+        part = sock.recv(left)
+        if not part:
+            raise ConnectionError(f"the framed-TCP server closed the connection with {left} of {size} bytes unread")
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
 def _split_raw(body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The peer's answer -> q ``[1, A]``, h ``[1, H]``, c ``[1, H]``."""
     flat = np.frombuffer(body, dtype="<f4")
@@ -72,9 +94,13 @@ class _SyncStepper:
     def __init__(self, kind: str, addr: str) -> None:
         self.kind = kind
         self._h = self._c = np.zeros((1, HIDDEN), np.float32)
-        if kind == "http":
+        if kind in ("http", "tcp"):
             host, port = addr.rsplit(":", 1)
-            self._conn = http.client.HTTPConnection(host, int(port))
+            if kind == "http":
+                self._conn = http.client.HTTPConnection(host, int(port))
+            else:
+                self._sock = socket.create_connection((host, int(port)))
+                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return
         self._channel = grpc.insecure_channel(addr)
         self._stub = pb_grpc.InferenceServiceStub(self._channel)
@@ -104,13 +130,17 @@ class _SyncStepper:
             self._h, self._c = _array(answer.hidden.h)[0], _array(answer.hidden.c)[0]
             return _array(answer.q_values)
         body = obs.tobytes() + self._h.tobytes() + self._c.tobytes()
+        if self.kind == "tcp":
+            self._sock.sendall(FRAME.pack(len(body)) + body)
+            q, self._h, self._c = _split_raw(read_frame(self._sock))
+            return q
         self._conn.request("POST", "/step", body=body, headers={"Content-Type": "application/octet-stream"})
         q, self._h, self._c = _split_raw(self._conn.getresponse().read())
         return q
 
     def close(self) -> None:
-        if self.kind == "http":
-            self._conn.close()
+        if self.kind in ("http", "tcp"):
+            (self._conn if self.kind == "http" else self._sock).close()
             return
         if self.kind == "hamlet-stream":
             self._requests.put(None)
@@ -157,6 +187,9 @@ async def _client_loop(kind: str, conn: Any, obs_set: np.ndarray, offset: int, s
         call = conn.StreamEpisode()
         await call.write(pb.StreamEpisodeRequest(start=pb.EpisodeStart(model=MODEL, num_envs=1)))
         await call.read()
+    elif kind == "tcp":
+        host, port = conn.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
     while not stop.is_set():
         obs, start = obs_set[i % n : i % n + 1], time.perf_counter()
         if kind == "hamlet-stream":
@@ -167,6 +200,11 @@ async def _client_loop(kind: str, conn: Any, obs_set: np.ndarray, offset: int, s
         elif kind == "hamlet-predict":
             answer = await conn.Predict(_predict_request(obs, h, c), timeout=60)
             h, c = _array(answer.hidden.h)[0], _array(answer.hidden.c)[0]
+        elif kind == "tcp":
+            body = obs.tobytes() + h.tobytes() + c.tobytes()
+            writer.write(FRAME.pack(len(body)) + body)
+            (length,) = FRAME.unpack(await reader.readexactly(FRAME.size))
+            _, h, c = _split_raw(await reader.readexactly(length))
         else:
             body = obs.tobytes() + h.tobytes() + c.tobytes()
             async with conn[0].post(conn[1], data=body, headers={"Content-Type": "application/octet-stream"}) as r:
@@ -177,6 +215,8 @@ async def _client_loop(kind: str, conn: Any, obs_set: np.ndarray, offset: int, s
         await call.done_writing()
         while await call.read() is not grpc.aio.EOF:
             pass
+    elif kind == "tcp":
+        writer.close()
 
 
 async def measure_tput(
@@ -195,6 +235,8 @@ async def measure_tput(
 
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients + 8))
         conn: Any = (session, f"http://{addr}/step")
+    elif kind == "tcp":
+        conn = addr  # each client opens its own connection
     else:
         channel = grpc.aio.insecure_channel(addr)
         conn = pb_grpc.InferenceServiceStub(channel)
@@ -207,7 +249,10 @@ async def measure_tput(
     cpu = time.process_time() - cpu
     stop.set()
     await asyncio.gather(*tasks)
-    await (session.close() if kind == "http" else channel.close())
+    if kind == "http":
+        await session.close()
+    elif kind != "tcp":
+        await channel.close()
     us = np.asarray(times) * 1e6
     p50 = float(np.percentile(us, 50)) if len(us) else None
     return {"mode": "tput", "target": target, "clients": clients, "steps_per_s": len(times) / duration,
@@ -217,7 +262,7 @@ async def measure_tput(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["latency", "tput", "rollout"])
-    parser.add_argument("target", help="hamlet-stream@HOST:PORT, hamlet-predict@HOST:PORT or http@HOST:PORT")
+    parser.add_argument("target", help="KIND@HOST:PORT, KIND one of " + ", ".join(KINDS))
     parser.add_argument("--obs", required=True, help=".npy float32 [N, obs_dim]: the fixed observations")
     parser.add_argument("--warmup", type=float, default=None, help="latency: requests (200); tput: seconds (1)")
     parser.add_argument("--n", type=int, default=1000, help="latency: requests measured (default 1000)")

@@ -30,6 +30,7 @@ open files) and `python_*` (GC, interpreter) collectors.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -58,6 +59,7 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._batch_children: dict[str, tuple[Any, Any, Any]] = {}
         r = self.registry
         for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_*
             r.register(standard)
@@ -100,9 +102,14 @@ class ServerMetrics:
 
     def observe_batch(self, model: str, stats: BatchStats) -> None:
         """One forward of ``model``'s batcher: its rows, its time, and the longest wait of a request before it."""
-        self.batch_size.labels(model).observe(stats.rows)
-        self.forward_time.labels(model).observe(stats.forward_seconds)
-        self.queue_time.labels(model).observe(stats.longest_wait_seconds)
+        children = self._batch_children.get(model)
+        if children is None:  # looked up once per model: labels() costs ~3 us a call on the forward path
+            children = (self.batch_size.labels(model), self.forward_time.labels(model), self.queue_time.labels(model))
+            self._batch_children[model] = children
+        rows, forward, queue = children
+        rows.observe(stats.rows)
+        forward.observe(stats.forward_seconds)
+        queue.observe(stats.longest_wait_seconds)
 
     def bind_limits(
         self, inflight: Callable[[], float], unstarted: Callable[[], float], watchers: Callable[[], float]

@@ -76,7 +76,7 @@ def test_report_prints_figures_ratios_and_goal_rows() -> None:
 
 def test_targets_name_a_known_kind() -> None:
     assert parse_target("http@127.0.0.1:8000") == ("http", "127.0.0.1:8000")
-    with pytest.raises(ValueError, match="KIND one of hamlet-stream, hamlet-predict, http, got 'grpc@x:1'"):
+    with pytest.raises(ValueError, match="KIND one of hamlet-stream, hamlet-predict, http, tcp, got 'grpc@x:1'"):
         parse_target("grpc@x:1")
 
 
@@ -115,11 +115,11 @@ def peer_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
 
     model = HamletModel.load(DEMO_L2)
     onnx = model.export_to_onnx(tmp_path_factory.mktemp("peer") / "l2.onnx", verify=True)
-    return model, RawStepModel(onnx)
+    return model, RawStepModel(onnx), onnx
 
 
 def test_peer_steps_raw_bytes_like_the_model(peer_model) -> None:  # type: ignore[no-untyped-def]
-    model, peer = peer_model
+    model, peer, _ = peer_model
     rng = np.random.default_rng(1)
     obs = rng.random((3, 54), dtype=np.float32)
     h, c = rng.standard_normal((2, 3, 256), dtype=np.float32)
@@ -137,7 +137,7 @@ def test_peer_app_answers_steps_and_refuses_a_ragged_body(peer_model) -> None:  
     from fastapi.testclient import TestClient
     from peer_fastapi import build_app
 
-    _, peer = peer_model
+    _, peer, _ = peer_model
     body = np.zeros(54 + 512, np.float32).tobytes()
     with TestClient(build_app(peer)) as client:
         answer = client.post("/step", content=body)
@@ -147,8 +147,39 @@ def test_peer_app_answers_steps_and_refuses_a_ragged_body(peer_model) -> None:  
         assert bad.text == "expected a multiple of 566 float32 values (obs + h + c per row), got 565"
 
 
+def test_the_framed_tcp_floor_answers_what_the_peer_answers_even_in_pieces(peer_model) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    from floor import spawn_ready
+    from peer_client import FRAME, read_frame
+
+    _, peer, onnx = peer_model
+    proc, addr = spawn_ready([sys.executable, str(ROOT / "bench" / "floor_tcp.py"), "--onnx", str(onnx)])
+    try:
+        host, port = addr.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            rng = np.random.default_rng(2)
+            bodies = [rng.random(54 + 512, dtype=np.float32).tobytes() for _ in range(3)]
+            frames = b"".join(FRAME.pack(len(body)) + body for body in bodies)
+            sock.sendall(frames[:7])  # a frame split mid-header, then two and a half frames at once
+            sock.sendall(frames[7:])
+            assert [read_frame(sock) for _ in bodies] == [peer.step(body) for body in bodies]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_the_report_says_what_the_floors_cost() -> None:
+    figures = {**FIGURES, "floor-stream": Figures(400.0, 5000.0), "floor-tcp": Figures(200.0, 8000.0)}
+    report = format_report(figures)
+    assert "Hamlet StreamEpisode   our own work    50 us; the floor + forward alone is 0.80x FastAPI's p50" in report
+    assert report.endswith("(no HTTP, no gRPC) is 0.40x FastAPI's p50")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["bench_peers.py", "peer_client.py", "peer_fastapi.py", "profile_stream_step.py"])
+@pytest.mark.parametrize(
+    "script", ["bench_peers.py", "peer_client.py", "peer_fastapi.py", "profile_stream_step.py", "floor_tcp.py"]
+)
 def test_help_works(script: str) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True,
                           timeout=120)  # fmt: skip
