@@ -18,7 +18,8 @@ over FastAPI). The client shares the box's cores with the servers, as in ../shar
 assertions.
 
 Optional targets, measured in the same rounds:
-- `--baseline-args "--lone-fast-path false"`: a second server of ours with those flags (before/after in one run);
+- `--baseline-args "--forward-thread true"`: a second server of ours with those flags, so that a setting and
+  its baseline are measured in the same rounds;
 - `--sync-floor`: the floor + forward on grpcio's thread-pool server instead of grpc.aio;
 - `--tcp-floor`: FastAPI's own model code on length-prefixed frames over plain TCP (bench/floor_tcp.py), i.e.
   what a step costs with neither HTTP nor gRPC carrying it.
@@ -223,7 +224,7 @@ def _start_servers(
             "floor-sync-stream": f"hamlet-stream@{sync_addr}",
             "floor-sync-predict": f"hamlet-predict@{sync_addr}",
         }
-    if baseline_args is not None:  # a second server of ours, e.g. with the fast path off: before/after in one run
+    if baseline_args is not None:  # a second server of ours with other flags: both in the same rounds
         base_addr = serve(*baseline_args)
         targets |= {"base-stream": f"hamlet-stream@{base_addr}", "base-predict": f"hamlet-predict@{base_addr}"}
     if tcp_floor:
@@ -255,10 +256,10 @@ def main() -> int:
     )
     ap.add_argument(
         "--baseline-args",
-        help='also a second server of ours with these flags, measured beside the first, e.g. "--lone-fast-path false"',
+        help='also a second server of ours with these flags, measured beside the first, e.g. "--forward-thread true"',
     )
     ap.add_argument("--server-args", default="",
-                    help='more `hamlet-server serve` flags, e.g. "--lone-fast-path false"')  # fmt: skip
+                    help='more `hamlet-server serve` flags, e.g. "--max-delay-us 200"')  # fmt: skip
     ap.add_argument("--json", type=Path, help="also write every run, the medians and the ratios here")
     args = ap.parse_args()
     if args.rounds < 1 or args.duration <= 0 or args.n < 1 or args.clients < 1:

@@ -13,12 +13,6 @@ backend's array kind once (`hamlet_server.array_ops`: numpy for onnxruntime, tor
 Q-values come back to the host once. Exploration draws with the item's generator, of the backend's kind.
 Items are never split; one larger than `max_batch` runs alone. While a forward runs, new work queues up
 and forms the next batch.
-
-A lone caller skips the queue: when the owner's `lone()` hint says nobody else uses this model version (one
-stream, or one Predict in flight), nothing is queued or running and no `max_delay` asks to wait for company,
-`submit` runs the forward at once, in the caller's task, and returns its result: no flush callback, no future,
-two event-loop iterations less per step (docs/PERFORMANCE.md, issue 25). It is the same `_forward` as a batch of one, so every rule holds on both paths;
-the hint only decides when, never what. With many callers the hint is false and work batches as above.
 """
 
 from __future__ import annotations
@@ -94,10 +88,8 @@ class StepBatcher:
         max_delay_us: int = 0,
         inline_rows: int = 0,
         on_batch: Callable[[BatchStats], None] | None = None,
-        lone: Callable[[], bool] | None = None,
     ) -> None:
         self.model = model
-        self.lone = lone  # True when no other caller uses this batcher (None: never take the fast path)
         self.inline_rows = inline_rows
         self.max_batch = max_batch
         self.max_delay = max_delay_us / 1e6
@@ -115,7 +107,6 @@ class StepBatcher:
         self._net_forward = model.forward  # HamletModel.forward adds no guard of its own under inference_mode
         self.batches = 0
         self.rows = 0
-        self.alone = 0  # forwards run at once for a lone caller (part of `batches`)
         self._compact_later: Callable[[], int] | None = None  # a shrink waiting for the forward in flight
 
     def start(self) -> None:
@@ -127,8 +118,6 @@ class StepBatcher:
         """Queue `item` and wait for its rows of the batched forward."""
         if self._closed or self._loop is None:
             raise RuntimeError("batcher is not running")
-        if self._alone(item):
-            return self._run_alone(item)
         item.future = self._loop.create_future()
         item.queued_at = time.perf_counter()
         self._pending.append(item)
@@ -168,28 +157,6 @@ class StepBatcher:
     @property
     def mean_batch(self) -> float:
         return self.rows / self.batches if self.batches else 0.0
-
-    def _alone(self, item: WorkItem) -> bool:
-        """Nothing queued or running, no wait for company asked (max_delay), a forward this loop may run itself,
-        and the owner says nobody else is here."""
-        idle = not self._busy and not self._pending and self._scheduled is None and not self.max_delay
-        inline = self._executor is None or item.rows <= self.inline_rows
-        wanted = not item.is_cancelled()  # a gone caller's item queues, to be skipped there as always
-        return idle and inline and wanted and self.lone is not None and self.lone()
-
-    def _run_alone(self, item: WorkItem) -> BatchResult:
-        """The lone caller's forward, run now in its own task: the batch of one that `_flush` would have run."""
-        item.queued_at = time.perf_counter()
-        self._busy = True
-        try:
-            result = self._forward([item])[0]
-        except Exception as exc:
-            log.error("forward of a lone item failed: %r", exc, exc_info=exc)
-            raise
-        finally:
-            self._idle()
-        self.alone += 1
-        return result
 
     def _schedule(self) -> None:
         """Arrange one flush: right after the callbacks already due (so that every handler woken in this
@@ -254,7 +221,10 @@ class StepBatcher:
 
     def _finish(self, batch: list[WorkItem], results: list[BatchResult] | None, error: BaseException | None) -> None:
         """Hand each item its result (or the batch's error; neither: cancelled), then schedule the next."""
-        self._idle()
+        self._busy = False
+        if self._compact_later is not None:
+            rows_in_use, self._compact_later = self._compact_later, None
+            self.compact(rows_in_use)
         if error is not None:
             log.error("forward of a batch of %d items failed: %r", len(batch), error, exc_info=error)
         for i, item in enumerate(batch):
@@ -267,13 +237,6 @@ class StepBatcher:
             else:
                 item.future.cancel()
         self._schedule()
-
-    def _idle(self) -> None:
-        """After a forward: run the shrink that waited for it."""
-        self._busy = False
-        if self._compact_later is not None:
-            rows_in_use, self._compact_later = self._compact_later, None
-            self.compact(rows_in_use)
 
     def _forward(self, batch: list[WorkItem]) -> list[BatchResult]:
         """Runs on the worker thread (or inline): one gather, one forward, one scatter, one copy of the

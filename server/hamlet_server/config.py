@@ -128,12 +128,6 @@ class ServerConfig:
         "batches of at most this many rows run on the event loop even with --forward-thread: skips the thread "
         "hop that dominates a lone stream's latency (0: always use the worker thread)",
     )
-    lone_fast_path: bool = _opt(
-        True,
-        "a caller alone on its model version (one stream, or one Predict; nothing queued; --max-delay-us 0) runs "
-        "its forward at once instead of through the batcher's queue: two event-loop iterations less per step; "
-        "work batches as before as soon as a second caller uses the version (false: always queue)",
-    )
     poll_interval: float = _opt(2.0, "seconds between scans of the model repository (0 disables hot reload)")
     metrics_port: int = _opt(9464, "Prometheus /metrics port (0 disables)")
     metrics_host: str = _opt(

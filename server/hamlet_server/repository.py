@@ -193,7 +193,6 @@ class ModelRepository:
         max_batch: int = 256,
         max_delay_us: int = 0,
         inline_rows: int = 0,
-        lone_fast_path: bool = True,
         default_model: str = "",
         prefer_onnx: bool = False,
         loader: Callable[[Path, str], Backend] = _default_loader,
@@ -206,7 +205,6 @@ class ModelRepository:
         self._max_batch = max_batch
         self._max_delay_us = max_delay_us
         self._inline_rows = inline_rows
-        self._lone_fast_path = lone_fast_path
         self._default_model = default_model
         self._prefer_onnx = prefer_onnx
         self._loader = loader
@@ -412,8 +410,6 @@ class ModelRepository:
             on_batch=on_batch,
         )
         served = ServedModel(loaded.file, loaded.model, batcher)
-        if self._lone_fast_path:  # its only user is the caller itself: a started stream or a Predict holds a ref
-            batcher.lone = lambda: served.refs <= 1
         old = self._loaded.get(key)
         if old is not None:
             log.info("model %r version %d: file changed, reloaded; running streams keep the old copy", *key)

@@ -111,7 +111,6 @@ class HamletServer:
         self.repository = ModelRepository(
             config.models, self.device, self._executor if config.forward_thread else None,
             max_batch=config.max_batch, max_delay_us=config.max_delay_us, inline_rows=config.inline_rows,
-            lone_fast_path=config.lone_fast_path,
             default_model=config.default_model, prefer_onnx=self.backend == "onnx",
             loader=functools.partial(load_backend, backend=self.backend, threads=config.threads),
             on_batch=self.metrics.observe_batch,

@@ -295,10 +295,9 @@ NEEDS_ONNX = pytest.mark.skipif(not ONNX, reason="no onnx")
 
 async def _run_schedule(
     models: dict[str, Any], references: dict[str, HamletModel], seed: int, *, threaded: bool, max_batch: int,
-    inline_rows: int, onnx: bool, lone: bool = False,
+    inline_rows: int, onnx: bool,
 ) -> tuple[_Schedule, list[int]]:  # fmt: skip
     torch.manual_seed(seed)
-    hint = random.Random(seed)  # the lone hint at random: both paths, for every kind of item
     executor = ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,)) if threaded else None
     sizes: list[int] = []
     batchers = {
@@ -308,7 +307,6 @@ async def _run_schedule(
             max_batch=max_batch,
             inline_rows=inline_rows,
             on_batch=lambda stats: sizes.append(stats.rows),
-            lone=(lambda: hint.random() < 0.5) if lone else None,
         )
         for name, model in models.items()
     }
@@ -324,26 +322,19 @@ async def _run_schedule(
             await batcher.close()
         if executor is not None:
             executor.shutdown()
-    if lone:
-        assert sum(batcher.alone for batcher in batchers.values()) > 0  # the fast path really ran
-    else:
-        assert all(batcher.alone == 0 for batcher in batchers.values())
     return schedule, sizes
 
 
 @pytest.mark.parametrize(
-    ("backend", "kind", "threaded", "max_batch", "inline_rows", "lone"),
+    ("backend", "kind", "threaded", "max_batch", "inline_rows"),
     [
-        ("torch", "torch", False, 256, 0, False),  # every forward inline on the loop (the CPU default)
-        ("torch", "torch", True, 256, 0, False),  # every forward on the worker thread
-        ("torch", "torch", True, 5, 4, False),  # batches split at 5 rows; small ones inline, larger ones on the thread
-        ("torch", "torch", False, 256, 0, True),  # the lone caller's fast path taken at random, inline
-        ("torch", "torch", True, 5, 4, True),  # ... and with a worker thread (only items of <= 4 rows run alone)
-        pytest.param("onnx", "numpy", False, 256, 0, False, marks=NEEDS_ONNX),
-        pytest.param("onnx", "numpy", True, 3, 0, False, marks=NEEDS_ONNX),
-        pytest.param("onnx", "numpy", False, 256, 0, True, marks=NEEDS_ONNX),
-        pytest.param("onnx-on-torch", "torch", False, 256, 0, False, marks=NEEDS_ONNX),
-        pytest.param("onnx-on-torch", "torch", True, 3, 0, False, marks=NEEDS_ONNX),
+        ("torch", "torch", False, 256, 0),  # every forward inline on the loop (the CPU default)
+        ("torch", "torch", True, 256, 0),  # every forward on the worker thread
+        ("torch", "torch", True, 5, 4),  # batches split at 5 rows; small ones inline, larger ones on the thread
+        pytest.param("onnx", "numpy", False, 256, 0, marks=NEEDS_ONNX),
+        pytest.param("onnx", "numpy", True, 3, 0, marks=NEEDS_ONNX),
+        pytest.param("onnx-on-torch", "torch", False, 256, 0, marks=NEEDS_ONNX),
+        pytest.param("onnx-on-torch", "torch", True, 3, 0, marks=NEEDS_ONNX),
     ],
 )
 @pytest.mark.parametrize("seed", range(4))
@@ -355,14 +346,13 @@ async def test_every_mix_matches_the_reference_path(
     threaded: bool,
     max_batch: int,
     inline_rows: int,
-    lone: bool,
     seed: int,
 ) -> None:
     models = backends[backend]
     assert {ops_for(model).kind for model in models.values()} == {kind}
     schedule, sizes = await _run_schedule(
         models, references, seed, threaded=threaded, max_batch=max_batch, inline_rows=inline_rows,
-        onnx=backend.startswith("onnx"), lone=lone,
+        onnx=backend.startswith("onnx"),
     )  # fmt: skip
     assert schedule.checked == schedule.items > ROUNDS * 4
     assert max(sizes) > 1 and len(sizes) < schedule.items  # items really shared forwards
