@@ -147,6 +147,7 @@ def test_peer_app_answers_steps_and_refuses_a_ragged_body(peer_model) -> None:  
         assert bad.text == "expected a multiple of 566 float32 values (obs + h + c per row), got 565"
 
 
+@pytest.mark.slow
 def test_the_framed_tcp_floor_answers_what_the_peer_answers_even_in_pieces(peer_model) -> None:  # type: ignore[no-untyped-def]
     import socket
 
