@@ -1,7 +1,7 @@
 """Hamlet's stream and Predict beside a plain FastAPI endpoint, in one run (issue 25's `make bench` row).
 
     python bench/bench_peers.py [--rounds 3] [--duration 3] [--n 1000] [--clients 64] [--json OUT.json]
-        [--baseline-args FLAGS] [--sync-floor] [--tcp-floor] [--server-args FLAGS] [--no-floor]
+        [--baseline-args FLAGS] [--sync-floor] [--tcp-floor] [--tcp-lane] [--server-args FLAGS] [--no-floor]
 
 Exports the L2 demo model (models/townlet-L2-lstm) to ONNX and starts, on loopback, `hamlet-server serve` on
 it (onnx backend) and the FastAPI peer (bench/peer_fastapi.py: FastAPI + uvicorn, raw float32 bytes in and
@@ -22,7 +22,9 @@ Optional targets, measured in the same rounds:
   its baseline are measured in the same rounds;
 - `--sync-floor`: the floor + forward on grpcio's thread-pool server instead of grpc.aio;
 - `--tcp-floor`: FastAPI's own model code on length-prefixed frames over plain TCP (bench/floor_tcp.py), i.e.
-  what a step costs with neither HTTP nor gRPC carrying it.
+  what a step costs with neither HTTP nor gRPC carrying it;
+- `--tcp-lane`: our own server (same flags) with the same hamlet.v1 messages in frames over plain TCP handed to
+  its servicer (bench/lane_tcp.py), i.e. what a step of ours costs with gRPC taken out of the way.
 `--server-args` passes more flags to the first server.
 """
 
@@ -54,7 +56,7 @@ __all__ = ["GOALS", "TARGETS", "Figures", "format_report", "goal_rows", "medians
 MODEL = "townlet-L2-lstm"
 PEER = "fastapi"
 TARGETS = ("hamlet-stream", "hamlet-predict", PEER, "floor-stream", "floor-predict", "floor-sync-stream",
-           "floor-sync-predict", "floor-tcp", "base-stream", "base-predict")  # fmt: skip
+           "floor-sync-predict", "floor-tcp", "lane-stream", "lane-predict", "base-stream", "base-predict")  # fmt: skip
 _LABELS = {
     "hamlet-stream": "Hamlet StreamEpisode",
     "hamlet-predict": "Hamlet Predict",
@@ -64,6 +66,8 @@ _LABELS = {
     "floor-sync-stream": "sync floor+fwd stream",
     "floor-sync-predict": "sync floor+fwd Predict",
     "floor-tcp": "framed TCP + forward",
+    "lane-stream": "ours on framed TCP, stream",
+    "lane-predict": "ours on framed TCP, Predict",
     "base-stream": "Stream, baseline",
     "base-predict": "Predict, baseline",
 }
@@ -145,6 +149,13 @@ def format_report(figures: dict[str, Figures]) -> str:
     if "floor-tcp" in figures:
         lines.append(f"  FastAPI's model on length-prefixed frames over plain TCP (no HTTP, no gRPC) is "
                      f"{rel['floor-tcp'].p50_us:.2f}x FastAPI's p50")  # fmt: skip
+    for key in ("lane-stream", "lane-predict"):
+        if key in figures:
+            own = ""
+            if "floor-tcp" in figures:
+                own = f" (our own work {figures[key].p50_us - figures['floor-tcp'].p50_us:.0f} us)"
+            lines.append(f"  {_LABELS[key]} (our servicer, same messages on those frames) is {rel[key].p50_us:.2f}x "
+                         f"FastAPI's p50{own} and {rel[key].steps_per_s:.2f}x its steps/s")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -187,6 +198,7 @@ def _start_servers(
     floor: bool,
     sync_floor: bool,
     tcp_floor: bool,
+    tcp_lane: bool,
     server_args: list[str],
     baseline_args: list[str] | None,
 ) -> tuple[list[subprocess.Popen[str]], dict[str, str]]:
@@ -200,11 +212,11 @@ def _start_servers(
     peer, peer_addr = spawn_ready([sys.executable, str(BENCH / "peer_fastapi.py"), "--onnx", str(onnx)])
     procs.append(peer)
 
-    def serve(*flags: str) -> str:
+    def serve(*flags: str, command: tuple[str, ...] = ("-m", "hamlet_server.cli", "serve")) -> str:
         # the clients open their streams at once: more than the default 32 can be open before the loop reads
         # their starts (RESOURCE_EXHAUSTED)
-        hamlet, addr = spawn_ready([sys.executable, "-m", "hamlet_server.cli", "serve", "--models",
-                                    str(work / "models"), "--port", "0", "--backend", "onnx", "--poll-interval", "0",
+        hamlet, addr = spawn_ready([sys.executable, *command, "--models", str(work / "models"), "--port", "0",
+                                    "--backend", "onnx", "--poll-interval", "0",
                                     "--metrics-port", str(free_port()), "--log-level", "WARNING",
                                     "--max-unstarted", str(max(32, 2 * clients)), *flags])  # fmt: skip
         procs.append(hamlet)
@@ -231,6 +243,9 @@ def _start_servers(
         tcp, tcp_addr = spawn_ready([sys.executable, str(BENCH / "floor_tcp.py"), "--onnx", str(onnx)])
         procs.append(tcp)
         targets["floor-tcp"] = f"tcp@{tcp_addr}"
+    if tcp_lane:  # our servicer behind frames instead of gRPC: prints READY with the lane's address
+        lane_addr = serve(*server_args, command=(str(BENCH / "lane_tcp.py"),))
+        targets |= {"lane-stream": f"lane-stream@{lane_addr}", "lane-predict": f"lane-predict@{lane_addr}"}
     return procs, targets
 
 
@@ -255,6 +270,11 @@ def main() -> int:
         help="also the FastAPI peer's model on length-prefixed frames over plain TCP (bench/floor_tcp.py)",
     )
     ap.add_argument(
+        "--tcp-lane",
+        action="store_true",
+        help="also our own server with the same messages in frames over plain TCP (bench/lane_tcp.py)",
+    )
+    ap.add_argument(
         "--baseline-args",
         help='also a second server of ours with these flags, measured beside the first, e.g. "--forward-thread true"',
     )
@@ -271,7 +291,7 @@ def main() -> int:
         extra = shlex.split(args.server_args)
         base = None if args.baseline_args is None else shlex.split(args.baseline_args)
         procs, targets = _start_servers(work, args.clients, floor=not args.no_floor, sync_floor=args.sync_floor,
-                                        tcp_floor=args.tcp_floor,
+                                        tcp_floor=args.tcp_floor, tcp_lane=args.tcp_lane,
                                         server_args=extra, baseline_args=base)  # fmt: skip
         try:
             print(f"{MODEL}, onnxruntime 1 thread; {args.rounds} rounds; b1: {args.n} requests; "

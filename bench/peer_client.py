@@ -7,7 +7,9 @@
 TARGET is ``hamlet-stream@HOST:PORT`` (``StreamEpisode``, 1 env, LSTM state on the server), ``hamlet-predict@
 HOST:PORT`` (unary ``Predict``, (h, c) sent and returned), ``http@HOST:PORT`` (the FastAPI peer's raw float32
 ``POST /step``, (h, c) in the body) or ``tcp@HOST:PORT`` (the same body in length-prefixed frames to
-``bench/floor_tcp.py``; one connection per client).
+``bench/floor_tcp.py``; one connection per client), or ``lane-stream@`` / ``lane-predict@HOST:PORT`` (the
+same hamlet.v1 messages as the two Hamlet targets, in tagged frames to ``bench/lane_tcp.py``: our servicer
+without gRPC).
 The stateless targets feed the returned state into the next step. A port
 of ``../shared/bench/peers/peerbench.py`` (same messages, same loops) so that this repository's bench measures
 what the shared harness measures; each run prints one JSON line.
@@ -35,10 +37,11 @@ from hamlet_client.proto import tensor_pb2
 
 __all__ = ["FRAME", "KINDS", "parse_target", "read_frame"]
 
-KINDS = ("hamlet-stream", "hamlet-predict", "http", "tcp")
+KINDS = ("hamlet-stream", "hamlet-predict", "http", "tcp", "lane-stream", "lane-predict")
 MODEL, HIDDEN, ACTIONS = "townlet-L2-lstm", 256, 6
 _F32 = tensor_pb2.DATA_TYPE_FLOAT32
 FRAME = struct.Struct("<I")  # tcp@: each request and answer is a 4-byte little-endian length, then the bytes
+_LANE_TAG = {"lane-stream": b"S", "lane-predict": b"P"}  # lane@: the length counts a tag byte, then the message
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -81,6 +84,20 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return b"".join(parts)
 
 
+def _lane_frame(kind: str, message: Any) -> bytes:
+    body = _LANE_TAG[kind] + message.SerializeToString()
+    return FRAME.pack(len(body)) + body
+
+
+def _lane_answer(kind: str, frame: bytes) -> Any:
+    """A lane's answer frame (tag + message) -> the StreamEpisodeResponse or PredictResponse; an ``E`` frame
+    (the call ended with a status) raises with its code and message."""
+    if frame[:1] == b"E":
+        raise RuntimeError(f"the lane answered status {frame[1]}: {frame[2:].decode(errors='replace')}")
+    answer_type = pb.StreamEpisodeResponse if kind == "lane-stream" else pb.PredictResponse
+    return answer_type.FromString(frame[1:])
+
+
 def _split_raw(body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The peer's answer -> q ``[1, A]``, h ``[1, H]``, c ``[1, H]``."""
     flat = np.frombuffer(body, dtype="<f4")
@@ -94,13 +111,19 @@ class _SyncStepper:
     def __init__(self, kind: str, addr: str) -> None:
         self.kind = kind
         self._h = self._c = np.zeros((1, HIDDEN), np.float32)
-        if kind in ("http", "tcp"):
+        if kind in ("http", "tcp", "lane-stream", "lane-predict"):
             host, port = addr.rsplit(":", 1)
             if kind == "http":
                 self._conn = http.client.HTTPConnection(host, int(port))
             else:
                 self._sock = socket.create_connection((host, int(port)))
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if kind == "lane-stream":
+                start = pb.StreamEpisodeRequest(start=pb.EpisodeStart(model=MODEL, num_envs=1))
+                self._sock.sendall(_lane_frame(kind, start))
+                if not _lane_answer(kind, read_frame(self._sock)).HasField("started"):
+                    raise RuntimeError(f"{addr}: the lane did not answer its EpisodeStart with EpisodeStarted")
+            self._reset_next = False
             return
         self._channel = grpc.insecure_channel(addr)
         self._stub = pb_grpc.InferenceServiceStub(self._channel)
@@ -120,13 +143,21 @@ class _SyncStepper:
 
     def step(self, obs: np.ndarray) -> np.ndarray:
         """obs ``[1, obs_dim]`` -> Q-values ``[1, A]``."""
-        if self.kind == "hamlet-stream":
+        if self.kind in ("hamlet-stream", "lane-stream"):
             step = pb.EpisodeStep(observations=_tensor(obs), reset=[True] if self._reset_next else [])
             self._reset_next = False
+            if self.kind == "lane-stream":
+                self._sock.sendall(_lane_frame(self.kind, pb.StreamEpisodeRequest(step=step)))
+                return _array(_lane_answer(self.kind, read_frame(self._sock)).step.q_values)
             self._requests.put(pb.StreamEpisodeRequest(step=step))
             return _array(next(self._responses).step.q_values)
-        if self.kind == "hamlet-predict":
-            answer = self._stub.Predict(_predict_request(obs, self._h, self._c), timeout=30)
+        if self.kind in ("hamlet-predict", "lane-predict"):
+            request = _predict_request(obs, self._h, self._c)
+            if self.kind == "lane-predict":
+                self._sock.sendall(_lane_frame(self.kind, request))
+                answer = _lane_answer(self.kind, read_frame(self._sock))
+            else:
+                answer = self._stub.Predict(request, timeout=30)
             self._h, self._c = _array(answer.hidden.h)[0], _array(answer.hidden.c)[0]
             return _array(answer.q_values)
         body = obs.tobytes() + self._h.tobytes() + self._c.tobytes()
@@ -139,7 +170,7 @@ class _SyncStepper:
         return q
 
     def close(self) -> None:
-        if self.kind in ("http", "tcp"):
+        if self.kind in ("http", "tcp", "lane-stream", "lane-predict"):
             (self._conn if self.kind == "http" else self._sock).close()
             return
         if self.kind == "hamlet-stream":
@@ -187,9 +218,12 @@ async def _client_loop(kind: str, conn: Any, obs_set: np.ndarray, offset: int, s
         call = conn.StreamEpisode()
         await call.write(pb.StreamEpisodeRequest(start=pb.EpisodeStart(model=MODEL, num_envs=1)))
         await call.read()
-    elif kind == "tcp":
+    elif kind in ("tcp", "lane-stream", "lane-predict"):
         host, port = conn.rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port))
+        if kind == "lane-stream":
+            writer.write(_lane_frame(kind, pb.StreamEpisodeRequest(start=pb.EpisodeStart(model=MODEL, num_envs=1))))
+            _lane_answer(kind, await _read_frame_async(reader))
     while not stop.is_set():
         obs, start = obs_set[i % n : i % n + 1], time.perf_counter()
         if kind == "hamlet-stream":
@@ -203,8 +237,15 @@ async def _client_loop(kind: str, conn: Any, obs_set: np.ndarray, offset: int, s
         elif kind == "tcp":
             body = obs.tobytes() + h.tobytes() + c.tobytes()
             writer.write(FRAME.pack(len(body)) + body)
-            (length,) = FRAME.unpack(await reader.readexactly(FRAME.size))
-            _, h, c = _split_raw(await reader.readexactly(length))
+            _, h, c = _split_raw(await _read_frame_async(reader))
+        elif kind == "lane-stream":
+            writer.write(_lane_frame(kind, pb.StreamEpisodeRequest(step=pb.EpisodeStep(observations=_tensor(obs)))))
+            if not _lane_answer(kind, await _read_frame_async(reader)).HasField("step"):
+                raise RuntimeError("the lane's stream answered something other than a step")
+        elif kind == "lane-predict":
+            writer.write(_lane_frame(kind, _predict_request(obs, h, c)))
+            answer = _lane_answer(kind, await _read_frame_async(reader))
+            h, c = _array(answer.hidden.h)[0], _array(answer.hidden.c)[0]
         else:
             body = obs.tobytes() + h.tobytes() + c.tobytes()
             async with conn[0].post(conn[1], data=body, headers={"Content-Type": "application/octet-stream"}) as r:
@@ -215,8 +256,13 @@ async def _client_loop(kind: str, conn: Any, obs_set: np.ndarray, offset: int, s
         await call.done_writing()
         while await call.read() is not grpc.aio.EOF:
             pass
-    elif kind == "tcp":
+    elif kind in ("tcp", "lane-stream", "lane-predict"):
         writer.close()
+
+
+async def _read_frame_async(reader: asyncio.StreamReader) -> bytes:
+    (length,) = FRAME.unpack(await reader.readexactly(FRAME.size))
+    return await reader.readexactly(length)
 
 
 async def measure_tput(
@@ -235,7 +281,7 @@ async def measure_tput(
 
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients + 8))
         conn: Any = (session, f"http://{addr}/step")
-    elif kind == "tcp":
+    elif kind in ("tcp", "lane-stream", "lane-predict"):
         conn = addr  # each client opens its own connection
     else:
         channel = grpc.aio.insecure_channel(addr)
@@ -251,7 +297,7 @@ async def measure_tput(
     await asyncio.gather(*tasks)
     if kind == "http":
         await session.close()
-    elif kind != "tcp":
+    elif kind in ("hamlet-stream", "hamlet-predict"):
         await channel.close()
     us = np.asarray(times) * 1e6
     p50 = float(np.percentile(us, 50)) if len(us) else None

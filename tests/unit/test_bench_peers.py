@@ -76,7 +76,8 @@ def test_report_prints_figures_ratios_and_goal_rows() -> None:
 
 def test_targets_name_a_known_kind() -> None:
     assert parse_target("http@127.0.0.1:8000") == ("http", "127.0.0.1:8000")
-    with pytest.raises(ValueError, match="KIND one of hamlet-stream, hamlet-predict, http, tcp, got 'grpc@x:1'"):
+    kinds = "hamlet-stream, hamlet-predict, http, tcp, lane-stream, lane-predict"
+    with pytest.raises(ValueError, match=f"KIND one of {kinds}, got 'grpc@x:1'"):
         parse_target("grpc@x:1")
 
 
@@ -170,16 +171,78 @@ def test_the_framed_tcp_floor_answers_what_the_peer_answers_even_in_pieces(peer_
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
+def test_the_lane_carries_our_servicer_on_frames_with_its_answers_and_its_statuses(tmp_path: Path) -> None:
+    """bench/lane_tcp.py: a stream and a Predict on frames give the library's Q-values, and a step before the
+    start ends the stream with an EpisodeEnded and FAILED_PRECONDITION, as over gRPC."""
+    import socket
+
+    from floor import spawn_ready
+    from peer_client import FRAME, read_frame
+
+    from hamlet_client.proto import inference_service_pb2 as pb
+    from hamlet_client.proto import tensor_pb2
+    from townlet.inference import HamletModel
+
+    (tmp_path / "townlet-L2-lstm").mkdir()
+    (tmp_path / "townlet-L2-lstm" / DEMO_L2.name).symlink_to(DEMO_L2)
+    proc, addr = spawn_ready([sys.executable, str(ROOT / "bench" / "lane_tcp.py"), "--models", str(tmp_path),
+                              "--port", "0", "--metrics-port", "0", "--poll-interval", "0"])  # fmt: skip
+    host, port = addr.rsplit(":", 1)
+
+    def call(sock: socket.socket, tag: bytes, message: object) -> bytes:
+        body = tag + message.SerializeToString()  # type: ignore[attr-defined]
+        sock.sendall(FRAME.pack(len(body)) + body)
+        return read_frame(sock)
+
+    def tensor(array: np.ndarray) -> tensor_pb2.Tensor:
+        return tensor_pb2.Tensor(shape=list(array.shape), dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=array.tobytes())
+
+    def q_of(t: tensor_pb2.Tensor) -> np.ndarray:
+        return np.frombuffer(t.data, dtype="<f4").reshape(tuple(t.shape))
+
+    model = HamletModel.load(DEMO_L2)
+    obs = np.random.default_rng(3).random((3, 1, 54), dtype=np.float32)
+    try:
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            start = pb.StreamEpisodeRequest(start=pb.EpisodeStart(model="townlet-L2-lstm", num_envs=1))
+            assert pb.StreamEpisodeResponse.FromString(call(sock, b"S", start)[1:]).HasField("started")
+            hidden = None
+            for step_obs in obs:
+                answer = call(sock, b"S", pb.StreamEpisodeRequest(step=pb.EpisodeStep(observations=tensor(step_obs))))
+                expected = model.predict(step_obs, hidden=hidden)
+                hidden = expected.hidden
+                got = pb.StreamEpisodeResponse.FromString(answer[1:]).step.q_values
+                np.testing.assert_allclose(q_of(got), expected.q_values, rtol=1e-4, atol=1e-4)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            answer = call(sock, b"P", pb.PredictRequest(model="townlet-L2-lstm", observations=tensor(obs[0])))
+            got = pb.PredictResponse.FromString(answer[1:]).q_values
+            np.testing.assert_allclose(q_of(got), model.predict(obs[0]).q_values, rtol=1e-4, atol=1e-4)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            answer = call(sock, b"S", pb.StreamEpisodeRequest(step=pb.EpisodeStep(observations=tensor(obs[0]))))
+            ended = pb.StreamEpisodeResponse.FromString(answer[1:]).ended  # in band first, as over gRPC
+            assert (ended.status_code, ended.error_reason) == (9, "STEP_BEFORE_START")  # FAILED_PRECONDITION
+            status = read_frame(sock)
+            assert status[:2] == b"E" + bytes([9]) and status[2:].decode().startswith("step before start")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_the_report_says_what_the_floors_cost() -> None:
     figures = {**FIGURES, "floor-stream": Figures(400.0, 5000.0), "floor-tcp": Figures(200.0, 8000.0)}
     report = format_report(figures)
     assert "Hamlet StreamEpisode   our own work    50 us; the floor + forward alone is 0.80x FastAPI's p50" in report
     assert report.endswith("(no HTTP, no gRPC) is 0.40x FastAPI's p50")
+    report = format_report({**figures, "lane-stream": Figures(350.0, 9000.0)})
+    assert report.endswith("ours on framed TCP, stream (our servicer, same messages on those frames) is 0.70x "
+                           "FastAPI's p50 (our own work 150 us) and 4.50x its steps/s")  # fmt: skip
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "script", ["bench_peers.py", "peer_client.py", "peer_fastapi.py", "profile_stream_step.py", "floor_tcp.py"]
+    "script",
+    ["bench_peers.py", "peer_client.py", "peer_fastapi.py", "profile_stream_step.py", "floor_tcp.py", "lane_tcp.py"],
 )
 def test_help_works(script: str) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], capture_output=True, text=True,
