@@ -30,13 +30,17 @@ from hamlet_client.proto import inference_service_pb2 as pb
 from hamlet_server.budget import InflightBudgetError
 from hamlet_server.config import ServerConfig, add_arguments, config_from_args
 from hamlet_server.server import HamletServer
-from hamlet_server.servicer import Held, InferenceServicer
+from hamlet_server.servicer import Held, InferenceServicer, lenient
 
 __all__ = ["TAG_ERROR", "TAG_PREDICT", "TAG_STREAM", "FramedLaneProtocol", "LaneAbort"]
 
 HEAD = 4  # little-endian length of what follows: the tag byte and the message
 TAG_STREAM, TAG_PREDICT, TAG_ERROR = b"S", b"P", b"E"
 MAX_FRAME = 1 << 24
+# as add_to_server registers them: a message that does not parse reaches the servicer, which answers
+# INVALID_ARGUMENT
+_PARSE_STEP = lenient(pb.StreamEpisodeRequest.FromString, "StreamEpisodeRequest")
+_PARSE_PREDICT = lenient(pb.PredictRequest.FromString, "PredictRequest")
 
 
 class LaneAbort(Exception):
@@ -104,7 +108,7 @@ class FramedLaneProtocol(asyncio.Protocol):
             del self._buffer[: HEAD + length]
             self._servicer.last_arrival = time.monotonic()
             if tag == TAG_STREAM:
-                self._on_stream_message(pb.StreamEpisodeRequest.FromString(body))
+                self._on_stream_message(_PARSE_STEP(body))
             elif tag == TAG_PREDICT:
                 self._spawn(self._predict(body))
             else:
@@ -130,7 +134,7 @@ class FramedLaneProtocol(asyncio.Protocol):
     async def _predict(self, body: bytes) -> None:
         try:  # as gRPC's deserializer does (servicer._budgeted): the handler gives the bytes back
             self._servicer.budget.acquire(len(body))
-            held = Held(pb.PredictRequest.FromString(body), len(body))
+            held = Held(_PARSE_PREDICT(body), len(body))
         except InflightBudgetError as exc:
             held = Held(None, 0, str(exc))
         context = _Context(self, TAG_PREDICT)

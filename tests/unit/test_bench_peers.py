@@ -219,6 +219,9 @@ def test_the_lane_carries_our_servicer_on_frames_with_its_answers_and_its_status
             got = pb.PredictResponse.FromString(answer[1:]).q_values
             np.testing.assert_allclose(q_of(got), model.predict(obs[0]).q_values, rtol=1e-4, atol=1e-4)
         with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(FRAME.pack(3) + b"P\xff\xff")  # not a PredictRequest: INVALID_ARGUMENT, as over gRPC
+            assert read_frame(sock)[:2] == b"E" + bytes([3])
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
             answer = call(sock, b"S", pb.StreamEpisodeRequest(step=pb.EpisodeStep(observations=tensor(obs[0]))))
             ended = pb.StreamEpisodeResponse.FromString(answer[1:]).ended  # in band first, as over gRPC
             assert (ended.status_code, ended.error_reason) == (9, "STEP_BEFORE_START")  # FAILED_PRECONDITION
