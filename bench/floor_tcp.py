@@ -15,21 +15,23 @@ import argparse
 import asyncio
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peer_client import FRAME
-from peer_fastapi import RawStepModel
 
-__all__ = ["FramedStepProtocol"]
+if TYPE_CHECKING:
+    from peer_fastapi import RawStepModel
+
+__all__ = ["MAX_FRAME", "FramedProtocol", "FramedStepProtocol"]
 
 MAX_FRAME = 1 << 24  # 16 MiB: a length above it closes the connection
 
 
-class FramedStepProtocol(asyncio.Protocol):
-    """One connection: collect a frame, step the model inline, write the answer's frame."""
+class FramedProtocol(asyncio.Protocol):
+    """One connection of length-prefixed frames (`peer_client.FRAME`): collects each frame, however the bytes
+    arrive, and hands it to `frame_received`; `send_frame` writes one back. bench/lane_tcp.py builds on it too."""
 
-    def __init__(self, model: RawStepModel) -> None:
-        self._model = model
+    def __init__(self) -> None:
         self._buffer = bytearray()
         self._transport: Any = None  # asyncio's or uvloop's TCP transport
 
@@ -40,9 +42,8 @@ class FramedStepProtocol(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        assert self._transport is not None
         self._buffer += data
-        while len(self._buffer) >= FRAME.size:
+        while len(self._buffer) >= FRAME.size and not self._transport.is_closing():
             (length,) = FRAME.unpack_from(self._buffer)
             if length > MAX_FRAME:
                 self._transport.close()
@@ -51,11 +52,30 @@ class FramedStepProtocol(asyncio.Protocol):
                 return
             body = bytes(self._buffer[FRAME.size : FRAME.size + length])
             del self._buffer[: FRAME.size + length]
-            answer = self._model.step(body)
-            self._transport.write(FRAME.pack(len(answer)) + answer)
+            self.frame_received(body)
+
+    def frame_received(self, body: bytes) -> None:
+        raise NotImplementedError
+
+    def send_frame(self, body: bytes) -> None:
+        if not self._transport.is_closing():
+            self._transport.write(FRAME.pack(len(body)) + body)
+
+
+class FramedStepProtocol(FramedProtocol):
+    """The floor: step the model inline on each frame and answer with its frame."""
+
+    def __init__(self, model: RawStepModel) -> None:
+        super().__init__()
+        self._model = model
+
+    def frame_received(self, body: bytes) -> None:
+        self.send_frame(self._model.step(body))
 
 
 async def _serve(onnx: Path) -> None:
+    from peer_fastapi import RawStepModel
+
     model = RawStepModel(onnx)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: FramedStepProtocol(model), "127.0.0.1", 0, backlog=2048)

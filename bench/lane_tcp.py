@@ -20,27 +20,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import socket
 import time
 from typing import Any
 
 import grpc
+from floor_tcp import FramedProtocol
 
 from hamlet_client.proto import inference_service_pb2 as pb
-from hamlet_server.budget import InflightBudgetError
 from hamlet_server.config import ServerConfig, add_arguments, config_from_args
 from hamlet_server.server import HamletServer
-from hamlet_server.servicer import Held, InferenceServicer, lenient
+from hamlet_server.servicer import InferenceServicer, budgeted, lenient
 
 __all__ = ["TAG_ERROR", "TAG_PREDICT", "TAG_STREAM", "FramedLaneProtocol", "LaneAbort"]
 
-HEAD = 4  # little-endian length of what follows: the tag byte and the message
 TAG_STREAM, TAG_PREDICT, TAG_ERROR = b"S", b"P", b"E"
-MAX_FRAME = 1 << 24
-# as add_to_server registers them: a message that does not parse reaches the servicer, which answers
-# INVALID_ARGUMENT
-_PARSE_STEP = lenient(pb.StreamEpisodeRequest.FromString, "StreamEpisodeRequest")
-_PARSE_PREDICT = lenient(pb.PredictRequest.FromString, "PredictRequest")
 
 
 class LaneAbort(Exception):
@@ -61,88 +54,63 @@ class _Context:
         return await self.requests.get()
 
     async def write(self, response: Any) -> None:
-        self._lane.send(self._tag, response.SerializeToString())
+        self._lane.send_frame(self._tag + response.SerializeToString())
 
     async def abort_with_status(self, status: grpc.Status) -> None:
-        self._lane.send(TAG_ERROR, bytes([status.code.value[0]]) + status.details.encode())
+        self._lane.send_frame(TAG_ERROR + bytes([status.code.value[0]]) + status.details.encode())
         raise LaneAbort(status.details)
 
 
-class FramedLaneProtocol(asyncio.Protocol):
-    """One connection: frames in, the servicer's answers out."""
+class FramedLaneProtocol(FramedProtocol):
+    """One connection: tagged frames in, the servicer's answers out. The messages are parsed as add_to_server's
+    deserializers parse them (a Predict's bytes are charged to the in-flight budget first; a message that does not
+    parse reaches the servicer, which answers INVALID_ARGUMENT)."""
 
     def __init__(self, servicer: InferenceServicer) -> None:
+        super().__init__()
         self._servicer = servicer
-        self._buffer = bytearray()
-        self._transport: Any = None
+        self._parse_step = lenient(pb.StreamEpisodeRequest.FromString, "StreamEpisodeRequest")
+        self._parse_predict = budgeted(lenient(pb.PredictRequest.FromString, "PredictRequest"), servicer.budget)
         self._stream: _Context | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.peer = "tcp:?"
 
     def connection_made(self, transport: Any) -> None:
-        self._transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            host, port = sock.getpeername()[:2]
-            self.peer = f"tcp:{host}:{port}"
+        super().connection_made(transport)
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = f"tcp:{host}:{port}"
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._stream is not None:
             self._stream.requests.put_nowait(grpc.aio.EOF)
 
-    def send(self, tag: bytes, body: bytes) -> None:
-        if not self._transport.is_closing():
-            self._transport.write((len(body) + 1).to_bytes(HEAD, "little") + tag + body)
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        while len(self._buffer) >= HEAD:
-            length = int.from_bytes(self._buffer[:HEAD], "little")
-            if not 1 <= length <= MAX_FRAME:
-                self._transport.close()
-                return
-            if len(self._buffer) < HEAD + length:
-                return
-            tag, body = bytes(self._buffer[HEAD : HEAD + 1]), bytes(self._buffer[HEAD + 1 : HEAD + length])
-            del self._buffer[: HEAD + length]
-            self._servicer.last_arrival = time.monotonic()
-            if tag == TAG_STREAM:
-                self._on_stream_message(_PARSE_STEP(body))
-            elif tag == TAG_PREDICT:
-                self._spawn(self._predict(body))
-            else:
-                self._transport.close()
-                return
+    def frame_received(self, body: bytes) -> None:
+        self._servicer.last_arrival = time.monotonic()
+        tag, message = body[:1], body[1:]
+        if tag == TAG_STREAM:
+            if self._stream is None:  # the connection's first stream message opens its stream
+                self._stream = _Context(self, TAG_STREAM)
+                self._spawn(self._run_stream(self._stream))
+            self._stream.requests.put_nowait(self._parse_step(message))
+        elif tag == TAG_PREDICT:
+            self._spawn(self._predict(self._parse_predict(message)))
+        else:
+            self._transport.close()
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _on_stream_message(self, request: Any) -> None:
-        if self._stream is None:
-            self._stream = _Context(self, TAG_STREAM)
-            self._spawn(self._run_stream(self._stream))
-        self._stream.requests.put_nowait(request)
-
     async def _run_stream(self, context: _Context) -> None:
         with contextlib.suppress(LaneAbort):
             await self._servicer.StreamEpisode(None, context)  # type: ignore[arg-type]  # the part it uses
         self._transport.close()
 
-    async def _predict(self, body: bytes) -> None:
-        try:  # as gRPC's deserializer does (servicer._budgeted): the handler gives the bytes back
-            self._servicer.budget.acquire(len(body))
-            held = Held(_PARSE_PREDICT(body), len(body))
-        except InflightBudgetError as exc:
-            held = Held(None, 0, str(exc))
+    async def _predict(self, held: Any) -> None:
         context = _Context(self, TAG_PREDICT)
-        try:
-            response = await self._servicer.Predict(held, context)  # type: ignore[arg-type]
-        except LaneAbort:
-            return
-        await context.write(response)
+        with contextlib.suppress(LaneAbort):
+            await context.write(await self._servicer.Predict(held, context))  # type: ignore[arg-type]
 
 
 async def _serve(config: ServerConfig) -> None:

@@ -42,6 +42,8 @@ MODEL, HIDDEN, ACTIONS = "townlet-L2-lstm", 256, 6
 _F32 = tensor_pb2.DATA_TYPE_FLOAT32
 FRAME = struct.Struct("<I")  # tcp@: each request and answer is a 4-byte little-endian length, then the bytes
 _LANE_TAG = {"lane-stream": b"S", "lane-predict": b"P"}  # lane@: the length counts a tag byte, then the message
+_FRAMED = ("tcp", *_LANE_TAG)  # the kinds that speak FRAME over a plain socket, one connection per client
+_START = pb.StreamEpisodeRequest(start=pb.EpisodeStart(model=MODEL, num_envs=1))
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -84,9 +86,12 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _lane_frame(kind: str, message: Any) -> bytes:
-    body = _LANE_TAG[kind] + message.SerializeToString()
+def _frame(body: bytes) -> bytes:
     return FRAME.pack(len(body)) + body
+
+
+def _lane_frame(kind: str, message: Any) -> bytes:
+    return _frame(_LANE_TAG[kind] + message.SerializeToString())
 
 
 def _lane_answer(kind: str, frame: bytes) -> Any:
@@ -111,7 +116,7 @@ class _SyncStepper:
     def __init__(self, kind: str, addr: str) -> None:
         self.kind = kind
         self._h = self._c = np.zeros((1, HIDDEN), np.float32)
-        if kind in ("http", "tcp", "lane-stream", "lane-predict"):
+        if kind == "http" or kind in _FRAMED:
             host, port = addr.rsplit(":", 1)
             if kind == "http":
                 self._conn = http.client.HTTPConnection(host, int(port))
@@ -119,8 +124,7 @@ class _SyncStepper:
                 self._sock = socket.create_connection((host, int(port)))
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if kind == "lane-stream":
-                start = pb.StreamEpisodeRequest(start=pb.EpisodeStart(model=MODEL, num_envs=1))
-                self._sock.sendall(_lane_frame(kind, start))
+                self._sock.sendall(_lane_frame(kind, _START))
                 if not _lane_answer(kind, read_frame(self._sock)).HasField("started"):
                     raise RuntimeError(f"{addr}: the lane did not answer its EpisodeStart with EpisodeStarted")
             self._reset_next = False
@@ -129,7 +133,7 @@ class _SyncStepper:
         self._stub = pb_grpc.InferenceServiceStub(self._channel)
         if kind == "hamlet-stream":
             self._requests: queue.SimpleQueue[pb.StreamEpisodeRequest | None] = queue.SimpleQueue()
-            self._requests.put(pb.StreamEpisodeRequest(start=pb.EpisodeStart(model=MODEL, num_envs=1)))
+            self._requests.put(_START)
             self._responses: Iterator[pb.StreamEpisodeResponse] = self._stub.StreamEpisode(
                 iter(self._requests.get, None)
             )
@@ -162,7 +166,7 @@ class _SyncStepper:
             return _array(answer.q_values)
         body = obs.tobytes() + self._h.tobytes() + self._c.tobytes()
         if self.kind == "tcp":
-            self._sock.sendall(FRAME.pack(len(body)) + body)
+            self._sock.sendall(_frame(body))
             q, self._h, self._c = _split_raw(read_frame(self._sock))
             return q
         self._conn.request("POST", "/step", body=body, headers={"Content-Type": "application/octet-stream"})
@@ -170,7 +174,7 @@ class _SyncStepper:
         return q
 
     def close(self) -> None:
-        if self.kind in ("http", "tcp", "lane-stream", "lane-predict"):
+        if self.kind == "http" or self.kind in _FRAMED:
             (self._conn if self.kind == "http" else self._sock).close()
             return
         if self.kind == "hamlet-stream":
@@ -216,13 +220,13 @@ async def _client_loop(kind: str, conn: Any, obs_set: np.ndarray, offset: int, s
     h = c = np.zeros((1, HIDDEN), np.float32)
     if kind == "hamlet-stream":
         call = conn.StreamEpisode()
-        await call.write(pb.StreamEpisodeRequest(start=pb.EpisodeStart(model=MODEL, num_envs=1)))
+        await call.write(_START)
         await call.read()
-    elif kind in ("tcp", "lane-stream", "lane-predict"):
+    elif kind in _FRAMED:
         host, port = conn.rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port))
         if kind == "lane-stream":
-            writer.write(_lane_frame(kind, pb.StreamEpisodeRequest(start=pb.EpisodeStart(model=MODEL, num_envs=1))))
+            writer.write(_lane_frame(kind, _START))
             _lane_answer(kind, await _read_frame_async(reader))
     while not stop.is_set():
         obs, start = obs_set[i % n : i % n + 1], time.perf_counter()
@@ -236,7 +240,7 @@ async def _client_loop(kind: str, conn: Any, obs_set: np.ndarray, offset: int, s
             h, c = _array(answer.hidden.h)[0], _array(answer.hidden.c)[0]
         elif kind == "tcp":
             body = obs.tobytes() + h.tobytes() + c.tobytes()
-            writer.write(FRAME.pack(len(body)) + body)
+            writer.write(_frame(body))
             _, h, c = _split_raw(await _read_frame_async(reader))
         elif kind == "lane-stream":
             writer.write(_lane_frame(kind, pb.StreamEpisodeRequest(step=pb.EpisodeStep(observations=_tensor(obs)))))
@@ -256,7 +260,7 @@ async def _client_loop(kind: str, conn: Any, obs_set: np.ndarray, offset: int, s
         await call.done_writing()
         while await call.read() is not grpc.aio.EOF:
             pass
-    elif kind in ("tcp", "lane-stream", "lane-predict"):
+    elif kind in _FRAMED:
         writer.close()
 
 
@@ -281,7 +285,7 @@ async def measure_tput(
 
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients + 8))
         conn: Any = (session, f"http://{addr}/step")
-    elif kind in ("tcp", "lane-stream", "lane-predict"):
+    elif kind in _FRAMED:
         conn = addr  # each client opens its own connection
     else:
         channel = grpc.aio.insecure_channel(addr)

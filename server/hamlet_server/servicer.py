@@ -56,6 +56,8 @@ __all__ = [
     "InferenceServicer",
     "Malformed",
     "add_to_server",
+    "budgeted",
+    "lenient",
     "metadata_to_proto",
     "refuse_oversized",
     "server_version",
@@ -96,7 +98,7 @@ class Held:
     refusal: str = ""
 
 
-def _budgeted(parse: Callable[[bytes], Any], budget: InflightBudget) -> Callable[[bytes], Held]:
+def budgeted(parse: Callable[[bytes], Any], budget: InflightBudget) -> Callable[[bytes], Held]:
     """A deserializer that counts the message's bytes against `budget` before parsing it: over the budget,
     nothing is parsed or decoded (RESOURCE_EXHAUSTED INFLIGHT_BUDGET), so a burst cannot pile up copies."""
 
@@ -181,7 +183,7 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     }
     handlers["Predict"] = grpc.unary_unary_rpc_method_handler(
         _noting_arrival(servicer, servicer.Predict),
-        request_deserializer=_budgeted(lenient(pb.PredictRequest.FromString, "PredictRequest"), servicer.budget),
+        request_deserializer=budgeted(lenient(pb.PredictRequest.FromString, "PredictRequest"), servicer.budget),
         response_serializer=pb.PredictResponse.SerializeToString,
     )
     handlers["StreamEpisode"] = grpc.stream_stream_rpc_method_handler(

@@ -173,57 +173,40 @@ def test_the_framed_tcp_floor_answers_what_the_peer_answers_even_in_pieces(peer_
 
 @pytest.mark.slow
 def test_the_lane_carries_our_servicer_on_frames_with_its_answers_and_its_statuses(tmp_path: Path) -> None:
-    """bench/lane_tcp.py: a stream and a Predict on frames give the library's Q-values, and a step before the
-    start ends the stream with an EpisodeEnded and FAILED_PRECONDITION, as over gRPC."""
+    """bench/lane_tcp.py, driven by peer_client's lane targets as bench_peers drives it: a stream and Predicts on
+    frames give the library's Q-values over a 3-step episode; a frame that is not a message gets INVALID_ARGUMENT,
+    and a step before the start an EpisodeEnded and FAILED_PRECONDITION, as over gRPC."""
     import socket
 
     from floor import spawn_ready
-    from peer_client import FRAME, read_frame
+    from peer_client import FRAME, read_frame, rollout
 
     from hamlet_client.proto import inference_service_pb2 as pb
-    from hamlet_client.proto import tensor_pb2
     from townlet.inference import HamletModel
 
     (tmp_path / "townlet-L2-lstm").mkdir()
     (tmp_path / "townlet-L2-lstm" / DEMO_L2.name).symlink_to(DEMO_L2)
     proc, addr = spawn_ready([sys.executable, str(ROOT / "bench" / "lane_tcp.py"), "--models", str(tmp_path),
                               "--port", "0", "--metrics-port", "0", "--poll-interval", "0"])  # fmt: skip
-    host, port = addr.rsplit(":", 1)
-
-    def call(sock: socket.socket, tag: bytes, message: object) -> bytes:
-        body = tag + message.SerializeToString()  # type: ignore[attr-defined]
-        sock.sendall(FRAME.pack(len(body)) + body)
-        return read_frame(sock)
-
-    def tensor(array: np.ndarray) -> tensor_pb2.Tensor:
-        return tensor_pb2.Tensor(shape=list(array.shape), dtype=tensor_pb2.DATA_TYPE_FLOAT32, data=array.tobytes())
-
-    def q_of(t: tensor_pb2.Tensor) -> np.ndarray:
-        return np.frombuffer(t.data, dtype="<f4").reshape(tuple(t.shape))
-
     model = HamletModel.load(DEMO_L2)
-    obs = np.random.default_rng(3).random((3, 1, 54), dtype=np.float32)
+    obs = np.random.default_rng(3).random((3, 54), dtype=np.float32)
+    expected, hidden = [], None
+    for row in obs:
+        out = model.predict(row[None], hidden=hidden)
+        expected.append(out.q_values)
+        hidden = out.hidden
     try:
+        for kind in ("lane-stream", "lane-predict"):  # state on the server; (h, c) sent and returned
+            q = rollout(f"{kind}@{addr}", obs, steps=3)
+            np.testing.assert_allclose(q, np.concatenate(expected), rtol=1e-4, atol=1e-4, err_msg=kind)
+        host, port = addr.rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=30) as sock:
-            start = pb.StreamEpisodeRequest(start=pb.EpisodeStart(model="townlet-L2-lstm", num_envs=1))
-            assert pb.StreamEpisodeResponse.FromString(call(sock, b"S", start)[1:]).HasField("started")
-            hidden = None
-            for step_obs in obs:
-                answer = call(sock, b"S", pb.StreamEpisodeRequest(step=pb.EpisodeStep(observations=tensor(step_obs))))
-                expected = model.predict(step_obs, hidden=hidden)
-                hidden = expected.hidden
-                got = pb.StreamEpisodeResponse.FromString(answer[1:]).step.q_values
-                np.testing.assert_allclose(q_of(got), expected.q_values, rtol=1e-4, atol=1e-4)
+            sock.sendall(FRAME.pack(3) + b"P\xff\xff")  # not a PredictRequest
+            assert read_frame(sock)[:2] == b"E" + bytes([3])  # INVALID_ARGUMENT
         with socket.create_connection((host, int(port)), timeout=30) as sock:
-            answer = call(sock, b"P", pb.PredictRequest(model="townlet-L2-lstm", observations=tensor(obs[0])))
-            got = pb.PredictResponse.FromString(answer[1:]).q_values
-            np.testing.assert_allclose(q_of(got), model.predict(obs[0]).q_values, rtol=1e-4, atol=1e-4)
-        with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall(FRAME.pack(3) + b"P\xff\xff")  # not a PredictRequest: INVALID_ARGUMENT, as over gRPC
-            assert read_frame(sock)[:2] == b"E" + bytes([3])
-        with socket.create_connection((host, int(port)), timeout=30) as sock:
-            answer = call(sock, b"S", pb.StreamEpisodeRequest(step=pb.EpisodeStep(observations=tensor(obs[0]))))
-            ended = pb.StreamEpisodeResponse.FromString(answer[1:]).ended  # in band first, as over gRPC
+            step = pb.StreamEpisodeRequest(step=pb.EpisodeStep()).SerializeToString()
+            sock.sendall(FRAME.pack(1 + len(step)) + b"S" + step)
+            ended = pb.StreamEpisodeResponse.FromString(read_frame(sock)[1:]).ended  # in band first, as over gRPC
             assert (ended.status_code, ended.error_reason) == (9, "STEP_BEFORE_START")  # FAILED_PRECONDITION
             status = read_frame(sock)
             assert status[:2] == b"E" + bytes([9]) and status[2:].decode().startswith("step before start")
